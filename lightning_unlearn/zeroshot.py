@@ -1,0 +1,78 @@
+"""Zero-shot classification for any open_clip model: classifier weights and per-cell accuracy."""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .prompts import fill_template
+
+
+@torch.no_grad()
+def text_embeddings(model, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Normalised text embeddings, float32, one row per text."""
+    device = next(model.parameters()).device
+    out = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device)).float()
+           for i in range(0, len(texts), batch_size)]
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+@torch.no_grad()
+def classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """The zero-shot classifier ``T`` (d x C): per class, the renormalised mean of its normalised
+    template embeddings. Templates take ``{}`` or ``{c}`` for the class name."""
+    texts = [fill_template(t, c=c) for c in classnames for t in templates]
+    emb = text_embeddings(model, tokenizer, texts).view(len(classnames), len(templates), -1)
+    return F.normalize(emb.mean(1), dim=-1).T
+
+
+@torch.no_grad()
+def image_embeddings(model, images: torch.Tensor) -> torch.Tensor:
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    return F.normalize(model.encode_image(images.to(device, dtype)).float(), dim=-1)
+
+
+def evaluate(model, tokenizer, classnames: Sequence[str], templates: Sequence[str], loader: Iterable,
+             domains: Sequence[str], progress: bool = True,
+             extra: dict[str, tuple[torch.Tensor, Callable]] | None = None) -> dict:
+    """Zero-shot accuracy per (class, domain) cell.
+
+    ``loader`` yields ``(images, class_idx, domain_idx)`` batches (extra label columns are ignored
+    unless ``extra`` maps a name to ``(classifier, label_of_batch)``). Returns
+    ``{"cells": {(c, d): acc}, "correct", "total" (C x D tensors), "micro", "macro", "per_domain"}``.
+    """
+    model.eval()
+    T = classifier(model, tokenizer, classnames, templates)
+    correct = torch.zeros(len(classnames), len(domains), dtype=torch.long)
+    total = torch.zeros_like(correct)
+    extra_hits = {k: [0, 0] for k in (extra or {})}
+    for batch in tqdm(loader, desc="zero-shot", disable=not progress, leave=False):
+        images, cls, dom = batch[0], batch[1], batch[2]
+        h = image_embeddings(model, images)
+        pred = (h @ T.to(h.device)).argmax(-1).cpu()
+        idx = cls * len(domains) + dom
+        total.view(-1).index_add_(0, idx, torch.ones_like(idx))
+        correct.view(-1).index_add_(0, idx, (pred == cls).long())
+        for name, (W, label_of) in (extra or {}).items():
+            y = label_of(batch)
+            extra_hits[name][0] += int(((h @ W.to(h.device)).argmax(-1).cpu() == y).sum())
+            extra_hits[name][1] += len(y)
+    return summarise(correct, total, classnames, domains) | {
+        f"{k}_accuracy": v[0] / max(v[1], 1) for k, v in extra_hits.items()}
+
+
+def summarise(correct: torch.Tensor, total: torch.Tensor, classnames, domains) -> dict:
+    """Micro / macro / per-domain accuracy from C x D correct and total counts."""
+    acc = correct / total.clamp(min=1)
+    seen = total > 0
+    return {
+        "cells": {(c, d): float(acc[i, j]) for i, c in enumerate(classnames) for j, d in enumerate(domains)
+                  if seen[i, j]},
+        "correct": correct, "total": total,
+        "micro": float(correct.sum() / total.sum().clamp(min=1)),
+        "macro": float(acc[seen].mean()) if seen.any() else 0.0,
+        "per_domain": {d: float(correct[:, j].sum() / total[:, j].sum().clamp(min=1)) for j, d in enumerate(domains)},
+    }
