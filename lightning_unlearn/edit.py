@@ -1,0 +1,234 @@
+"""The functional core: compute an edit, inject it as a frozen linear layer, fold it, restore.
+
+The edit ``M`` (a d x d map in the joint space, or D x D on the pooled features) lives in a frozen
+``nn.Linear(n, n, bias=False)`` registered as a ``torch.nn.utils.parametrize`` parametrization of
+the tower's projection weight: the forward pass sees ``W_img @ M^T`` exactly as if the layer sat
+right after the projection, no ``encode_*`` method is patched, edits compose in a chain, and the
+original weight stays untouched in ``parametrizations.<name>.original`` for an exact restore.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from . import nullspace
+from .directions import build
+from .prompts import CLASS_TEMPLATES, validate_templates
+from .request import ForgetRequest
+from .targets import SITES, TOWERS, Site, find_site
+
+METHODS = ("multimodal", "text")
+SOLVERS = ("projector", "regularized")
+PROTECT = ("none", "classes", "cells")
+
+
+class EditError(RuntimeError):
+    """An edit that cannot be applied to this model in its current state."""
+
+
+@dataclass(frozen=True)
+class UnlearnConfig:
+    """How the edit is computed. ``method``: "multimodal" (text + visual prototypes, 2512.14113) or
+    "text" (text-only nullspace, 2512.14137); ``solver``: exact "projector" or "regularized"
+    closed form (``lam``, ``mu``); ``alpha`` in [0, 1] scales the removal; ``site``: "joint" (d x d
+    after the projection) or "pooled" (D x D before it, image tower only)."""
+    method: str = "multimodal"
+    solver: str = "projector"
+    alpha: float = 1.0
+    towers: tuple = ("image",)
+    site: str = "joint"
+    protect: str = "classes"
+    center: bool = True
+    energy: float = 0.99
+    retain_energy: float = 1.0
+    lam: float = 30.0
+    mu: float = 1.0
+    n_prototypes: int = 4
+    proto_steps: int = 150
+    proto_lr: float = 0.05
+    class_templates: tuple = CLASS_TEMPLATES
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, value, allowed in [("method", self.method, METHODS), ("solver", self.solver, SOLVERS),
+                                     ("site", self.site, SITES), ("protect", self.protect, PROTECT)]:
+            if value not in allowed:
+                raise ValueError(f"`{name}`={value!r} is not one of {allowed}")
+        if not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"`alpha`={self.alpha!r} must be a number in [0, 1] (0 = no edit, 1 = full forgetting)")
+        towers = (self.towers,) if isinstance(self.towers, str) else tuple(self.towers)
+        if not towers or any(t not in TOWERS for t in towers) or len(set(towers)) != len(towers):
+            raise ValueError(f"`towers`={self.towers!r} must be a non-empty subset of {TOWERS}")
+        if self.site == "pooled" and "text" in towers:
+            raise ValueError("`site`='pooled' edits the image tower only; use towers=('image',) or site='joint'")
+        object.__setattr__(self, "towers", towers)
+        object.__setattr__(self, "class_templates", validate_templates(self.class_templates, "c", "class_templates"))
+        if self.n_prototypes < 1 or self.proto_steps < 1:
+            raise ValueError(f"`n_prototypes`={self.n_prototypes} and `proto_steps`={self.proto_steps} must be >= 1")
+
+
+class ProjectorEdit(nn.Module):
+    """Parametrization ``W -> W'`` applying the frozen map ``P`` (an ``nn.Linear(n, n, bias=False)``)
+    on the output side ("joint") or the input side ("pooled") of a projection weight.
+    ``layout``: "param" (x @ W), "linear" (W x) or "bias" (a Linear's bias, output side)."""
+
+    def __init__(self, n: int, side: str, layout: str, info: dict | None = None):
+        super().__init__()
+        self.side, self.layout, self.info = side, layout, dict(info or {})
+        self.P = nn.Linear(n, n, bias=False)
+        with torch.no_grad():
+            self.P.weight.copy_(torch.eye(n))
+        self.P.weight.requires_grad_(False)
+
+    def forward(self, W: torch.Tensor) -> torch.Tensor:
+        M = self.P.weight.float()
+        with torch.autocast(device_type=W.device.type, enabled=False):
+            Wf = W.float()
+            if self.layout == "bias":
+                out = M @ Wf
+            elif self.layout == "param":
+                out = Wf @ M.T if self.side == "joint" else M.T @ Wf
+            else:
+                out = M @ Wf if self.side == "joint" else Wf @ M
+        return out.to(W.dtype)
+
+    def get_extra_state(self):
+        return {"side": self.side, "layout": self.layout, "info": json.dumps(self.info)}
+
+    def set_extra_state(self, state):
+        self.side, self.layout, self.info = state["side"], state["layout"], json.loads(state["info"])
+
+
+@dataclass
+class Unlearned:
+    """What :func:`unlearn_` returns: the maps, their ranks, the request and timings."""
+    request: ForgetRequest
+    config: UnlearnConfig
+    maps: dict  # tower -> M (float32, n x n)
+    ranks: dict  # tower -> rank of the removed subspace (projector solver)
+    stats: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _targets(site: Site, where: str) -> list[tuple[nn.Module, str, str]]:
+    """(module, tensor name, layout) of every tensor an edit at ``where`` changes."""
+    out = [(site.module, site.weight, site.layout)]
+    if site.bias is not None and where == "joint":
+        out.append((site.module, site.bias, "bias"))
+    return out
+
+
+def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str = "joint",
+            info: dict | None = None) -> None:
+    """Append the frozen map ``M`` to ``tower``'s projection (composes with earlier edits)."""
+    s = find_site(model, tower)
+    n = s.dims[1] if site == "joint" else s.dims[0]
+    if tuple(M.shape) != (n, n):
+        raise ValueError(f"the edit has shape {tuple(M.shape)}, but the {tower} projection needs ({n}, {n}) at "
+                         f"site {site!r}")
+    for module, name, layout in _targets(s, site):
+        edit = ProjectorEdit(n, site, layout, info)
+        with torch.no_grad():
+            edit.P.weight.copy_(M.float())
+        parametrize.register_parametrization(module, name, edit)
+        ref = getattr(module.parametrizations, name).original
+        edit.to(ref.device)
+
+
+def edits(model: nn.Module) -> list[tuple[str, ProjectorEdit]]:
+    """Every injected edit as (qualified tensor name, edit), in application order."""
+    out = []
+    for mod_name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for name, plist in module.parametrizations.items():
+                out += [(f"{mod_name}.{name}".lstrip("."), e) for e in plist if isinstance(e, ProjectorEdit)]
+    return out
+
+
+def _parametrized(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [(m, name) for m in model.modules() if parametrize.is_parametrized(m)
+            for name, plist in list(m.parametrizations.items()) if any(isinstance(e, ProjectorEdit) for e in plist)]
+
+
+def _remove(module: nn.Module, name: str, leave_parametrized: bool) -> None:
+    # A deepcopy of a parametrized module shares its generated class with the original, and
+    # remove_parametrizations deletes the property from that class: give the module its own first.
+    cls = module.__class__
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    parametrize.remove_parametrizations(module, name, leave_parametrized=leave_parametrized)
+
+
+def restore_(model: nn.Module) -> nn.Module:
+    """Remove every injected edit: the state_dict is then bit-identical to the original."""
+    for module, name in _parametrized(model):
+        _remove(module, name, leave_parametrized=False)
+    return model
+
+
+def fold_(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Merge every injected edit into its projection weight: a plain open_clip model with the
+    original state_dict keys and no inference overhead. Returns the original weights by key, the
+    only way back (``model.load_state_dict(originals, strict=False)``)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    originals = {}
+    for module, name in _parametrized(model):
+        key = f"{names[id(module)]}.{name}".lstrip(".")
+        originals[key] = getattr(module.parametrizations, name).original.detach().clone()
+        requires_grad = getattr(module.parametrizations, name).original.requires_grad
+        _remove(module, name, leave_parametrized=True)
+        getattr(module, name).requires_grad_(requires_grad)
+    return originals
+
+
+def solve(F: torch.Tensor, R: torch.Tensor, cfg: UnlearnConfig) -> tuple[torch.Tensor, int]:
+    """The map ``M`` and the rank of what it removes, from forget / retain columns."""
+    if cfg.solver == "projector":
+        U = nullspace.nullspace_basis(F, R, cfg.energy, cfg.retain_energy)
+        return nullspace.projector(U, cfg.alpha).float(), U.shape[1]
+    Fn = F / F.norm(dim=0, keepdim=True).clamp(min=1e-12)
+    Rn = R / R.norm(dim=0, keepdim=True).clamp(min=1e-12)
+    M = nullspace.regularized_map(Fn, Rn, cfg.lam, cfg.mu)
+    M = torch.eye(M.shape[0], dtype=M.dtype) + cfg.alpha * (M - torch.eye(M.shape[0], dtype=M.dtype))
+    return M.float(), int(torch.linalg.matrix_rank(Fn))
+
+
+def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: UnlearnConfig | None = None, *,
+             compose: bool = False, progress: bool = True, **overrides) -> Unlearned:
+    """Compute the edit for ``request`` and inject it in place (see :class:`UnlearnConfig` for the
+    options; keyword ``overrides`` replace config fields, e.g. ``alpha=0.5``).
+
+    An already edited model raises unless ``compose=True``: the new edit is then computed on the
+    edited model and appended, so both requests stay forgotten; :func:`restore_` undoes all.
+    """
+    if not isinstance(request, ForgetRequest):
+        raise TypeError(f"`request` must be a ForgetRequest, got {type(request).__name__}")
+    cfg = replace(config or UnlearnConfig(), **overrides)
+    existing = edits(model)
+    if existing and not compose:
+        raise EditError(f"the model already carries {len(existing)} edit(s) ({sorted({n for n, _ in existing})}); "
+                        "pass compose=True to add this request on top, or call restore_(model) first")
+    t0 = time.perf_counter()
+    sites = {tower: find_site(model, tower) for tower in cfg.towers}  # fail early on unsupported models
+    maps, ranks, stats = {}, {}, {}
+    was_training = model.training
+    model.eval()
+    try:
+        for tower, site in sites.items():
+            d = build(model, tokenizer, request, site, cfg.site, multimodal=cfg.method == "multimodal",
+                      protect=cfg.protect, class_templates=cfg.class_templates, n_prototypes=cfg.n_prototypes,
+                      proto_steps=cfg.proto_steps, proto_lr=cfg.proto_lr, seed=cfg.seed, center=cfg.center,
+                      progress=progress)
+            maps[tower], ranks[tower] = solve(d.F, d.R, cfg)
+            stats[tower] = d.stats
+    finally:
+        model.train(was_training)
+    info = {"request": request.to_dict(), "fingerprint": request.fingerprint(),
+            "config": {k: v for k, v in asdict(cfg).items()}}
+    for tower, M in maps.items():
+        inject_(model, M, tower, cfg.site, info)
+    return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0)

@@ -1,0 +1,85 @@
+"""Pure linear algebra of the edit (torch only, float64 inside, no open_clip, no Lightning).
+
+Vectors are columns: ``F`` (n x m_f) stacks forget directions, ``R`` (n x m_r) retain directions.
+Every map ``M`` (n x n) acts on column embeddings, ``x' = M x``; it is what the injected
+``nn.Linear`` holds as its weight.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _check(X: torch.Tensor, name: str, n: int | None = None) -> torch.Tensor:
+    if X.dim() != 2:
+        raise ValueError(f"`{name}` must be a 2-D (dim x count) matrix, got shape {tuple(X.shape)}")
+    if n is not None and X.shape[0] != n:
+        raise ValueError(f"`{name}` has dimension {X.shape[0]}, expected {n} (vectors are columns)")
+    if not torch.isfinite(X).all():
+        raise ValueError(f"`{name}` has NaN or inf entries")
+    return X.double()
+
+
+def orth(X: torch.Tensor, energy: float = 1.0, tol: float = 1e-6, max_rank: int | None = None) -> torch.Tensor:
+    """Orthonormal basis (n x k) of the column span of ``X``.
+
+    ``k`` is the smallest rank whose singular values keep ``energy`` of the squared spectrum,
+    never counting singular values below ``tol`` times the largest; at most ``max_rank``.
+    """
+    if not 0.0 < energy <= 1.0:
+        raise ValueError(f"`energy`={energy} must be in (0, 1]")
+    X = _check(X, "X")
+    if X.shape[1] == 0 or X.abs().max() == 0:
+        return X.new_zeros(X.shape[0], 0)
+    U, S, _ = torch.linalg.svd(X, full_matrices=False)
+    keep = int((S > tol * S[0]).sum())
+    cum = torch.cumsum(S[:keep] ** 2, 0) / (S[:keep] ** 2).sum()
+    k = min(keep, int((cum < energy - 1e-12).sum()) + 1)
+    return U[:, : min(k, max_rank or k)]
+
+
+def projector(U: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """``P = I - alpha U U^T``: removes ``alpha`` of every component in span(U) (U orthonormal)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"`alpha`={alpha} must be in [0, 1] (0 = no edit, 1 = full removal)")
+    U = _check(U, "U")
+    return torch.eye(U.shape[0], dtype=U.dtype) - alpha * U @ U.T
+
+
+def nullspace_basis(F: torch.Tensor, R: torch.Tensor | None = None, energy: float = 1.0,
+                    retain_energy: float = 1.0, max_rank: int | None = None) -> torch.Tensor:
+    """``U_f = orth((I - U_r U_r^T) F)``, ``U_r = orth(R)``: forget directions with every retained
+    direction protected exactly."""
+    F = _check(F, "F")
+    if R is not None and R.shape[1]:
+        U_r = orth(_check(R, "R", F.shape[0]), retain_energy)
+        F = F - U_r @ (U_r.T @ F)
+    return orth(F, energy, max_rank=max_rank)
+
+
+def nullspace_projector(F: torch.Tensor, R: torch.Tensor | None = None, alpha: float = 1.0,
+                        energy: float = 1.0, retain_energy: float = 1.0, max_rank: int | None = None) -> torch.Tensor:
+    """The exact multimodal-nullspace edit ``P = I - alpha U_f U_f^T`` (see :func:`nullspace_basis`)."""
+    return projector(nullspace_basis(F, R, energy, retain_energy, max_rank), alpha)
+
+
+def regularized_map(F: torch.Tensor, R: torch.Tensor | None = None, lam: float = 30.0, mu: float = 1.0,
+                    F0: torch.Tensor | None = None) -> torch.Tensor:
+    """The closed-form map minimising ``||W - I||^2 + lam ||W F - F0||^2 + mu ||W R - R||^2``:
+
+    ``W* = (I + lam F0 F^T + mu R R^T) (I + lam F F^T + mu R R^T)^-1``  (F0 = 0 sends F to zero).
+    With ``mu = 0`` and orthonormal F it is the partial projector with alpha = lam / (1 + lam).
+    """
+    if lam < 0 or mu < 0:
+        raise ValueError(f"`lam`={lam} and `mu`={mu} must be >= 0")
+    F = _check(F, "F")
+    n = F.shape[0]
+    R = _check(R, "R", n) if R is not None else F.new_zeros(n, 0)
+    eye = torch.eye(n, dtype=F.dtype)
+    A = eye + lam * F @ F.T + mu * R @ R.T
+    B = eye + mu * R @ R.T
+    if F0 is not None:
+        F0 = _check(F0, "F0", n)
+        if F0.shape != F.shape:
+            raise ValueError(f"`F0` has shape {tuple(F0.shape)}, expected the shape of F {tuple(F.shape)}")
+        B = B + lam * F0 @ F.T
+    return torch.linalg.solve(A, B, left=False)  # B A^-1 (A symmetric positive definite)

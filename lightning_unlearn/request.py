@@ -1,0 +1,126 @@
+"""What to forget: a set of (class, domain) knowledge cells, validated against the label space."""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .prompts import CELL_TEMPLATES, validate_templates
+
+PARADIGMS = ("global", "domain-specific", "domain")
+Cell = tuple[str, str]
+
+
+class RequestError(ValueError):
+    """A forget request that cannot be served; the message says what and how to fix it."""
+
+
+def _names(values: Sequence[str] | None, arg: str, allow_none: bool = False) -> tuple[str, ...] | None:
+    if values is None:
+        if allow_none:
+            return None
+        raise RequestError(f"`{arg}` is required: give a list of names")
+    if isinstance(values, str):
+        values = [v.strip() for v in values.split(",")] if "," in values else [values]
+    values = tuple(values)
+    if not values:
+        if allow_none:
+            return None
+        raise RequestError(f"`{arg}` is empty; give at least one name")
+    bad = [v for v in values if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise RequestError(f"`{arg}` has empty or non-string names {bad!r}; every name must be a non-empty string")
+    dupes = sorted({v for v in values if values.count(v) > 1})
+    if dupes:
+        raise RequestError(f"`{arg}` has duplicate names {dupes}; each name may appear once")
+    return values
+
+
+def _known(values: tuple[str, ...] | None, universe: tuple[str, ...], arg: str, universe_arg: str) -> None:
+    for v in values or ():
+        if v not in universe:
+            close = difflib.get_close_matches(v, universe, n=3)
+            hint = f"; did you mean {close}?" if close else f"; known names are {list(universe)}"
+            raise RequestError(f"`{arg}` name {v!r} is not in `{universe_arg}`{hint}")
+
+
+@dataclass(frozen=True)
+class ForgetRequest:
+    """Cells to forget among ``classnames`` x ``domains``.
+
+    The paradigm follows from what is given: ``forget_classes`` only = "global" (those classes in
+    every domain); classes and ``forget_domains`` = "domain-specific" (those classes in those
+    domains); ``forget_domains`` only = "domain" (every class in those domains).
+
+    >>> r = ForgetRequest(["cat", "dog"], ["photo", "sketch"], forget_classes=["dog"], forget_domains=["sketch"])
+    >>> r.paradigm, r.forget_cells
+    ('domain-specific', (('dog', 'sketch'),))
+    """
+    classnames: Sequence[str]
+    domains: Sequence[str]
+    forget_classes: Sequence[str] | None = None
+    forget_domains: Sequence[str] | None = None
+    templates: Sequence[str] | None = None
+    _cells: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("classnames", _names(self.classnames, "classnames"))
+        set_("domains", _names(self.domains, "domains"))
+        set_("forget_classes", _names(self.forget_classes, "forget_classes", allow_none=True))
+        set_("forget_domains", _names(self.forget_domains, "forget_domains", allow_none=True))
+        set_("templates", validate_templates(self.templates or CELL_TEMPLATES, "c"))
+        if self.forget_classes is None and self.forget_domains is None:
+            raise RequestError("nothing to forget: give `forget_classes` (global), `forget_domains` (whole domains) "
+                               "or both (those classes in those domains)")
+        _known(self.forget_classes, self.classnames, "forget_classes", "classnames")
+        _known(self.forget_domains, self.domains, "forget_domains", "domains")
+        classes = self.forget_classes or self.classnames
+        domains = self.forget_domains or self.domains
+        forget = tuple((c, d) for c in self.classnames for d in self.domains if c in classes and d in domains)
+        if len(forget) == len(self.classnames) * len(self.domains):
+            raise RequestError(f"this request forgets every one of the {len(forget)} (class, domain) cells, so nothing "
+                               "is retained; forget fewer classes or domains, or add the classes/domains to keep")
+        set_("_cells", forget)
+
+    @property
+    def paradigm(self) -> str:
+        if self.forget_domains is None:
+            return "global"
+        return "domain" if self.forget_classes is None else "domain-specific"
+
+    @property
+    def forget_cells(self) -> tuple[Cell, ...]:
+        return self._cells
+
+    @property
+    def retain_cells(self) -> tuple[Cell, ...]:
+        forget = set(self._cells)
+        return tuple((c, d) for c in self.classnames for d in self.domains if (c, d) not in forget)
+
+    def same_class_other_domain_cells(self) -> tuple[Cell, ...]:
+        """Retained cells of a forgotten class (domain-specific requests; empty otherwise)."""
+        classes = {c for c, _ in self._cells}
+        return tuple(cell for cell in self.retain_cells if cell[0] in classes)
+
+    def to_dict(self) -> dict:
+        return {"classnames": list(self.classnames), "domains": list(self.domains),
+                "forget_classes": None if self.forget_classes is None else list(self.forget_classes),
+                "forget_domains": None if self.forget_domains is None else list(self.forget_domains),
+                "templates": list(self.templates)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ForgetRequest":
+        return cls(**d)
+
+    def fingerprint(self) -> str:
+        """A short stable hash of the request (names, forget sets and templates)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        what = {"global": f"classes {list(self.forget_classes or [])} in every domain",
+                "domain-specific": f"classes {list(self.forget_classes or [])} in domains {list(self.forget_domains or [])}",
+                "domain": f"every class in domains {list(self.forget_domains or [])}"}[self.paradigm]
+        return f"{self.paradigm}: forget {what} ({len(self._cells)} cells, {len(self.retain_cells)} retained)"
