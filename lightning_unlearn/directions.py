@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
+from . import nullspace
 from . import prototypes as protos
 from .prompts import cell_prompts, fill_template
 from .request import ForgetRequest
@@ -36,6 +38,24 @@ def class_texts(model, tokenizer, classes, templates) -> torch.Tensor:
     """Normalised mean embedding of each class over domain-agnostic templates: len(classes) x d."""
     emb = text_embeddings(model, tokenizer, [fill_template(t, c=c) for c in classes for t in templates])
     return F.normalize(emb.view(len(classes), len(templates), -1).mean(1), dim=-1)
+
+
+def _edited_range(model, site: Site, where: str) -> torch.Tensor | None:
+    """Projector (d x d, symmetric) onto the range of the edits already at an image tower's "joint"
+    site, or None if there are none (or it is full rank). Earlier edits send the features to
+    ``C h``; a text only reads them inside range(C), so the nullspace of a composed edit is taken
+    there: it then keeps the earlier requests forgotten (with an alpha=1 projector, range(C) is
+    span(U_f) complement and this is C itself). The "pooled" site reads through the edited weight
+    already, and text-tower embeddings come from the edited tower."""
+    if where != "joint" or not parametrize.is_parametrized(site.module, site.weight) or \
+            not any(m is site.module for m in model.visual.modules()):
+        return None
+    C = torch.eye(site.dims[1], dtype=torch.float64)
+    for e in getattr(site.module.parametrizations, site.weight):  # in application order
+        if getattr(e, "side", None) == "joint" and isinstance(getattr(e, "P", None), torch.nn.Linear):
+            C = e.P.weight.detach().double().cpu() @ C
+    U = nullspace.orth(C)
+    return None if U.shape[1] == C.shape[0] else (U @ U.T).float()
 
 
 def to_site(model, site: Site, where: str, text: torch.Tensor | None = None,
@@ -80,6 +100,9 @@ def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, m
         images = p.images.flatten(0, 1)
         stats |= {"n_prototypes": images.shape[0], "prototype_cos": float(p.cos.mean()),
                   "prototype_steps": p.steps, "prototype_seconds": round(p.seconds, 3)}
+    P = _edited_range(model, site, where)
+    if P is not None:  # composing on an edited image tower: see _edited_range
+        T_forget = T_forget.cpu() @ P
     Fm = to_site(model, site, where, T_forget, images)
     if protect == "none":
         T_retain = T_cells[:0]
@@ -91,4 +114,66 @@ def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, m
     else:
         raise ValueError(f"`protect`={protect!r} is not one of ('none', 'classes', 'cells')")
     stats["n_retain"] = len(T_retain)
+    if P is not None:
+        T_retain = T_retain.cpu() @ P
     return Directions(Fm, to_site(model, site, where, T_retain), stats)
+
+
+@dataclass
+class Targets:
+    """Directions and where they must go, at the edit site (columns), for the two-sided solver."""
+    A: torch.Tensor  # text directions ...
+    B: torch.Tensor  # ... and what the edited image embeddings must score against them instead
+    V: torch.Tensor  # image directions (prototypes) ...
+    Vt: torch.Tensor  # ... and where the edit must send them
+    stats: dict = field(default_factory=dict)
+
+
+def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, multimodal: bool,
+                  class_templates, n_prototypes: int, proto_steps: int, proto_lr: float, seed: int,
+                  text_weight: float, image_weight: float, overshoot: float, progress: bool = True) -> Targets:
+    """Targets of the two-sided edit, read as zero-shot scores with the unchanged prompts:
+
+    - every class with no forgotten cell keeps its score on every image (``T_k -> T_k``);
+    - global requests: every prompt of a forgotten class scores like the mean retained class
+      (``t -> mean_k T_k``), so the class can no longer win on any image;
+    - multimodal: prototypes of forgotten cells lose ``overshoot`` times their margin for their own
+      class over the mean class; prototypes of the retained cells of forgotten classes (the same
+      class in other domains) stay where they are.
+    """
+    forget_cells, classes = request.forget_cells, request.classnames
+    forgotten = sorted({c for c, _ in forget_cells}, key=classes.index)
+    kept = [c for c in classes if c not in forgotten]
+    T = class_texts(model, tokenizer, classes, class_templates)  # C x d
+    T_kept = T[[classes.index(c) for c in kept]]
+    mean_kept = T_kept.mean(0) if kept else T.mean(0)
+    A, B = [T_kept], [T_kept]
+    if request.paradigm == "global":
+        prompts = torch.cat([class_texts(model, tokenizer, forgotten, class_templates),
+                             cell_texts(model, tokenizer, forget_cells, request.templates)])
+        A.append(prompts)
+        B.append(mean_kept.expand_as(prompts))
+    A, B = torch.cat(A), torch.cat(B)
+    wt = text_weight ** 0.5
+    At, Bt = to_site(model, site, where, A) * wt, to_site(model, site, where, B) * wt
+    stats = {"n_text": len(A)}
+    n = At.shape[0]
+    V = Vt = torch.zeros(n, 0)
+    if multimodal:
+        retain = request.same_class_other_domain_cells() if request.paradigm != "global" else ()
+        cells = forget_cells + retain
+        p = protos.synthesize(model, cell_texts(model, tokenizer, cells, request.templates),
+                              n_per_target=n_prototypes, steps=proto_steps, lr=proto_lr, seed=seed,
+                              classes=T, progress=progress)
+        V = to_site(model, site, where, images=p.images.flatten(0, 1))
+        Vt = V.clone()
+        k = len(forget_cells) * n_prototypes
+        g = to_site(model, site, where, torch.stack([T[classes.index(c)] - mean_kept for c, _ in forget_cells]))
+        g = g.repeat_interleave(n_prototypes, 1)  # n x k: each forget prototype's class-margin direction
+        margin = (V[:, :k] * g).sum(0) / (g * g).sum(0).clamp(min=1e-12)
+        Vt[:, :k] = V[:, :k] - overshoot * margin.clamp(min=0) * g
+        wv = image_weight ** 0.5
+        V, Vt = V * wv, Vt * wv
+        stats |= {"n_prototypes": V.shape[1], "n_forget_prototypes": k, "prototype_cos": float(p.cos.mean()),
+                  "prototype_steps": p.steps, "prototype_seconds": round(p.seconds, 3)}
+    return Targets(At, Bt, V, Vt, stats)

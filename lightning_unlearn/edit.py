@@ -17,13 +17,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import nullspace
-from .directions import build
+from .directions import build, build_targets
 from .prompts import CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
 from .targets import SITES, TOWERS, Site, find_site
 
 METHODS = ("multimodal", "text")
-SOLVERS = ("projector", "regularized")
+SOLVERS = ("two-sided", "projector", "regularized")
 PROTECT = ("none", "classes", "cells")
 
 
@@ -38,7 +38,7 @@ class UnlearnConfig:
     closed form (``lam``, ``mu``); ``alpha`` in [0, 1] scales the removal; ``site``: "joint" (d x d
     after the projection) or "pooled" (D x D before it, image tower only)."""
     method: str = "multimodal"
-    solver: str = "projector"
+    solver: str = "two-sided"
     alpha: float = 1.0
     towers: tuple = ("image",)
     site: str = "joint"
@@ -48,6 +48,9 @@ class UnlearnConfig:
     retain_energy: float = 1.0
     lam: float = 30.0
     mu: float = 1.0
+    text_weight: float = 100.0
+    image_weight: float = 10.0
+    overshoot: float = 1.5
     n_prototypes: int = 4
     proto_steps: int = 150
     proto_lr: float = 0.05
@@ -197,6 +200,24 @@ def solve(F: torch.Tensor, R: torch.Tensor, cfg: UnlearnConfig) -> tuple[torch.T
     return M.float(), int(torch.linalg.matrix_rank(Fn))
 
 
+def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: UnlearnConfig,
+                progress: bool = True) -> tuple[torch.Tensor, int, dict]:
+    """The edit ``M`` (float32) for one tower, the rank of its change, and statistics."""
+    common = dict(multimodal=cfg.method == "multimodal", class_templates=cfg.class_templates,
+                  n_prototypes=cfg.n_prototypes, proto_steps=cfg.proto_steps, proto_lr=cfg.proto_lr,
+                  seed=cfg.seed, progress=progress)
+    if cfg.solver == "two-sided":
+        t = build_targets(model, tokenizer, request, site, cfg.site, text_weight=cfg.text_weight,
+                          image_weight=cfg.image_weight, overshoot=cfg.overshoot, **common)
+        M = nullspace.two_sided_map(t.A, t.B, t.V, t.Vt)
+        eye = torch.eye(M.shape[0], dtype=M.dtype)
+        M = eye + cfg.alpha * (M - eye)
+        return M.float(), int(torch.linalg.matrix_rank(M - eye, rtol=1e-6)), t.stats
+    d = build(model, tokenizer, request, site, cfg.site, protect=cfg.protect, center=cfg.center, **common)
+    M, rank = solve(d.F, d.R, cfg)
+    return M, rank, d.stats
+
+
 def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: UnlearnConfig | None = None, *,
              compose: bool = False, progress: bool = True, **overrides) -> Unlearned:
     """Compute the edit for ``request`` and inject it in place (see :class:`UnlearnConfig` for the
@@ -219,12 +240,7 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     model.eval()
     try:
         for tower, site in sites.items():
-            d = build(model, tokenizer, request, site, cfg.site, multimodal=cfg.method == "multimodal",
-                      protect=cfg.protect, class_templates=cfg.class_templates, n_prototypes=cfg.n_prototypes,
-                      proto_steps=cfg.proto_steps, proto_lr=cfg.proto_lr, seed=cfg.seed, center=cfg.center,
-                      progress=progress)
-            maps[tower], ranks[tower] = solve(d.F, d.R, cfg)
-            stats[tower] = d.stats
+            maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
     finally:
         model.train(was_training)
     info = {"request": request.to_dict(), "fingerprint": request.fingerprint(),

@@ -19,11 +19,13 @@ def _check(X: torch.Tensor, name: str, n: int | None = None) -> torch.Tensor:
     return X.double()
 
 
-def orth(X: torch.Tensor, energy: float = 1.0, tol: float = 1e-6, max_rank: int | None = None) -> torch.Tensor:
+def orth(X: torch.Tensor, energy: float = 1.0, tol: float = 1e-6, max_rank: int | None = None,
+         scale: float | None = None) -> torch.Tensor:
     """Orthonormal basis (n x k) of the column span of ``X``.
 
     ``k`` is the smallest rank whose singular values keep ``energy`` of the squared spectrum,
-    never counting singular values below ``tol`` times the largest; at most ``max_rank``.
+    never counting singular values below ``tol`` times ``scale`` (default: the largest singular
+    value of ``X``); at most ``max_rank``.
     """
     if not 0.0 < energy <= 1.0:
         raise ValueError(f"`energy`={energy} must be in (0, 1]")
@@ -31,7 +33,7 @@ def orth(X: torch.Tensor, energy: float = 1.0, tol: float = 1e-6, max_rank: int 
     if X.shape[1] == 0 or X.abs().max() == 0:
         return X.new_zeros(X.shape[0], 0)
     U, S, _ = torch.linalg.svd(X, full_matrices=False)
-    keep = int((S > tol * S[0]).sum())
+    keep = int((S > tol * (S[0] if scale is None else scale)).sum())
     cum = torch.cumsum(S[:keep] ** 2, 0) / (S[:keep] ** 2).sum()
     k = min(keep, int((cum < energy - 1e-12).sum()) + 1)
     return U[:, : min(k, max_rank or k)]
@@ -50,10 +52,12 @@ def nullspace_basis(F: torch.Tensor, R: torch.Tensor | None = None, energy: floa
     """``U_f = orth((I - U_r U_r^T) F)``, ``U_r = orth(R)``: forget directions with every retained
     direction protected exactly."""
     F = _check(F, "F")
+    # tol is relative to F, not to what is left of it: F inside span(R) leaves only rounding noise
+    scale = float(torch.linalg.matrix_norm(F, ord=2)) if F.numel() else 0.0
     if R is not None and R.shape[1]:
         U_r = orth(_check(R, "R", F.shape[0]), retain_energy)
         F = F - U_r @ (U_r.T @ F)
-    return orth(F, energy, max_rank=max_rank)
+    return orth(F, energy, max_rank=max_rank, scale=scale)
 
 
 def nullspace_projector(F: torch.Tensor, R: torch.Tensor | None = None, alpha: float = 1.0,
@@ -83,3 +87,26 @@ def regularized_map(F: torch.Tensor, R: torch.Tensor | None = None, lam: float =
             raise ValueError(f"`F0` has shape {tuple(F0.shape)}, expected the shape of F {tuple(F.shape)}")
         B = B + lam * F0 @ F.T
     return torch.linalg.solve(A, B, left=False)  # B A^-1 (A symmetric positive definite)
+
+
+def two_sided_map(A: torch.Tensor, B: torch.Tensor, V: torch.Tensor, Vt: torch.Tensor) -> torch.Tensor:
+    """The map ``M`` minimising ``||M - I||^2 + ||A^T M - B^T||^2 + ||M V - Vt||^2``.
+
+    ``A -> B`` constrains how *text* directions read the edited embeddings (``M^T a ~ b``: the
+    score of every image against ``a`` becomes its score against ``b``); ``V -> Vt`` moves *image*
+    directions (``M v ~ vt``). Scale columns to weight them. Setting the gradient to zero gives the
+    Sylvester equation ``(I + A A^T) M + M (V V^T) = I + A B^T + Vt V^T``, solved exactly in the
+    eigenbases of both sides (every denominator is >= 1, so it is always well conditioned).
+    """
+    A, B = _check(A, "A"), _check(B, "B")
+    n = A.shape[0]
+    V, Vt = _check(V, "V", n), _check(Vt, "Vt", n)
+    if A.shape != B.shape or V.shape != Vt.shape:
+        raise ValueError(f"targets must match their directions: A {tuple(A.shape)} vs B {tuple(B.shape)}, "
+                         f"V {tuple(V.shape)} vs Vt {tuple(Vt.shape)}")
+    eye = torch.eye(n, dtype=A.dtype)
+    lp, Up = torch.linalg.eigh(eye + A @ A.T)
+    lq, Uq = torch.linalg.eigh(V @ V.T)
+    C = eye + A @ B.T + Vt @ V.T
+    X = (Up.T @ C @ Uq) / (lp[:, None] + lq.clamp(min=0)[None, :])
+    return Up @ X @ Uq.T

@@ -76,3 +76,16 @@ def summarise(correct: torch.Tensor, total: torch.Tensor, classnames, domains) -
         "macro": float(acc[seen].mean()) if seen.any() else 0.0,
         "per_domain": {d: float(correct[:, j].sum() / total[:, j].sum().clamp(min=1)) for j, d in enumerate(domains)},
     }
+
+
+def split_accuracy(correct: torch.Tensor, total: torch.Tensor, request) -> dict:
+    """Micro accuracy over a request's forget cells, retain cells, and the retained cells of the
+    forgotten classes ("same class, other domains"; None when there are none), from C x D counts."""
+    def acc(cells):
+        if not cells:
+            return None
+        idx = [(request.classnames.index(c), request.domains.index(d)) for c, d in cells]
+        i, j = torch.tensor(idx).T
+        return float(correct[i, j].sum() / total[i, j].sum().clamp(min=1))
+    return {"forget_acc": acc(request.forget_cells), "retain_acc": acc(request.retain_cells),
+            "same_class_other_domains_acc": acc(request.same_class_other_domain_cells())}

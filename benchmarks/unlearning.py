@@ -1,0 +1,155 @@
+"""Unlearning quality of every method on the embedded world, side by side, in one run.
+
+    python benchmarks/unlearning.py --json runs/unlearning.json            # full (see README for time)
+    python benchmarks/unlearning.py --json runs/unlearning-quick.json --quick
+
+Requests (fixed before any result was seen):
+  global           every class, one at a time (10 runs);
+  domain-specific  8 (class, domain) pairs, two per domain: (star, sketch), (moon, sketch),
+                   (heart, photo), (square, photo), (circle, cartoon), (cross, cartoon),
+                   (arrow, painting), (hexagon, painting);
+  domain           every domain, one at a time (4 runs).
+Methods: text (text-only nullspace, 2512.14137), regularized (its regularised closed form),
+multimodal (text + visual prototypes, 2512.14113: the library defaults), finetune (Kravets &
+Namboodiri, benchmarks/finetune_baseline.py), and with --sites both edit sites for multimodal.
+``--quick`` runs one request per paradigm on fewer images. Accuracies use the held-out test split.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.finetune_baseline import finetune_unlearn  # noqa: E402
+from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
+from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
+from lightning_unlearn.embedded import load_embedded  # noqa: E402
+from lightning_unlearn.zeroshot import classifier, evaluate, split_accuracy  # noqa: E402
+
+DOMAIN_SPECIFIC = [("star", "sketch"), ("moon", "sketch"), ("heart", "photo"), ("square", "photo"),
+                   ("circle", "cartoon"), ("cross", "cartoon"), ("arrow", "painting"), ("hexagon", "painting")]
+REQUESTS = ([("global", {"forget_classes": [c]}) for c in CLASSES]
+            + [("domain-specific", {"forget_classes": [c], "forget_domains": [d]}) for c, d in DOMAIN_SPECIFIC]
+            + [("domain", {"forget_domains": [d]}) for d in DOMAINS])
+QUICK = [("global", {"forget_classes": ["star"]}), ("domain-specific", {"forget_classes": ["star"],
+                                                                       "forget_domains": ["sketch"]}),
+         ("domain", {"forget_domains": ["painting"]})]
+METHODS = {"text": {"method": "text"}, "regularized": {"method": "text", "solver": "regularized"},
+           "multimodal": {}}
+
+
+def test_batches(emb, n_per_cell: int, batch: int = 500):
+    world = World("test", n_per_cell)
+    samples = [world[i] for i in range(len(world))]
+    x = torch.stack([emb.preprocess(s.image) for s in samples])
+    y = torch.tensor([(s.cls, s.domain, s.colour) for s in samples])
+    return [(x[i:i + batch], y[i:i + batch, 0], y[i:i + batch, 1], y[i:i + batch, 2]) for i in range(0, len(x), batch)]
+
+
+def measure(model, emb, batches, request, colour_T) -> dict:
+    res = evaluate(model, emb.tokenizer, emb.classnames, emb.templates, batches, emb.domains, progress=False,
+                   extra={"colour": (colour_T, lambda b: b[3])})
+    return split_accuracy(res["correct"], res["total"], request) | {"unrelated": res["colour_accuracy"]}
+
+
+def run(args) -> dict:
+    torch.manual_seed(0)
+    emb = load_embedded()
+    model = emb.model
+    batches = test_batches(emb, args.n_per_cell)
+    colour_T = classifier(model, emb.tokenizer, emb.colours, emb.colour_templates)
+    methods = dict(METHODS)
+    if args.sites:
+        base = UnlearnConfig().site
+        other = "pooled" if base == "joint" else "joint"
+        methods[f"multimodal-{other}"] = {"site": other}
+    requests = QUICK if args.quick else REQUESTS
+    names = [m for m in args.methods.split(",")] if args.methods else list(methods) + ["finetune"]
+    runs = []
+    t_start = time.perf_counter()
+    for paradigm, kw in requests:
+        request = ForgetRequest(emb.classnames, emb.domains, **kw)
+        before = measure(model, emb, batches, request, colour_T)
+        for name in names:
+            if name == "finetune":
+                edited, info = finetune_unlearn(model, emb.tokenizer, request, emb.templates,
+                                                max_steps=args.finetune_steps)
+                after, seconds, extra = measure(edited, emb, batches, request, colour_T), info["seconds"], info
+            else:
+                u = unlearn_(model, emb.tokenizer, request, progress=False, **methods[name])
+                after, seconds, extra = measure(model, emb, batches, request, colour_T), u.seconds, {
+                    "rank": u.ranks.get("image")}
+                restore_(model)
+            row = {"paradigm": paradigm, "method": name, "forget": request.describe(),
+                   **{f"{k}_before": before[k] for k in before}, **{f"{k}_after": after[k] for k in after},
+                   "edit_seconds": round(seconds, 3), **{k: v for k, v in extra.items() if k != "seconds"}}
+            runs.append(row)
+            print(f"{paradigm:16s} {name:18s} forget {row['forget_acc_before']:.3f}->{row['forget_acc_after']:.3f} "
+                  f"retain {row['retain_acc_before']:.3f}->{row['retain_acc_after']:.3f} "
+                  f"unrelated {row['unrelated_before']:.3f}->{row['unrelated_after']:.3f} {seconds:.1f}s  "
+                  f"| {request.describe()}", flush=True)
+    return {"runs": [_rename(r) for r in runs], "n_per_cell": args.n_per_cell, "quick": args.quick,
+            "defaults": {k: v for k, v in vars(UnlearnConfig()).items()},
+            "total_seconds": round(time.perf_counter() - t_start, 1)}
+
+
+def _rename(r: dict) -> dict:
+    """Issue schema names: unrelated_acc_*, same_class_other_domains_acc_*."""
+    out = {}
+    for k, v in r.items():
+        k = k.replace("unrelated_before", "unrelated_acc_before").replace("unrelated_after", "unrelated_acc_after")
+        out[k] = v
+    return out
+
+
+def summary(result: dict) -> tuple[str, dict]:
+    rows, table = {}, []
+    for r in result["runs"]:
+        rows.setdefault((r["paradigm"], r["method"]), []).append(r)
+    lines = ["| paradigm | method | runs | forget after (mean / worst) | retain drop (mean / worst) | "
+             "same class other domains drop | unrelated drop (worst) | edit s (mean) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (paradigm, method), rs in rows.items():
+        drop = lambda k: [100 * (x[f"{k}_before"] - x[f"{k}_after"]) for x in rs]  # noqa: E731
+        fa = [x["forget_acc_after"] for x in rs]
+        sc = [d for d, x in zip(drop("same_class_other_domains_acc"), rs)
+              if x["same_class_other_domains_acc_before"] is not None]
+        s = {"forget_after_mean": sum(fa) / len(fa), "forget_after_worst": max(fa),
+             "retain_drop_mean": sum(drop("retain_acc")) / len(rs), "retain_drop_worst": max(drop("retain_acc")),
+             "same_class_drop_mean": sum(sc) / len(sc) if sc else None,
+             "unrelated_drop_worst": max(drop("unrelated_acc")),
+             "edit_seconds_mean": sum(x["edit_seconds"] for x in rs) / len(rs)}
+        table.append(s | {"paradigm": paradigm, "method": method, "runs": len(rs)})
+        lines.append(f"| {paradigm} | {method} | {len(rs)} | {s['forget_after_mean']:.3f} / {s['forget_after_worst']:.3f}"
+                     f" | {s['retain_drop_mean']:.2f} / {s['retain_drop_worst']:.2f} | "
+                     f"{'-' if s['same_class_drop_mean'] is None else format(s['same_class_drop_mean'], '.2f')} | "
+                     f"{s['unrelated_drop_worst']:.2f} | {s['edit_seconds_mean']:.2f} |")
+    return "\n".join(lines), {"summary": table}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--n-per-cell", type=int, default=None, help="test images per cell (100 full, 30 quick)")
+    p.add_argument("--methods", default=None, help="comma list of text,regularized,multimodal,finetune")
+    p.add_argument("--sites", action="store_true", help="also run multimodal at the other edit site")
+    p.add_argument("--finetune-steps", type=int, default=300)
+    args = p.parse_args(argv)
+    args.n_per_cell = args.n_per_cell or (30 if args.quick else 100)
+    result = run(args)
+    table, summ = summary(result)
+    result |= summ
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    print(table)
+    print(f"total {result['total_seconds']} s; wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

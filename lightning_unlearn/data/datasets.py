@@ -1,0 +1,169 @@
+"""Torch datasets: the rendered world, and any image set laid out as ``root/<domain>/<class>/<image>``.
+
+The folder layout is the one PACS, DomainNet and Office-Home ship in, and the one
+:func:`write_world` writes, so the world can round-trip through disk.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import open_clip
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+from .world import COLOUR_NAMES, World
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def default_transform() -> Callable:
+    """ToTensor + CLIP normalisation. No resize: fine for the world's 32 px images; for photos of
+    other sizes pass the model's own ``preprocess`` (from ``open_clip.create_model_and_transforms``)."""
+    return transforms.Compose([transforms.ToTensor(),
+                               transforms.Normalize(open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)])
+
+
+class WorldDataset(Dataset):
+    """A :class:`World` as a torch dataset of ``(image, class_idx, domain_idx, colour_idx)``."""
+
+    def __init__(self, world: World, transform: Callable | None = None):
+        self.world = world
+        self.transform = transform or default_transform()
+        self.classnames, self.domains, self.colours = world.classnames, world.domains, COLOUR_NAMES
+
+    def __len__(self) -> int:
+        return len(self.world)
+
+    def __getitem__(self, i: int):
+        s = self.world[i]
+        return self.transform(s.image), s.cls, s.domain, s.colour
+
+
+def write_world(world: World, root: str | Path) -> Path:
+    """Save every image of ``world`` as ``root/<domain>/<class>/<n>.png`` (``n``: index within the
+    cell); returns ``root``. Read it back with :class:`DomainFolderDataset`."""
+    root = Path(root)
+    for i in range(len(world)):
+        s = world[i]
+        folder = root / world.domains[s.domain] / world.classnames[s.cls]
+        folder.mkdir(parents=True, exist_ok=True)
+        s.image.save(folder / f"{i % world.n_per_cell}.png")
+    return root
+
+
+def _natural(name: str):
+    """Sort key that puts ``2.png`` before ``10.png``."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
+
+
+def _subdirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _choose(given: Sequence[str] | None, found: Sequence[str], what: str, arg: str, root: Path) -> tuple[str, ...]:
+    """``given`` (validated against ``found``) or ``found``."""
+    if given is None:
+        return tuple(found)
+    if isinstance(given, str):
+        raise TypeError(f"`{arg}` must be a sequence of names, got the single string {given!r}; wrap it in a list")
+    given = tuple(given)
+    dupes = sorted({n for n in given if given.count(n) > 1})
+    if dupes:
+        raise ValueError(f"`{arg}` lists {dupes} more than once; give each {what} once")
+    for n in given:
+        if n not in found:
+            close = difflib.get_close_matches(n, found, n=3)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            raise ValueError(f"{what} {n!r} in `{arg}` has no folder under {root}; {hint}found: {list(found)}")
+    return given
+
+
+class DomainFolderDataset(Dataset):
+    """Images in ``root/<domain>/<class>/<image>`` as a torch dataset of ``(image, class_idx, domain_idx)``.
+
+    Domains and classes are the folder names in sorted order (as in torchvision ``ImageFolder``),
+    unless ``domains`` / ``classnames`` fix the order (or pick a subset: unlisted folders are left
+    out). Classes are the union over domains; ``support[domain][class]`` counts the images of each
+    cell and a warning names any domain that lacks a class. Files with other extensions and hidden
+    files are ignored; image files that PIL cannot read are skipped with one warning and listed in
+    ``skipped`` (``verify=False`` skips that check, for speed on large sets).
+    """
+
+    def __init__(self, root: str | Path, transform: Callable | None = None, domains: Sequence[str] | None = None,
+                 classnames: Sequence[str] | None = None, extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                 verify: bool = True):
+        self.root = root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"dataset root {root} does not exist; expected a folder laid out as "
+                                    "<root>/<domain>/<class>/<image> (e.g. an unpacked PACS)")
+        if not root.is_dir():
+            raise NotADirectoryError(f"dataset root {root} is a file; expected a folder of <domain>/<class>/<image>")
+        self.transform = transform or default_transform()
+        exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+        self.domains = _choose(domains, _subdirs(root), "domain", "domains", root)
+        if not self.domains:
+            raise ValueError(f"{root} has no domain folders; expected <root>/<domain>/<class>/<image>")
+        by_domain = {}
+        for d in self.domains:
+            names = _subdirs(root / d)
+            if not names:
+                raise ValueError(f"domain folder {root / d} has no class folders; expected "
+                                 f"{root / d}/<class>/<image> (or drop {d!r} via `domains=`)")
+            by_domain[d] = names
+        union = sorted(set().union(*by_domain.values()))
+        self.classnames = _choose(classnames, union, "class", "classnames", root)
+
+        self.samples: list[tuple[Path, int, int]] = []
+        self.skipped: list[Path] = []
+        self.support = {d: {c: 0 for c in self.classnames} for d in self.domains}
+        for di, d in enumerate(self.domains):
+            for ci, c in enumerate(self.classnames):
+                folder = root / d / c
+                files = sorted(folder.iterdir(), key=lambda p: _natural(p.name)) if folder.is_dir() else []
+                for p in files:
+                    if p.name.startswith(".") or p.suffix.lower() not in exts or not p.is_file():
+                        continue
+                    if verify and not _readable(p):
+                        self.skipped.append(p)
+                        continue
+                    self.samples.append((p, ci, di))
+                    self.support[d][c] += 1
+        if not self.samples:
+            bad = f" ({len(self.skipped)} unreadable, e.g. {self.skipped[0]})" if self.skipped else ""
+            raise ValueError(f"no readable images with extensions {sorted(exts)} under {root}{bad}; "
+                             "expected <root>/<domain>/<class>/<image> (pass `extensions=` for other types)")
+        missing = {d: [c for c, n in counts.items() if n == 0] for d, counts in self.support.items()}
+        missing = {d: cs for d, cs in missing.items() if cs}
+        if missing:
+            warnings.warn(f"some domains lack some classes under {root}: "
+                          + "; ".join(f"{d!r} lacks {cs}" for d, cs in missing.items())
+                          + ". Using the union of classes; see `.support` for images per (domain, class)", stacklevel=2)
+        if self.skipped:
+            warnings.warn(f"skipped {len(self.skipped)} unreadable image file(s) under {root}, the first being "
+                          f"{self.skipped[0]}; see `.skipped` for all of them", stacklevel=2)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, c, d = self.samples[i]
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except OSError as e:
+            raise OSError(f"cannot read image {path}: {e}; delete or replace the file and rebuild the dataset") from e
+        return self.transform(image), c, d
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, ...) for bad files
+        return False
