@@ -131,15 +131,18 @@ class Targets:
 
 def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, multimodal: bool,
                   class_templates, n_prototypes: int, proto_steps: int, proto_lr: float, seed: int,
-                  text_weight: float, image_weight: float, overshoot: float, progress: bool = True) -> Targets:
+                  text_weight: float, image_weight: float, overshoot: float, retain_prompts=(),
+                  progress: bool = True) -> Targets:
     """Targets of the two-sided edit, read as zero-shot scores with the unchanged prompts:
 
-    - every class with no forgotten cell keeps its score on every image (``T_k -> T_k``);
+    - every class with no forgotten cell keeps its score on every image (``T_k -> T_k``), and so
+      does every prompt in ``retain_prompts`` (other knowledge to keep, e.g. attribute words);
     - global requests: every prompt of a forgotten class scores like the mean retained class
       (``t -> mean_k T_k``), so the class can no longer win on any image;
     - multimodal: prototypes of forgotten cells lose ``overshoot`` times their margin for their own
-      class over the mean class; prototypes of the retained cells of forgotten classes (the same
-      class in other domains) stay where they are.
+      class over a sink (the mean kept class; for whole domains, the most generic class);
+      prototypes of the retained cells of forgotten classes (the same class in other domains)
+      stay where they are.
     """
     forget_cells, classes = request.forget_cells, request.classnames
     forgotten = sorted({c for c, _ in forget_cells}, key=classes.index)
@@ -147,7 +150,13 @@ def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: s
     T = class_texts(model, tokenizer, classes, class_templates)  # C x d
     T_kept = T[[classes.index(c) for c in kept]]
     mean_kept = T_kept.mean(0) if kept else T.mean(0)
-    A, B = [T_kept], [T_kept]
+    if kept:
+        sink = lambda c: mean_kept  # noqa: E731  (a forgotten class should score like the average kept one)
+    else:  # whole domains: no class is kept anywhere, so send every prototype to one "sink" class
+        order = (T @ T.mean(0)).argsort(descending=True).tolist()  # most generic class text first
+        sink = lambda c: T[order[1]] if classes.index(c) == order[0] else T[order[0]]  # noqa: E731
+    A = [T_kept] + ([text_embeddings(model, tokenizer, list(retain_prompts))] if retain_prompts else [])
+    B = list(A)
     if request.paradigm == "global":
         prompts = torch.cat([class_texts(model, tokenizer, forgotten, class_templates),
                              cell_texts(model, tokenizer, forget_cells, request.templates)])
@@ -168,7 +177,7 @@ def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: s
         V = to_site(model, site, where, images=p.images.flatten(0, 1))
         Vt = V.clone()
         k = len(forget_cells) * n_prototypes
-        g = to_site(model, site, where, torch.stack([T[classes.index(c)] - mean_kept for c, _ in forget_cells]))
+        g = to_site(model, site, where, torch.stack([T[classes.index(c)] - sink(c) for c, _ in forget_cells]))
         g = g.repeat_interleave(n_prototypes, 1)  # n x k: each forget prototype's class-margin direction
         margin = (V[:, :k] * g).sum(0) / (g * g).sum(0).clamp(min=1e-12)
         Vt[:, :k] = V[:, :k] - overshoot * margin.clamp(min=0) * g

@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 
 from . import nullspace
 from .directions import build, build_targets
-from .prompts import CLASS_TEMPLATES, validate_templates
+from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
 from .targets import SITES, TOWERS, Site, find_site
 
@@ -51,6 +51,7 @@ class UnlearnConfig:
     text_weight: float = 100.0
     image_weight: float = 10.0
     overshoot: float = 1.5
+    retain_prompts: tuple = ATTRIBUTE_PROMPTS
     n_prototypes: int = 4
     proto_steps: int = 150
     proto_lr: float = 0.05
@@ -70,6 +71,7 @@ class UnlearnConfig:
         if self.site == "pooled" and "text" in towers:
             raise ValueError("`site`='pooled' edits the image tower only; use towers=('image',) or site='joint'")
         object.__setattr__(self, "towers", towers)
+        object.__setattr__(self, "retain_prompts", tuple(self.retain_prompts))
         object.__setattr__(self, "class_templates", validate_templates(self.class_templates, "c", "class_templates"))
         if self.n_prototypes < 1 or self.proto_steps < 1:
             raise ValueError(f"`n_prototypes`={self.n_prototypes} and `proto_steps`={self.proto_steps} must be >= 1")
@@ -138,9 +140,8 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
         edit = ProjectorEdit(n, site, layout, info)
         with torch.no_grad():
             edit.P.weight.copy_(M.float())
+        edit.to(getattr(module, name).device)  # before registering: torch evaluates the parametrization at once
         parametrize.register_parametrization(module, name, edit)
-        ref = getattr(module.parametrizations, name).original
-        edit.to(ref.device)
 
 
 def edits(model: nn.Module) -> list[tuple[str, ProjectorEdit]]:
@@ -208,7 +209,8 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
                   seed=cfg.seed, progress=progress)
     if cfg.solver == "two-sided":
         t = build_targets(model, tokenizer, request, site, cfg.site, text_weight=cfg.text_weight,
-                          image_weight=cfg.image_weight, overshoot=cfg.overshoot, **common)
+                          image_weight=cfg.image_weight, overshoot=cfg.overshoot,
+                          retain_prompts=cfg.retain_prompts, **common)
         M = nullspace.two_sided_map(t.A, t.B, t.V, t.Vt)
         eye = torch.eye(M.shape[0], dtype=M.dtype)
         M = eye + cfg.alpha * (M - eye)

@@ -12,6 +12,11 @@ CLASS_TEMPLATES = ("a {c}.", "a photo of a {c}.", "a sketch of a {c}.", "a carto
                    "a painting of a {c}.")
 #: Cell templates: one (class, domain) pair each.
 CELL_TEMPLATES = ("a {d} of a {c}.", "a {d} of the {c}.", "the {c} in a {d}.")
+#: Generic knowledge every edit keeps by default (two-sided solver): common attribute words, bare.
+#: Colour words are among them, and colour is the embedded world's "unrelated task": the benchmark
+#: also reports ``retain_prompts=()`` so the effect of this bank is visible.
+ATTRIBUTE_PROMPTS = ("red", "green", "blue", "yellow", "purple", "orange", "pink", "brown", "black", "white",
+                     "grey", "large", "small", "striped", "dotted", "shiny", "dark", "bright")
 #: Domain-only templates.
 DOMAIN_TEMPLATES = ("a {d}.", "a {d} of something.")
 
