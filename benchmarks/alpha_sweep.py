@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.unlearning import QUICK, measure, test_batches  # noqa: E402
+from benchmarks.unlearning import QUICK, measure, render_test_set  # noqa: E402
 from lightning_unlearn import ForgetRequest, restore_, unlearn_  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
 from lightning_unlearn.zeroshot import classifier  # noqa: E402
@@ -34,7 +34,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     alphas = [float(a) for a in args.alphas.split(",")]
     emb = load_embedded()
-    batches = test_batches(emb, args.n_per_cell)
+    batches = render_test_set(emb, args.n_per_cell)
     colour_T = classifier(emb.model, emb.tokenizer, emb.colours, emb.colour_templates)
     curves = []
     for paradigm, kw in QUICK:

@@ -43,7 +43,7 @@ METHODS = {"text": {"method": "text"}, "regularized": {"method": "text", "solver
            "multimodal": {}}
 
 
-def test_batches(emb, n_per_cell: int, batch: int = 500):
+def render_test_set(emb, n_per_cell: int, batch: int = 500):
     world = World("test", n_per_cell)
     samples = [world[i] for i in range(len(world))]
     x = torch.stack([emb.preprocess(s.image) for s in samples])
@@ -61,7 +61,7 @@ def run(args) -> dict:
     torch.manual_seed(0)
     emb = load_embedded()
     model = emb.model
-    batches = test_batches(emb, args.n_per_cell)
+    batches = render_test_set(emb, args.n_per_cell)
     colour_T = classifier(model, emb.tokenizer, emb.colours, emb.colour_templates)
     methods = dict(METHODS)
     if args.sites:

@@ -7,11 +7,12 @@ space) or on its input (``"pooled"``: a D x D map on the pooled features, image 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
 from open_clip.model import CLIP, CustomTextCLIP
-from open_clip.modified_resnet import ModifiedResNet
+from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
 from open_clip.timm_model import TimmModel
 from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
@@ -59,7 +60,27 @@ def _vit(visual: VisionTransformer) -> Site:
 
 
 def _resnet(visual: ModifiedResNet) -> Site:
-    return _linear_site(visual.attnpool.c_proj, visual)
+    # AttentionPool2d passes `c_proj.weight` to F.multi_head_attention_forward and never calls the
+    # Linear, so a hook on it never fires: rerun the pool with an identity output projection.
+    pool = visual.attnpool
+    site = _linear_site(pool.c_proj, visual)
+
+    def pooled(x):
+        captured = []
+        handle = pool.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+        try:
+            visual(x)
+        finally:
+            handle.remove()
+        ref, n = pool.q_proj.weight, pool.c_proj.in_features
+        identity = SimpleNamespace(weight=torch.eye(n, dtype=ref.dtype, device=ref.device),
+                                   bias=torch.zeros(n, dtype=ref.dtype, device=ref.device))
+        proxy = SimpleNamespace(positional_embedding=pool.positional_embedding, q_proj=pool.q_proj,
+                                k_proj=pool.k_proj, v_proj=pool.v_proj, c_proj=identity,
+                                num_heads=pool.num_heads, training=pool.training)
+        return AttentionPool2d.forward(proxy, captured[-1])
+    site.pooled = pooled
+    return site
 
 
 def _timm(visual: TimmModel) -> Site:

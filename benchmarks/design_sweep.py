@@ -1,0 +1,106 @@
+"""How the library's defaults were chosen: design variants side by side on six fixed requests.
+
+    python benchmarks/design_sweep.py --json runs/design_sweep.json
+
+Requests (fixed before results): global star, global hexagon; domain-specific star/sketch,
+heart/photo; whole domain painting, sketch. Every variant is UnlearnConfig() with the listed
+overrides; prototypes are synthesised once per (request, prototype settings) and reused across
+variants (synthesis is deterministic for a seed, so this changes no number, only the run time).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.unlearning import measure, render_test_set  # noqa: E402
+from lightning_unlearn import ForgetRequest, directions, restore_, unlearn_  # noqa: E402
+from lightning_unlearn.embedded import load_embedded  # noqa: E402
+from lightning_unlearn.zeroshot import classifier  # noqa: E402
+
+REQUESTS = [("global", {"forget_classes": ["star"]}), ("global", {"forget_classes": ["hexagon"]}),
+            ("domain-specific", {"forget_classes": ["star"], "forget_domains": ["sketch"]}),
+            ("domain-specific", {"forget_classes": ["heart"], "forget_domains": ["photo"]}),
+            ("domain", {"forget_domains": ["painting"]}), ("domain", {"forget_domains": ["sketch"]})]
+VARIANTS = {
+    "paper: projector, protect classes": {"solver": "projector", "protect": "classes", "center": False},
+    "paper: projector, no protection": {"solver": "projector", "protect": "none", "center": False},
+    "CCUP regularized (multimodal)": {"solver": "regularized", "protect": "classes", "center": False},
+    "two-sided, text only": {"method": "text"},
+    "two-sided multimodal (default)": {},
+    "  without attribute bank": {"retain_prompts": ()},
+    "  pooled site (D x D)": {"site": "pooled"},
+    "  overshoot 3, image weight 30": {"overshoot": 3.0, "image_weight": 30.0},
+    "  8 prototypes per cell": {"n_prototypes": 8},
+    "  60 prototype steps": {"proto_steps": 60},
+}
+
+
+def memoise_prototypes():
+    """Reuse deterministic prototype syntheses across variants (same inputs, same images)."""
+    original = directions.protos.synthesize
+    cache = {}
+
+    @functools.wraps(original)
+    def cached(model, targets, **kw):
+        key = (targets.numpy().tobytes(), json.dumps({k: str(v) if torch.is_tensor(v) else v for k, v in kw.items()
+                                                      if k != "progress"}, sort_keys=True),
+               None if kw.get("classes") is None else kw["classes"].numpy().tobytes())
+        if key not in cache:
+            cache[key] = original(model, targets, **kw)
+        return cache[key]
+    directions.protos.synthesize = cached
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--n-per-cell", type=int, default=30)
+    args = p.parse_args(argv)
+    memoise_prototypes()
+    emb = load_embedded()
+    batches = render_test_set(emb, args.n_per_cell)
+    colour_T = classifier(emb.model, emb.tokenizer, emb.colours, emb.colour_templates)
+    rows = []
+    for paradigm, kw in REQUESTS:
+        request = ForgetRequest(emb.classnames, emb.domains, **kw)
+        before = measure(emb.model, emb, batches, request, colour_T)
+        for name, overrides in VARIANTS.items():
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            unlearn_(emb.model, emb.tokenizer, request, progress=False, **overrides)
+            seconds = time.perf_counter() - t0
+            after = measure(emb.model, emb, batches, request, colour_T)
+            restore_(emb.model)
+            row = {"paradigm": paradigm, "forget": request.describe(), "variant": name.strip(),
+                   "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+                   "before": before, "after": after, "seconds": round(seconds, 2)}
+            rows.append(row)
+            sc = after["same_class_other_domains_acc"]
+            print(f"{request.describe()[:60]:60s} {name:36s} forget {before['forget_acc']:.3f}->{after['forget_acc']:.3f}"
+                  f" retain {before['retain_acc']:.3f}->{after['retain_acc']:.3f}"
+                  f" same {'-' if sc is None else format(sc, '.3f')} colour {after['unrelated']:.3f}", flush=True)
+    table = ["| variant | " + " | ".join(f"{p} {kw}" for p, kw in
+                                         [(r[0], next(iter(r[1].values()))[0]) for r in REQUESTS]) + " |",
+             "|---|" + "---|" * len(REQUESTS)]
+    for name in VARIANTS:
+        cells = []
+        for r in (x for x in rows if x["variant"] == name.strip()):
+            b, a = r["before"], r["after"]
+            cells.append(f"{a['forget_acc']:.2f} / {100 * (b['retain_acc'] - a['retain_acc']):+.1f} / "
+                         f"{100 * (b['unrelated'] - a['unrelated']):+.1f}")
+        table.append(f"| {name.strip()} | " + " | ".join(cells) + " |")
+    print("\ncells: forget accuracy after / retain drop (points) / colour drop (points)")
+    print("\n".join(table))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"rows": rows, "n_per_cell": args.n_per_cell}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
