@@ -1,0 +1,154 @@
+"""Forget / retain accuracy per (class, domain) cell as a torchmetrics ``Metric``.
+
+The only states are two ``C x D`` count tables (``correct``, ``total``) summed across processes,
+so the numbers over a sharded test set equal the single-process numbers exactly.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torchmetrics import Metric
+
+from .request import ForgetRequest, RequestError
+
+#: Which way each key of :meth:`UnlearningAccuracy.compute` should move after unlearning.
+HIGHER_IS_BETTER = {"forget_accuracy": False, "forget_accuracy_macro": False, "retain_accuracy": True,
+                    "retain_accuracy_macro": True, "same_class_other_domains_accuracy": True, "accuracy": None}
+
+
+def forget_mask(request: ForgetRequest, classnames: Sequence[str] | None = None,
+                domains: Sequence[str] | None = None) -> torch.Tensor:
+    """The ``C x D`` boolean mask of ``request``'s forget cells over ``classnames`` x ``domains``
+    (default: the request's own). Every forgotten class and domain must be among the names.
+
+    >>> r = ForgetRequest(["cat", "dog"], ["photo", "sketch"], forget_classes=["dog"])
+    >>> forget_mask(r).tolist()
+    [[False, False], [True, True]]
+    """
+    classnames = tuple(request.classnames if classnames is None else classnames)
+    domains = tuple(request.domains if domains is None else domains)
+    for names, universe, what, arg in [({c for c, _ in request.forget_cells}, classnames, "class", "classnames"),
+                                       ({d for _, d in request.forget_cells}, domains, "domain", "domains")]:
+        missing = sorted(n for n in names if n not in universe)
+        if missing:
+            raise RequestError(f"the request forgets {what} name(s) {missing}, which are not in `{arg}` "
+                               f"{list(universe)}; fix the request's names, or pass `{arg}=` with the data's label "
+                               "names in label-index order")
+    mask = torch.zeros(len(classnames), len(domains), dtype=torch.bool)
+    for c, d in request.forget_cells:
+        mask[classnames.index(c), domains.index(d)] = True
+    return mask
+
+
+class UnlearningAccuracy(Metric):
+    """Zero-shot accuracy on the forgotten cells, the retained cells and per domain.
+
+    Args:
+        forget: a :class:`~lightning_unlearn.ForgetRequest` or a boolean ``C x D`` mask of the
+            forgotten (class, domain) cells.
+        classnames, domains: the label names of the data, in label-index order (default: the
+            request's; with a mask, class and domain indices are used as names).
+        validate_args: check input shapes and label ranges in ``update`` (one device sync per batch).
+
+    ``update(preds, target_class, target_domain)`` takes predicted class indices ``(N,)`` or
+    scores ``(N, C)`` (arg-maxed). ``compute()`` returns a dict of scalar tensors:
+    ``forget_accuracy`` / ``retain_accuracy`` (micro: over images; ``*_macro``: mean over the cells
+    seen), ``same_class_other_domains_accuracy`` (retained cells of a forgotten class; only when
+    the request has such cells, i.e. domain-specific ones), ``accuracy`` (every image) and
+    ``accuracy_<domain>`` per domain. A set with no image yet is ``nan``.
+
+    Lower is better for the forget keys and higher for the others (see :data:`HIGHER_IS_BETTER`),
+    so the metric as a whole declares ``higher_is_better = None``.
+
+    >>> r = ForgetRequest(["cat", "dog"], ["photo", "sketch"], forget_classes=["dog"], forget_domains=["sketch"])
+    >>> m = UnlearningAccuracy(r)
+    >>> m.update(torch.tensor([0, 1, 0, 0]), target_class=torch.tensor([0, 1, 1, 0]),
+    ...          target_domain=torch.tensor([0, 0, 1, 1]))
+    >>> out = m.compute()
+    >>> round(float(out["forget_accuracy"]), 3), round(float(out["retain_accuracy"]), 3)
+    (0.0, 1.0)
+    >>> float(out["same_class_other_domains_accuracy"]), float(out["accuracy_sketch"])
+    (1.0, 0.5)
+    """
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+    correct: torch.Tensor
+    total: torch.Tensor
+
+    def __init__(self, forget: ForgetRequest | torch.Tensor, classnames: Sequence[str] | None = None,
+                 domains: Sequence[str] | None = None, validate_args: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.validate_args = validate_args
+        if isinstance(forget, ForgetRequest):
+            mask = forget_mask(forget, classnames, domains)
+            classnames = tuple(forget.classnames if classnames is None else classnames)
+            domains = tuple(forget.domains if domains is None else domains)
+        elif isinstance(forget, torch.Tensor):
+            if forget.dim() != 2 or forget.dtype != torch.bool:
+                raise ValueError(f"`forget` must be a ForgetRequest or a 2-D bool (classes x domains) mask, got a "
+                                 f"{forget.dtype} tensor of shape {tuple(forget.shape)}")
+            mask = forget.clone()
+            classnames = tuple(str(i) for i in range(mask.shape[0])) if classnames is None else tuple(classnames)
+            domains = tuple(str(j) for j in range(mask.shape[1])) if domains is None else tuple(domains)
+            if (len(classnames), len(domains)) != tuple(mask.shape):
+                raise ValueError(f"the `forget` mask has shape {tuple(mask.shape)} but {len(classnames)} `classnames` "
+                                 f"and {len(domains)} `domains` were given; give one name per row / column")
+        else:
+            raise TypeError(f"`forget` must be a ForgetRequest or a bool tensor, got {type(forget).__name__}")
+        if not mask.any() or mask.all():
+            raise ValueError(f"the forget mask marks {int(mask.sum())} of {mask.numel()} cells; it needs at least one "
+                             "forgotten and one retained cell")
+        self.classnames, self.domains = classnames, domains
+        forgotten_classes = mask.any(1, keepdim=True)
+        self.register_buffer("forget_cells", mask, persistent=False)
+        self.register_buffer("same_class_cells", forgotten_classes & ~mask, persistent=False)
+        shape = tuple(mask.shape)
+        self.add_state("correct", default=torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target_class: torch.Tensor, target_domain: torch.Tensor) -> None:
+        C, D = self.correct.shape
+        if preds.dim() == 2:
+            if preds.shape[1] != C:
+                raise ValueError(f"`preds` has scores for {preds.shape[1]} classes, expected {C}")
+            preds = preds.argmax(-1)
+        if not (preds.shape == target_class.shape == target_domain.shape) or preds.dim() != 1:
+            raise ValueError(f"`preds` {tuple(preds.shape)}, `target_class` {tuple(target_class.shape)} and "
+                             f"`target_domain` {tuple(target_domain.shape)} must be 1-D of the same length")
+        target_class, target_domain = target_class.long(), target_domain.long()
+        if self.validate_args:  # one device sync per batch
+            bad = (target_class < 0) | (target_class >= C) | (target_domain < 0) | (target_domain >= D)
+            if bool(bad.any()):
+                raise ValueError(f"labels out of range: classes must be in [0, {C}) and domains in [0, {D}); "
+                                 "check that the data's label order matches `classnames` / `domains`")
+        idx = target_class * D + target_domain
+        self.total.view(-1).index_add_(0, idx, torch.ones_like(idx))
+        self.correct.view(-1).index_add_(0, idx, (preds.long() == target_class).long())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        correct, total = self.correct.double(), self.total.double()
+        acc = correct / total.clamp(min=1)
+        seen = self.total > 0
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=acc.device)
+
+        def micro(cells):
+            n = total[cells].sum()
+            return correct[cells].sum() / n if n > 0 else nan
+
+        def macro(cells):
+            cells = cells & seen
+            return acc[cells].mean() if cells.any() else nan
+
+        out = {"forget_accuracy": micro(self.forget_cells), "forget_accuracy_macro": macro(self.forget_cells),
+               "retain_accuracy": micro(~self.forget_cells), "retain_accuracy_macro": macro(~self.forget_cells)}
+        if self.same_class_cells.any():
+            out["same_class_other_domains_accuracy"] = micro(self.same_class_cells)
+        out["accuracy"] = micro(torch.ones_like(self.forget_cells))
+        for j, d in enumerate(self.domains):
+            column = torch.zeros_like(self.forget_cells)
+            column[:, j] = True
+            out[f"accuracy_{d}"] = micro(column)
+        return {k: v.float() for k, v in out.items()}
