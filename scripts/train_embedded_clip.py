@@ -12,8 +12,10 @@ time, validation accuracy per checkpoint).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -30,21 +32,30 @@ from lightning_unlearn import embedded, zeroshot  # noqa: E402
 from lightning_unlearn.data.world import CLASSES, COLOUR_NAMES, DOMAINS, World  # noqa: E402
 from lightning_unlearn.prompts import CELL_TEMPLATES, CLASS_TEMPLATES, DOMAIN_TEMPLATES, fill_template  # noqa: E402
 
-MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+MEAN = open_clip.OPENAI_DATASET_MEAN
+STD = open_clip.OPENAI_DATASET_STD
 
 
-def render(world: World, desc: str):
-    imgs = np.empty((len(world), world.size, world.size, 3), np.uint8)
-    labels = np.empty((len(world), 3), np.int64)
-    for i in tqdm(range(len(world)), desc=desc, mininterval=5):
-        s = world[i]
-        imgs[i], labels[i] = np.asarray(s.image), (s.cls, s.domain, s.colour)
+def _render_one(args):
+    world, i = args
+    s = world[i]
+    return np.asarray(s.image), (s.cls, s.domain, s.colour)
+
+
+def render(world: World, desc: str, workers: int = 1):
+    """All images of ``world`` as a uint8 N x 3 x H x W tensor and N x 3 labels (in index order)."""
+    jobs = ((world, i) for i in range(len(world)))
+    with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        it = pool.imap(_render_one, jobs, chunksize=256) if pool else map(_render_one, jobs)
+        out = list(tqdm(it, total=len(world), desc=desc, mininterval=5))
+    imgs = np.stack([o[0] for o in out])
+    labels = np.array([o[1] for o in out], np.int64)
     return torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 
 
 def to_input(x_uint8: torch.Tensor) -> torch.Tensor:
-    return (x_uint8.float() / 255.0 - MEAN) / STD
+    mean, std = (torch.tensor(v, device=x_uint8.device).view(1, 3, 1, 1) for v in (MEAN, STD))
+    return (x_uint8.float() / 255.0 - mean) / std
 
 
 # (caption kind, probability); each kind names a subset of (domain, colour, class).
@@ -79,6 +90,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=embedded.ASSETS)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the shipped weights: see world-clip.train.json)")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering the training set")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -86,11 +99,11 @@ def main(argv=None):
     t_start = time.time()
 
     name = embedded.register()
-    model = open_clip.create_model(name)
+    model = open_clip.create_model(name).to(args.device)
     tokenizer = open_clip.get_tokenizer(name)
-    x_train, y_train = render(World("train", args.n_per_cell, seed=args.seed), "render train")
-    val = World("val", 10, seed=args.seed)
-    x_val, y_val = render(val, "render val")
+    x_train, y_train = render(World("train", args.n_per_cell, seed=args.seed), "render train", args.workers)
+    x_train = x_train.to(args.device)
+    x_val, y_val = render(World("val", 10, seed=args.seed), "render val", args.workers)
     val_batches = [(to_input(x_val[i:i + 200]), y_val[i:i + 200, 0], y_val[i:i + 200, 1], y_val[i:i + 200, 2])
                    for i in range(0, len(x_val), 200)]
 
@@ -104,8 +117,8 @@ def main(argv=None):
     for step in bar:
         model.train()
         idx = torch.from_numpy(rng.integers(len(x_train), size=args.batch))
-        x = to_input(x_train[idx])
-        flip = torch.from_numpy(rng.random(args.batch) < 0.5)
+        x = to_input(x_train[idx.to(args.device)])
+        flip = torch.from_numpy(rng.random(args.batch) < 0.5).to(args.device)
         x[flip] = x[flip].flip(-1)
         y = y_train[idx]
         caps, attrs = zip(*[caption(kinds[rng.choice(len(kinds), p=probs)], int(c), int(d), int(col), rng)
@@ -113,10 +126,10 @@ def main(argv=None):
         for t in caps:
             if t not in token_cache:
                 token_cache[t] = tokenizer([t])[0]
-        tokens = torch.stack([token_cache[t] for t in caps])
+        tokens = torch.stack([token_cache[t] for t in caps]).to(args.device)
         a = torch.tensor(attrs)  # B x 3: (domain, colour, class), -1 = not named
         img_attr = y[:, [1, 2, 0]]
-        match = ((a[None] == img_attr[:, None]) | (a[None] < 0)).all(-1).float()  # image i x caption j
+        match = ((a[None] == img_attr[:, None]) | (a[None] < 0)).all(-1).float().to(args.device)  # image x caption
         img_f, txt_f, scale = model(x, tokens)
         logits = scale * img_f @ txt_f.T
         loss = 0.5 * (F.cross_entropy(logits, match / match.sum(1, keepdim=True))
@@ -138,7 +151,7 @@ def main(argv=None):
             history.append(rec)
             tqdm.write(json.dumps(rec))
             args.out.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
+            save_file({k: v.detach().half().cpu().contiguous() for k, v in model.state_dict().items()},
                       str(args.out / f"{name}.safetensors"))
             settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
             (args.out / f"{name}.train.json").write_text(json.dumps(
