@@ -1,0 +1,483 @@
+"""Saving edits: a folded open_clip folder, and a small edit artifact that re-applies to the original model.
+
+* :func:`save_folded` writes an open_clip ``local-dir:`` folder (``open_clip_config.json`` +
+  ``open_clip_model.safetensors``) of the model with every edit merged into its weights; it loads
+  anywhere with ``open_clip.create_model_and_transforms("local-dir:DIR")``, no lightning_unlearn
+  needed. The caller's model is left as it is (a deep copy is folded).
+* :func:`save_edit` / :func:`load_edit` / :func:`apply_edit` / :func:`remove_edit`: the edit alone
+  (its d x d maps, the request and config that produced them, and a sha256 fingerprint of the
+  projection weights it was computed on), a few hundred KB instead of a whole model. Applying
+  checks the fingerprint, so an edit never lands silently on weights it was not made for.
+
+Every write goes to a temporary file or folder next to the destination and is renamed into place,
+so an interrupted run leaves either the old output or the complete new one, never half of it.
+Loads use safetensors only; nothing here unpickles.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import open_clip
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .edit import EditError, ProjectorEdit, Unlearned, edits, fold_, inject_, restore_
+from .targets import TOWERS, UnsupportedModelError, find_site
+
+FORMAT = "lightning_unlearn.edit"
+VERSION = 1
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+EDIT_NAME = "edit.safetensors"
+#: Files that mark a folder as one this module wrote (only such folders are replaced on overwrite).
+_OWN_FILES = (CONFIG_NAME, WEIGHTS_NAME, EDIT_NAME)
+
+
+class ArtifactError(ValueError):
+    """An edit artifact (or model folder) that cannot be read or does not fit."""
+
+
+class FingerprintMismatchError(EditError):
+    """The edit was computed on different projection weights than the model's."""
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_output(path: str | Path, overwrite: bool = False, folder: bool = True) -> Path:
+    """Raise unless ``path`` may be written: it must not exist, or ``overwrite`` is set and it is a
+    file (``folder=False``) or a folder that is empty or was written by this module."""
+    path = Path(path)
+    if not path.exists():
+        if path.parent.exists() and not path.parent.is_dir():
+            raise NotADirectoryError(f"cannot write {path}: {path.parent} is a file, not a folder")
+        return path
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another path or pass overwrite=True "
+                              "(--overwrite on the command line) to replace it")
+    if folder:
+        if not path.is_dir():
+            raise FileExistsError(f"{path} exists and is a file, not a model folder; refusing to replace it")
+        contents = [p.name for p in path.iterdir()]
+        if contents and not any(name in contents for name in _OWN_FILES):
+            raise FileExistsError(f"refusing to replace {path}: it holds {len(contents)} entries and is not a "
+                                  f"folder written by lightning_unlearn (no {CONFIG_NAME} or {EDIT_NAME}); choose "
+                                  "another path")
+    elif path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file path")
+    return path
+
+
+@contextmanager
+def staged_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``out_dir``; on success it replaces ``out_dir`` in one
+    rename, on any error (or interrupt) it is deleted and ``out_dir`` is left untouched."""
+    out = check_output(out_dir, overwrite, folder=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        check_output(out, overwrite, folder=True)  # it may have appeared meanwhile
+        if out.exists():
+            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+            os.rename(out, old)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old, out)  # put the previous output back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def staged_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``."""
+    out = check_output(path, overwrite, folder=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
+        check_output(out, overwrite, folder=False)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(obj, path: str | Path, overwrite: bool = True) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    with staged_file(path, overwrite) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    return Path(path)
+
+
+def _jsonable(o):
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    raise TypeError(f"cannot write {type(o).__name__} as JSON")
+
+
+def _plain(obj):
+    """``obj`` with tuples as lists (JSON round trip)."""
+    return json.loads(json.dumps(obj, default=_jsonable))
+
+
+# ---------------------------------------------------------------------------------------------- folded model
+@contextmanager
+def quiet_open_clip():
+    """Silence open_clip's root-logger warnings ("No pretrained weights loaded ...") while building a
+    model whose weights are loaded separately."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def preprocess_config(model: nn.Module) -> dict:
+    """The image preprocessing open_clip attached to ``model`` (size, mean, std, interpolation...)."""
+    return _plain(open_clip.get_model_preprocess_cfg(model))
+
+
+def _state_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    # Clone: safetensors refuses tensors that share storage (tied weights); open_clip loads them apart.
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def _check_against_config(state: dict[str, torch.Tensor], folder: Path) -> None:
+    """Build the architecture ``folder``'s config describes and compare keys and shapes with ``state``."""
+    try:
+        with quiet_open_clip(), torch.device("meta"):  # shapes only: no memory, no init time
+            ref = open_clip.create_model(f"local-dir:{folder}", load_weights=False, device="meta")
+    except Exception as e:  # noqa: BLE001 - open_clip raises many types for a bad config
+        raise ArtifactError(f"open_clip cannot build a model from this model_cfg: {type(e).__name__}: {e}") from e
+    expected = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
+    if missing or unexpected or shapes:
+        raise ArtifactError("the model's weights do not match model_cfg: " + describe_key_mismatch(
+            missing, unexpected, [f"{k} (model {got[k]}, config {expected[k]})" for k in shapes]))
+
+
+def describe_key_mismatch(missing, unexpected, shapes=(), limit: int = 8) -> str:
+    """'missing keys [...]; unexpected keys [...]; shape mismatches [...]' with at most ``limit`` each."""
+    def some(keys):
+        keys = list(keys)
+        return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    parts = [f"{what} ({len(keys)}): {some(keys)}" for what, keys in
+             [("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)] if keys]
+    return "; ".join(parts) or "no differences"
+
+
+def write_folded_into(folder: str | Path, model: nn.Module, model_cfg: dict,
+                      preprocess_cfg: dict | None = None) -> Path:
+    """Write the folded ``model`` (``open_clip_config.json`` + ``open_clip_model.safetensors``) into the
+    existing ``folder`` (no staging: :func:`save_folded` wraps this in a temporary folder)."""
+    if not isinstance(model_cfg, dict) or "vision_cfg" not in model_cfg or "text_cfg" not in model_cfg:
+        got = f"keys {sorted(model_cfg)}" if isinstance(model_cfg, dict) else type(model_cfg).__name__
+        raise ArtifactError("`model_cfg` must be an open_clip model config dict with 'vision_cfg' and 'text_cfg' "
+                            f"(from open_clip.get_model_config(name)); got {got}")
+    folder = Path(folder)
+    provenance = [dict(e.info, tensor=name) for name, e in edits(model) if e.layout != "bias"]
+    folded = copy.deepcopy(model)
+    fold_(folded)
+    state = _state_for_saving(folded)
+    del folded
+    config = {"model_cfg": _plain(model_cfg), "preprocess_cfg": _plain(preprocess_cfg or preprocess_config(model)),
+              "lightning_unlearn": {"folded_edits": provenance}}
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    _check_against_config(state, folder)
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    return folder
+
+
+def save_folded(model: nn.Module, model_cfg: dict, out_dir: str | Path, overwrite: bool = False,
+                preprocess_cfg: dict | None = None) -> Path:
+    """Write ``model`` with its edits folded in as an open_clip ``local-dir:`` folder.
+
+    ``model_cfg`` is the architecture dict open_clip builds the model from
+    (``open_clip.get_model_config(name)``, or ``model_cfg`` of a local-dir's config file);
+    ``preprocess_cfg`` defaults to the one open_clip attached to ``model``. The folder holds
+    ``open_clip_config.json`` ({"model_cfg", "preprocess_cfg", "lightning_unlearn": provenance}) and
+    ``open_clip_model.safetensors``; the weights are checked against ``model_cfg`` before anything
+    is written. A deep copy is folded: ``model`` itself is not changed. An existing ``out_dir``
+    raises ``FileExistsError`` unless ``overwrite``. Returns the folder.
+
+    >>> # save_folded(model, open_clip.get_model_config("ViT-B-32"), "vit-b32-no-dogs")
+    >>> # open_clip.create_model_and_transforms("local-dir:vit-b32-no-dogs")
+    """
+    with staged_dir(out_dir, overwrite) as tmp:
+        write_folded_into(tmp, model, model_cfg, preprocess_cfg)
+    return Path(out_dir)
+
+
+def read_local_dir_config(folder: str | Path) -> dict:
+    """The parsed ``open_clip_config.json`` of a local-dir model folder (clear errors if absent or bad)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist" if not folder.exists()
+                                else f"{folder} is a file; a local-dir model is a folder holding {CONFIG_NAME}")
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; a local-dir model folder holds {CONFIG_NAME} and "
+                                f"{WEIGHTS_NAME} (as written by save_folded or `lightning-unlearn unlearn`)")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"cannot read {path}: {e}") from e
+    if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict):
+        raise ArtifactError(f"{path} has no 'model_cfg' object; open_clip needs {{\"model_cfg\": ..., "
+                            "\"preprocess_cfg\": ...}")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- fingerprint
+def _qualified(model: nn.Module) -> dict[int, str]:
+    return {id(m): n for n, m in model.named_modules()}
+
+
+def _original(module: nn.Module, name: str) -> torch.Tensor:
+    """The unedited tensor ``module.<name>`` (under its parametrization if it has one)."""
+    if parametrize.is_parametrized(module, name):
+        return getattr(module.parametrizations, name).original
+    return getattr(module, name)
+
+
+def _sha256(t: torch.Tensor) -> str:
+    data = t.detach().to("cpu", torch.float32).contiguous()
+    return hashlib.sha256(data.numpy().tobytes()).hexdigest()
+
+
+def fingerprint(model: nn.Module) -> dict[str, dict]:
+    """sha256 (of the float32 values) and shape of every tower's unedited projection weight and bias:
+    ``{qualified tensor name: {"tower", "shape", "sha256"}}``."""
+    names = _qualified(model)
+    out = {}
+    for tower in TOWERS:
+        try:
+            site = find_site(model, tower)
+        except UnsupportedModelError:
+            continue
+        for attr in (site.weight, site.bias):
+            if attr is None:
+                continue
+            t = _original(site.module, attr)
+            out[f"{names[id(site.module)]}.{attr}".lstrip(".")] = {
+                "tower": tower, "shape": list(t.shape), "sha256": _sha256(t)}
+    return out
+
+
+def _compare(expected: dict, actual: dict) -> list[str]:
+    problems = []
+    for key, want in expected.items():
+        have = actual.get(key)
+        if have is None:
+            problems.append(f"`{key}` ({want['tower']} projection) is absent from the model")
+        elif have["shape"] != want["shape"]:
+            problems.append(f"`{key}` has shape {tuple(have['shape'])}, the edit was made for {tuple(want['shape'])}")
+        elif have["sha256"] != want["sha256"]:
+            problems.append(f"`{key}` ({want['tower']} projection) has different values "
+                            f"(sha256 {have['sha256'][:12]}..., the edit expects {want['sha256'][:12]}...)")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- edit artifact
+@dataclass
+class EditArtifact:
+    """A saved edit: ``entries`` in application order, each ``{"tower", "site", "info"}`` with its map
+    in ``maps`` (same order); ``fingerprint`` of the weights it was computed on; ``meta``: the
+    whole JSON metadata."""
+    maps: list[torch.Tensor]
+    entries: list[dict]
+    fingerprint: dict
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def requests(self) -> list[dict]:
+        """The distinct requests (as dicts) the artifact's edits were computed for, in order."""
+        out = []
+        for e in self.entries:
+            r = e["info"].get("request")
+            if r is not None and r not in out:
+                out.append(r)
+        return out
+
+
+def _entries_from_model(model: nn.Module) -> tuple[list[torch.Tensor], list[dict]]:
+    maps, entries = [], []
+    for tower in TOWERS:
+        try:
+            site = find_site(model, tower)
+        except UnsupportedModelError:
+            continue
+        if not parametrize.is_parametrized(site.module, site.weight):
+            continue
+        for e in getattr(site.module.parametrizations, site.weight):
+            if isinstance(e, ProjectorEdit):
+                maps.append(e.P.weight.detach().float().cpu().clone())
+                entries.append({"tower": tower, "site": e.side, "info": _plain(e.info)})
+    return maps, entries
+
+
+def _entries_from_unlearned(u: Unlearned) -> tuple[list[torch.Tensor], list[dict]]:
+    # The same info unlearn_ attaches to the injected edit.
+    info = _plain({"request": u.request.to_dict(), "fingerprint": u.request.fingerprint(),
+                   "config": asdict(u.config)})
+    maps = [u.maps[t].detach().float().cpu().clone() for t in u.maps]
+    return maps, [{"tower": t, "site": u.config.site, "info": info} for t in u.maps]
+
+
+def _metadata(entries: list[dict], fp: dict) -> dict:
+    from . import __version__
+
+    def unique(key):
+        values = [e["info"].get(key) for e in entries]
+        return values[0] if values and all(v == values[0] for v in values) else None
+    sites = {e["site"] for e in entries}
+    return {"format": FORMAT, "version": VERSION, "library_version": __version__,
+            "request": unique("request"), "config": unique("config"),
+            "site": sites.pop() if len(sites) == 1 else None,
+            "edits": [{"tower": e["tower"], "site": e["site"], "info": e["info"]} for e in entries],
+            "fingerprint": {"algorithm": "sha256 of float32 values", "tensors": fp}}
+
+
+def save_edit(obj: Unlearned | nn.Module, path: str | Path, *, model: nn.Module | None = None,
+              overwrite: bool = False) -> Path:
+    """Save an edit alone: ``path`` (safetensors: one map per edit, the JSON metadata in the file's
+    header) plus a human-readable copy of the metadata next to it (``path`` with suffix ``.json``).
+
+    ``obj`` is an edited model (every injected edit is saved, in order) or the :class:`Unlearned`
+    that :func:`unlearn_` returned, together with ``model=`` (the model it was computed on, edited
+    or not: its projection weights are fingerprinted). Returns ``path``.
+    """
+    path = Path(path)
+    if isinstance(obj, Unlearned):
+        if model is None:
+            raise TypeError("save_edit(unlearned, path) needs `model=`: the model the edit was computed on, "
+                            "whose projection weights are fingerprinted so the edit is only re-applied to them")
+        maps, entries = _entries_from_unlearned(obj)
+    elif isinstance(obj, nn.Module):
+        if model is not None and model is not obj:
+            raise TypeError("pass either an edited model or an Unlearned with `model=`, not two models")
+        model = obj
+        maps, entries = _entries_from_model(model)
+        if not maps:
+            raise EditError("the model carries no edit to save; run unlearn_(model, ...) first")
+    else:
+        raise TypeError(f"save_edit expects an Unlearned or an edited model, got {type(obj).__name__}")
+    sidecar = path.with_suffix(".json")
+    if sidecar == path:
+        raise ValueError(f"give the edit a .safetensors path, not {path} (its metadata goes to a .json next to it)")
+    check_output(path, overwrite, folder=False)
+    check_output(sidecar, overwrite, folder=False)
+    meta = _metadata(entries, fingerprint(model))
+    tensors = {f"maps.{i}": m.contiguous() for i, m in enumerate(maps)}
+    with staged_file(path, overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(meta)})
+    write_json(meta, sidecar, overwrite)
+    return path
+
+
+def load_edit(path: str | Path) -> EditArtifact:
+    """Read an edit saved by :func:`save_edit` (safetensors only; nothing is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"edit file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises SafetensorError, OSError, ...
+        raise ArtifactError(f"cannot read edit {path}: {type(e).__name__}: {e}; expected a .safetensors file "
+                            "written by save_edit") from e
+    if FORMAT not in header:
+        raise ArtifactError(f"{path} is a safetensors file but not a lightning_unlearn edit (no {FORMAT!r} metadata)")
+    try:
+        meta = json.loads(header[FORMAT])
+        entries, fp = meta["edits"], meta["fingerprint"]["tensors"]
+        version = meta["version"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{path} has damaged edit metadata ({type(e).__name__}: {e})") from e
+    if version > VERSION:
+        raise ArtifactError(f"{path} is an edit of format version {version}; this lightning_unlearn reads up to "
+                            f"{VERSION}: upgrade the package")
+    maps = []
+    for i, e in enumerate(entries):
+        m = tensors.get(f"maps.{i}")
+        if m is None or m.ndim != 2 or m.shape[0] != m.shape[1] or e.get("tower") not in TOWERS:
+            raise ArtifactError(f"{path} is damaged: edit {i} ({e.get('tower')!r}) has "
+                                + ("no map" if m is None else f"a map of shape {tuple(m.shape)}"))
+        maps.append(m)
+    return EditArtifact(maps, entries, fp, meta)
+
+
+def apply_edit(model: nn.Module, artifact: EditArtifact | str | Path, *, compose: bool = False,
+               check: bool = True) -> nn.Module:
+    """Inject a saved edit into ``model`` (in place), after checking that the model's projection
+    weights are the ones the edit was computed on. A model that already carries edits raises unless
+    ``compose=True``. Undo with :func:`remove_edit`. Returns ``model``."""
+    if not isinstance(artifact, EditArtifact):
+        artifact = load_edit(artifact)
+    existing = edits(model)
+    if existing and not compose:
+        raise EditError(f"the model already carries {len(existing)} edit(s); call remove_edit(model) first or pass "
+                        "compose=True to stack this one on top")
+    if check:
+        problems = _compare(artifact.fingerprint, fingerprint(model))
+        if problems:
+            reqs = "; ".join(f"classes {r.get('forget_classes')} domains {r.get('forget_domains')}"
+                             for r in artifact.requests) or "unknown request"
+            raise FingerprintMismatchError(
+                "this edit was computed on different weights than this model's: " + "; ".join(problems)
+                + f". Apply it to the model it was made from (edit for: {reqs}), or recompute it with unlearn_ "
+                "on this model")
+    plan = []
+    for i, (M, e) in enumerate(zip(artifact.maps, artifact.entries)):
+        site = find_site(model, e["tower"])
+        n = site.dims[1] if e["site"] == "joint" else site.dims[0]
+        if tuple(M.shape) != (n, n):
+            raise ArtifactError(f"edit {i} has shape {tuple(M.shape)} but the {e['tower']} projection needs ({n}, {n}) "
+                                f"at site {e['site']!r}")
+        plan.append((M, e))
+    for M, e in plan:
+        inject_(model, M, e["tower"], e["site"], e["info"])
+    return model
+
+
+def remove_edit(model: nn.Module) -> nn.Module:
+    """Remove every injected edit: the state_dict is bit-identical to the unedited model's again."""
+    return restore_(model)
