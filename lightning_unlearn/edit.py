@@ -48,12 +48,12 @@ class UnlearnConfig:
     retain_energy: float = 1.0
     lam: float = 30.0
     mu: float = 1.0
-    text_weight: float = 100.0
-    image_weight: float = 10.0
-    overshoot: float = 1.5
+    text_weight: float = 1000.0
+    image_weight: float = 100.0
+    overshoot: float = 3.0
     retain_prompts: tuple = ATTRIBUTE_PROMPTS
     n_prototypes: int = 4
-    proto_steps: int = 150
+    proto_steps: int = 60
     proto_lr: float = 0.05
     class_templates: tuple = CLASS_TEMPLATES
     seed: int = 0
