@@ -115,10 +115,10 @@ def summary(result: dict) -> tuple[str, dict]:
              "same class other domains drop | unrelated drop (worst) | edit s (mean) |",
              "|---|---|---|---|---|---|---|---|"]
     for (paradigm, method), rs in rows.items():
-        drop = lambda k: [100 * (x[f"{k}_before"] - x[f"{k}_after"]) for x in rs]  # noqa: E731
+        drop = lambda k: [100 * (x[f"{k}_before"] - x[f"{k}_after"]) for x in rs  # noqa: E731
+                          if x[f"{k}_before"] is not None]
         fa = [x["forget_acc_after"] for x in rs]
-        sc = [d for d, x in zip(drop("same_class_other_domains_acc"), rs)
-              if x["same_class_other_domains_acc_before"] is not None]
+        sc = drop("same_class_other_domains_acc")
         s = {"forget_after_mean": sum(fa) / len(fa), "forget_after_worst": max(fa),
              "retain_drop_mean": sum(drop("retain_acc")) / len(rs), "retain_drop_worst": max(drop("retain_acc")),
              "same_class_drop_mean": sum(sc) / len(sc) if sc else None,
@@ -143,6 +143,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     args.n_per_cell = args.n_per_cell or (30 if args.quick else 100)
     result = run(args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))  # the raw runs first, whatever happens below
     table, summ = summary(result)
     result |= summ
     args.json.parent.mkdir(parents=True, exist_ok=True)
