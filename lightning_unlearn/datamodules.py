@@ -42,6 +42,21 @@ class _Loaders(LightningDataModule):
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
+    def dataset(self, which: str) -> Dataset:  # "train", "val" or "test"
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train"), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"))
+
 
 class WorldDataModule(_Loaders):
     """The procedural world (:class:`~lightning_unlearn.data.World`): ``n_per_cell`` images per
@@ -74,18 +89,6 @@ class WorldDataModule(_Loaders):
         from .data.datasets import WorldDataset
         world = World(self.splits[which], self.n_per_cell, self.size, self.seed, self.classnames, self.domains)
         return WorldDataset(world, self._transform())
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train"), shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"))
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"))
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"))
 
 
 class FolderDataModule(_Loaders):
@@ -133,18 +136,6 @@ class FolderDataModule(_Loaders):
         for which in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
                       "predict": ("test",)}[stage]:
             self.dataset(which)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train"), shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"))
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"))
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"))
 
 
 __all__ = ["FolderDataModule", "WorldDataModule"]

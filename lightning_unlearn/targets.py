@@ -40,16 +40,20 @@ class Site:
         return tuple(W.shape) if self.layout == "param" else tuple(W.shape[::-1])
 
 
+def _input_of(module: nn.Module, owner: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input ``module`` receives when ``owner(x)`` runs."""
+    captured = []
+    handle = module.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    try:
+        owner(x)
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
 def _linear_site(linear: nn.Linear, owner: nn.Module) -> Site:
-    def pooled(x):
-        captured = []
-        handle = linear.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
-        try:
-            owner(x)
-        finally:
-            handle.remove()
-        return captured[-1]
-    return Site(linear, "weight", "bias" if linear.bias is not None else None, "linear", pooled)
+    return Site(linear, "weight", "bias" if linear.bias is not None else None, "linear",
+                lambda x: _input_of(linear, owner, x))
 
 
 def _vit(visual: VisionTransformer) -> Site:
@@ -66,19 +70,13 @@ def _resnet(visual: ModifiedResNet) -> Site:
     site = _linear_site(pool.c_proj, visual)
 
     def pooled(x):
-        captured = []
-        handle = pool.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
-        try:
-            visual(x)
-        finally:
-            handle.remove()
         ref, n = pool.q_proj.weight, pool.c_proj.in_features
         identity = SimpleNamespace(weight=torch.eye(n, dtype=ref.dtype, device=ref.device),
                                    bias=torch.zeros(n, dtype=ref.dtype, device=ref.device))
         proxy = SimpleNamespace(positional_embedding=pool.positional_embedding, q_proj=pool.q_proj,
                                 k_proj=pool.k_proj, v_proj=pool.v_proj, c_proj=identity,
                                 num_heads=pool.num_heads, training=pool.training)
-        return AttentionPool2d.forward(proxy, captured[-1])
+        return AttentionPool2d.forward(proxy, _input_of(pool, visual, x))
     site.pooled = pooled
     return site
 
