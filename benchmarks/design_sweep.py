@@ -36,9 +36,10 @@ VARIANTS = {
     "two-sided multimodal (default)": {},
     "  without attribute bank": {"retain_prompts": ()},
     "  pooled site (D x D)": {"site": "pooled"},
-    "  overshoot 3, image weight 30": {"overshoot": 3.0, "image_weight": 30.0},
+    "  first guess: weights 100/10, overshoot 1.5": {"text_weight": 100.0, "image_weight": 10.0, "overshoot": 1.5},
+    "  image weight 1000": {"image_weight": 1000.0},
     "  8 prototypes per cell": {"n_prototypes": 8},
-    "  60 prototype steps": {"proto_steps": 60},
+    "  150 prototype steps": {"proto_steps": 150},
 }
 
 

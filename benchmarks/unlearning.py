@@ -139,9 +139,10 @@ def main(argv=None):
     p.add_argument("--n-per-cell", type=int, default=None, help="test images per cell (100 full, 30 quick)")
     p.add_argument("--methods", default=None, help="comma list of text,regularized,multimodal,finetune")
     p.add_argument("--sites", action="store_true", help="also run multimodal at the other edit site")
-    p.add_argument("--finetune-steps", type=int, default=300)
+    p.add_argument("--finetune-steps", type=int, default=None, help="step cap of the baseline (default 30)")
     args = p.parse_args(argv)
     args.n_per_cell = args.n_per_cell or (30 if args.quick else 100)
+    args.finetune_steps = args.finetune_steps or 30
     result = run(args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))  # the raw runs first, whatever happens below
