@@ -2,7 +2,8 @@
 
     python benchmarks/alpha_sweep.py --json runs/alpha_sweep.json --png runs/alpha_sweep.png
 
-Each alpha recomputes the edit with the same seed (the same prototypes), so only alpha changes
+Each alpha recomputes the edit with the same seed; the (deterministic) prototypes are synthesised
+once per request and reused, so only alpha changes
 (``alpha`` scales the removed components: 0 = no edit, 1 = full removal).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.design_sweep import memoise_prototypes  # noqa: E402
 from benchmarks.unlearning import QUICK, measure, render_test_set  # noqa: E402
 from lightning_unlearn import ForgetRequest, restore_, unlearn_  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
@@ -33,6 +35,7 @@ def main(argv=None):
     p.add_argument("--alphas", default="0,0.25,0.5,0.75,0.9,1")
     args = p.parse_args(argv)
     alphas = [float(a) for a in args.alphas.split(",")]
+    memoise_prototypes()
     emb = load_embedded()
     batches = render_test_set(emb, args.n_per_cell)
     colour_T = classifier(emb.model, emb.tokenizer, emb.colours, emb.colour_templates)

@@ -26,9 +26,8 @@ def _names(values: Sequence[str] | None, arg: str, allow_none: bool = False) -> 
         values = [v.strip() for v in values.split(",")] if "," in values else [values]
     values = tuple(values)
     if not values:
-        if allow_none:
-            return None
-        raise RequestError(f"`{arg}` is empty; give at least one name")
+        hint = " (or leave it out / pass None)" if allow_none else ""
+        raise RequestError(f"`{arg}` is empty; give at least one name{hint}")
     bad = [v for v in values if not isinstance(v, str) or not v.strip()]
     if bad:
         raise RequestError(f"`{arg}` has empty or non-string names {bad!r}; every name must be a non-empty string")
@@ -71,7 +70,7 @@ class ForgetRequest:
         set_("domains", _names(self.domains, "domains"))
         set_("forget_classes", _names(self.forget_classes, "forget_classes", allow_none=True))
         set_("forget_domains", _names(self.forget_domains, "forget_domains", allow_none=True))
-        set_("templates", validate_templates(self.templates or CELL_TEMPLATES, "c"))
+        set_("templates", validate_templates(CELL_TEMPLATES if self.templates is None else self.templates, "c"))
         if self.forget_classes is None and self.forget_domains is None:
             raise RequestError("nothing to forget: give `forget_classes` (global), `forget_domains` (whole domains) "
                                "or both (those classes in those domains)")

@@ -532,3 +532,12 @@ def test_prototypes_beat_noise_and_are_deterministic(zoo):
 def test_prototype_arguments_are_validated(registered):
     with pytest.raises(ValueError, match=r"`n_per_target`=0 and `steps`=5 must be >= 1"):
         prototypes.synthesize(None, torch.zeros(1, 4), n_per_target=0, steps=5)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"forget_classes": [], "forget_domains": ["photo"]}, "`forget_classes` is empty"),
+    ({"forget_classes": ["dog"], "templates": []}, "`templates` is empty"),
+])
+def test_explicit_empty_lists_are_refused_not_read_as_absent(kw, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ForgetRequest(["cat", "dog"], ["photo", "sketch"], **kw)
