@@ -21,10 +21,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.design_sweep import memoise_prototypes  # noqa: E402
-from benchmarks.unlearning import QUICK, measure, render_test_set  # noqa: E402
+from benchmarks.unlearning import QUICK, measure, prepare  # noqa: E402
 from lightning_unlearn import ForgetRequest, restore_, unlearn_  # noqa: E402
-from lightning_unlearn.embedded import load_embedded  # noqa: E402
-from lightning_unlearn.zeroshot import classifier  # noqa: E402
 
 
 def main(argv=None):
@@ -36,9 +34,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     alphas = [float(a) for a in args.alphas.split(",")]
     memoise_prototypes()
-    emb = load_embedded()
-    batches = render_test_set(emb, args.n_per_cell)
-    colour_T = classifier(emb.model, emb.tokenizer, emb.colours, emb.colour_templates)
+    emb, batches, colour_T = prepare(args.n_per_cell)
     curves = []
     for paradigm, kw in QUICK:
         request = ForgetRequest(emb.classnames, emb.domains, **kw)

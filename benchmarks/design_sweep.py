@@ -19,10 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.unlearning import measure, render_test_set  # noqa: E402
+from benchmarks.unlearning import measure, prepare  # noqa: E402
 from lightning_unlearn import ForgetRequest, directions, restore_, unlearn_  # noqa: E402
-from lightning_unlearn.embedded import load_embedded  # noqa: E402
-from lightning_unlearn.zeroshot import classifier  # noqa: E402
 
 REQUESTS = [("global", {"forget_classes": ["star"]}), ("global", {"forget_classes": ["hexagon"]}),
             ("domain-specific", {"forget_classes": ["star"], "forget_domains": ["sketch"]}),
@@ -65,9 +63,7 @@ def main(argv=None):
     p.add_argument("--n-per-cell", type=int, default=30)
     args = p.parse_args(argv)
     memoise_prototypes()
-    emb = load_embedded()
-    batches = render_test_set(emb, args.n_per_cell)
-    colour_T = classifier(emb.model, emb.tokenizer, emb.colours, emb.colour_templates)
+    emb, batches, colour_T = prepare(args.n_per_cell)
     rows = []
     for paradigm, kw in REQUESTS:
         request = ForgetRequest(emb.classnames, emb.domains, **kw)

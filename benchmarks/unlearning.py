@@ -57,12 +57,17 @@ def measure(model, emb, batches, request, colour_T) -> dict:
     return split_accuracy(res["correct"], res["total"], request) | {"unrelated": res["colour_accuracy"]}
 
 
-def run(args) -> dict:
+def prepare(n_per_cell: int):
+    """The embedded model, the rendered held-out test set and the colour classifier."""
     torch.manual_seed(0)
     emb = load_embedded()
+    return emb, render_test_set(emb, n_per_cell), classifier(emb.model, emb.tokenizer, emb.colours,
+                                                              emb.colour_templates)
+
+
+def run(args) -> dict:
+    emb, batches, colour_T = prepare(args.n_per_cell)
     model = emb.model
-    batches = render_test_set(emb, args.n_per_cell)
-    colour_T = classifier(model, emb.tokenizer, emb.colours, emb.colour_templates)
     methods = dict(METHODS)
     if args.sites:
         base = UnlearnConfig().site

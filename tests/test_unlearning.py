@@ -1,23 +1,16 @@
 """Issue 4's targets on the embedded model: one request per paradigm, library defaults (method
 "multimodal"). The same code path as ``benchmarks/unlearning.py --quick``."""
 import pytest
-import torch
 
-from benchmarks.unlearning import QUICK, measure, render_test_set
+from benchmarks.unlearning import QUICK, measure, prepare
 from lightning_unlearn import ForgetRequest, restore_, unlearn_
-from lightning_unlearn.embedded import load_embedded
-from lightning_unlearn.zeroshot import classifier
 
 POINTS = 100.0
 
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    emb = load_embedded()
-    batches = render_test_set(emb, n_per_cell=20)
-    colour_T = classifier(emb.model, emb.tokenizer, emb.colours, emb.colour_templates)
-    return emb, batches, colour_T
+    return prepare(n_per_cell=20)
 
 
 def _run(setup, paradigm):
