@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 PROG = "lightning-unlearn"
-#: The demo's fixed requests, one per paradigm, on the embedded world (10 shapes x 4 styles).
+#: The demo's fixed requests, one per paradigm, on the embedded world (10 shapes x 4 styles): the
+#: same requests as ``benchmarks/unlearning.py --quick`` (README "Results" has every class and domain).
 DEMO_REQUESTS = (
     ("global", {"forget_classes": ["star"]}),  # "star" in every domain
-    ("domain-specific", {"forget_classes": ["heart"], "forget_domains": ["sketch"]}),  # only sketched hearts
+    ("domain-specific", {"forget_classes": ["star"], "forget_domains": ["sketch"]}),  # only sketched stars
     ("domain", {"forget_domains": ["painting"]}),  # every class in the painting domain
 )
 DEMO_N_PER_CELL = 25
@@ -676,7 +677,7 @@ run `{PROG} COMMAND --help` for the options and examples of each command.""")
 zero-shot accuracy per (class, domain) cell of the held-out test world before and after:
 
   global           forget "star" in every domain
-  domain-specific  forget "heart" only in "sketch" (hearts in other domains are kept)
+  domain-specific  forget "star" only in "sketch" (stars in other domains are kept)
   domain           forget every class in "painting"
 
 Each edit is computed with the library's default UnlearnConfig (override with --method / --alpha)
