@@ -46,7 +46,7 @@ def main(argv=None):
             restore_(emb.model)
             points.append({"alpha": alpha, **m})
             print(f"{paradigm:16s} alpha {alpha:.2f} forget {m['forget_acc']:.3f} retain {m['retain_acc']:.3f} "
-                  f"unrelated {m['unrelated']:.3f}", flush=True)
+                  f"unrelated {m['unrelated_acc']:.3f}", flush=True)
         curves.append({"paradigm": paradigm, "forget": request.describe(), "points": points})
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"curves": curves, "n_per_cell": args.n_per_cell}, indent=1))
@@ -54,7 +54,7 @@ def main(argv=None):
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), sharey=True)
     for ax, c in zip(axes, curves):
         a = [q["alpha"] for q in c["points"]]
-        for key, style in [("forget_acc", "o-"), ("retain_acc", "s-"), ("unrelated", "^--")]:
+        for key, style in [("forget_acc", "o-"), ("retain_acc", "s-"), ("unrelated_acc", "^--")]:
             ax.plot(a, [q[key] for q in c["points"]], style, label=key.replace("_acc", ""))
         ax.set_title(c["forget"].split(" (")[0], fontsize=8)
         ax.set_xlabel("alpha")

@@ -82,7 +82,7 @@ def main(argv=None):
             sc = after["same_class_other_domains_acc"]
             print(f"{request.describe()[:60]:60s} {name:36s} forget {before['forget_acc']:.3f}->{after['forget_acc']:.3f}"
                   f" retain {before['retain_acc']:.3f}->{after['retain_acc']:.3f}"
-                  f" same {'-' if sc is None else format(sc, '.3f')} colour {after['unrelated']:.3f}", flush=True)
+                  f" same {'-' if sc is None else format(sc, '.3f')} colour {after['unrelated_acc']:.3f}", flush=True)
     table = ["| variant | " + " | ".join(f"{p} {kw}" for p, kw in
                                          [(r[0], next(iter(r[1].values()))[0]) for r in REQUESTS]) + " |",
              "|---|" + "---|" * len(REQUESTS)]
@@ -91,7 +91,7 @@ def main(argv=None):
         for r in (x for x in rows if x["variant"] == name.strip()):
             b, a = r["before"], r["after"]
             cells.append(f"{a['forget_acc']:.2f} / {100 * (b['retain_acc'] - a['retain_acc']):+.1f} / "
-                         f"{100 * (b['unrelated'] - a['unrelated']):+.1f}")
+                         f"{100 * (b['unrelated_acc'] - a['unrelated_acc']):+.1f}")
         table.append(f"| {name.strip()} | " + " | ".join(cells) + " |")
     print("\ncells: forget accuracy after / retain drop (points) / colour drop (points)")
     print("\n".join(table))

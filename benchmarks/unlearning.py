@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -54,7 +55,7 @@ def render_test_set(emb, n_per_cell: int, batch: int = 500):
 def measure(model, emb, batches, request, colour_T) -> dict:
     res = evaluate(model, emb.tokenizer, emb.classnames, emb.templates, batches, emb.domains, progress=False,
                    extra={"colour": (colour_T, lambda b: b[3])})
-    return split_accuracy(res["correct"], res["total"], request) | {"unrelated": res["colour_accuracy"]}
+    return split_accuracy(res["correct"], res["total"], request) | {"unrelated_acc": res["colour_accuracy"]}
 
 
 def prepare(n_per_cell: int):
@@ -74,7 +75,7 @@ def run(args) -> dict:
         other = "pooled" if base == "joint" else "joint"
         methods[f"multimodal-{other}"] = {"site": other}
     requests = QUICK if args.quick else REQUESTS
-    names = [m for m in args.methods.split(",")] if args.methods else list(methods) + ["finetune"]
+    names = args.methods.split(",") if args.methods else list(methods) + ["finetune"]
     runs = []
     t_start = time.perf_counter()
     for paradigm, kw in requests:
@@ -96,20 +97,10 @@ def run(args) -> dict:
             runs.append(row)
             print(f"{paradigm:16s} {name:18s} forget {row['forget_acc_before']:.3f}->{row['forget_acc_after']:.3f} "
                   f"retain {row['retain_acc_before']:.3f}->{row['retain_acc_after']:.3f} "
-                  f"unrelated {row['unrelated_before']:.3f}->{row['unrelated_after']:.3f} {seconds:.1f}s  "
+                  f"unrelated {row['unrelated_acc_before']:.3f}->{row['unrelated_acc_after']:.3f} {seconds:.1f}s  "
                   f"| {request.describe()}", flush=True)
-    return {"runs": [_rename(r) for r in runs], "n_per_cell": args.n_per_cell, "quick": args.quick,
-            "defaults": {k: v for k, v in vars(UnlearnConfig()).items()},
+    return {"runs": runs, "n_per_cell": args.n_per_cell, "quick": args.quick, "defaults": asdict(UnlearnConfig()),
             "total_seconds": round(time.perf_counter() - t_start, 1)}
-
-
-def _rename(r: dict) -> dict:
-    """Issue schema names: unrelated_acc_*, same_class_other_domains_acc_*."""
-    out = {}
-    for k, v in r.items():
-        k = k.replace("unrelated_before", "unrelated_acc_before").replace("unrelated_after", "unrelated_acc_after")
-        out[k] = v
-    return out
 
 
 def summary(result: dict) -> tuple[str, dict]:

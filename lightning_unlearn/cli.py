@@ -265,7 +265,7 @@ def load_model(args) -> LoadedModel:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
             raise CLIError(f"unknown --model {name!r}" + (f"; did you mean {close}?" if close else "")
-                           + f" (`python -c 'import open_clip; print(open_clip.list_models())'` lists them, or give "
+                           + " (`python -c 'import open_clip; print(open_clip.list_models())'` lists them, or give "
                            "local-dir:DIR)")
         if not pretrained:
             raise CLIError(f"--model {name} needs --pretrained PATH (a weights file); an architecture alone has "
@@ -673,7 +673,7 @@ run `{PROG} COMMAND --help` for the options and examples of each command.""")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("demo", formatter_class=_Formatter, help="run the three paradigms on the embedded model",
-                       description=f"""On the embedded world model, forget one request per paradigm and show
+                       description="""On the embedded world model, forget one request per paradigm and show
 zero-shot accuracy per (class, domain) cell of the held-out test world before and after:
 
   global           forget "star" in every domain

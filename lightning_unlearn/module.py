@@ -30,7 +30,7 @@ from .callback import (carried_fingerprints, check_strategy, compute_edit_, conf
 from .edit import EditError, UnlearnConfig, edits, fold_, inject_, restore_
 from .metrics import UnlearningAccuracy
 from .prompts import CLASS_TEMPLATES, fill_template, validate_templates
-from .request import ForgetRequest, RequestError, _names
+from .request import ForgetRequest, RequestError, as_names
 from .targets import find_site
 
 STAGES = ("fit", "validate", "test", "predict")
@@ -120,7 +120,7 @@ class CLIPUnlearning(LightningModule):
                                  "names in label-index order), or give a `request` that lists them")
             classnames = embedded.Embedded.classnames if classnames is None else classnames
             domains = embedded.Embedded.domains if domains is None else domains
-        classnames, domains = _names(classnames, "classnames"), _names(domains, "domains")
+        classnames, domains = as_names(classnames, "classnames"), as_names(domains, "domains")
         if request is None:
             if forget_classes is None and forget_domains is None:
                 raise ValueError("nothing to forget: give `forget_classes` and/or `forget_domains` (names of "
@@ -134,7 +134,7 @@ class CLIPUnlearning(LightningModule):
         if colours is None and world:
             colours = embedded.Embedded.colours
             colour_templates = colour_templates or embedded.COLOUR_TEMPLATES
-        self.colours = _names(colours, "colours", allow_none=True)
+        self.colours = as_names(colours, "colours", allow_none=True)
         if self.colours is not None and colour_templates is None:
             raise ValueError("`colour_templates` are required with `colours` (e.g. ['a {c} thing.'])")
         self.colour_templates = validate_templates(colour_templates, "c", "colour_templates") if self.colours else None

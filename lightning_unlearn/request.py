@@ -17,7 +17,9 @@ class RequestError(ValueError):
     """A forget request that cannot be served; the message says what and how to fix it."""
 
 
-def _names(values: Sequence[str] | None, arg: str, allow_none: bool = False) -> tuple[str, ...] | None:
+def as_names(values: Sequence[str] | None, arg: str, allow_none: bool = False) -> tuple[str, ...] | None:
+    """``values`` (a sequence, or one comma-separated string) as a tuple of unique non-empty names;
+    raises :class:`RequestError` naming ``arg`` otherwise. ``None`` passes only with ``allow_none``."""
     if values is None:
         if allow_none:
             return None
@@ -66,10 +68,10 @@ class ForgetRequest:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        set_("classnames", _names(self.classnames, "classnames"))
-        set_("domains", _names(self.domains, "domains"))
-        set_("forget_classes", _names(self.forget_classes, "forget_classes", allow_none=True))
-        set_("forget_domains", _names(self.forget_domains, "forget_domains", allow_none=True))
+        set_("classnames", as_names(self.classnames, "classnames"))
+        set_("domains", as_names(self.domains, "domains"))
+        set_("forget_classes", as_names(self.forget_classes, "forget_classes", allow_none=True))
+        set_("forget_domains", as_names(self.forget_domains, "forget_domains", allow_none=True))
         set_("templates", validate_templates(CELL_TEMPLATES if self.templates is None else self.templates, "c"))
         if self.forget_classes is None and self.forget_domains is None:
             raise RequestError("nothing to forget: give `forget_classes` (global), `forget_domains` (whole domains) "
