@@ -34,9 +34,12 @@ class EditError(RuntimeError):
 @dataclass(frozen=True)
 class UnlearnConfig:
     """How the edit is computed. ``method``: "multimodal" (text + visual prototypes, 2512.14113) or
-    "text" (text-only nullspace, 2512.14137); ``solver``: exact "projector" or "regularized"
-    closed form (``lam``, ``mu``); ``alpha`` in [0, 1] scales the removal; ``site``: "joint" (d x d
-    after the projection) or "pooled" (D x D before it, image tower only)."""
+    "text" (text-only nullspace, 2512.14137); ``solver``: "two-sided" (the default, see
+    :func:`compute_map`), the paper's exact "projector" or the "regularized" closed form (``lam``,
+    ``mu``); ``alpha`` in [0, 1] scales the removal; ``site``: "joint" (d x d after the
+    projection) or "pooled" (D x D before it, image tower only). Two-sided only: ``text_first``
+    (stage 1, see :func:`compute_map`), ``margin`` and ``sink_margin`` (where forgotten prototypes
+    are sent, see :func:`directions.build_targets`), the weights of text and image constraints."""
     method: str = "multimodal"
     solver: str = "two-sided"
     alpha: float = 1.0
@@ -50,7 +53,9 @@ class UnlearnConfig:
     mu: float = 1.0
     text_weight: float = 1000.0
     image_weight: float = 100.0
-    overshoot: float = 3.0
+    margin: float = 0.75
+    sink_margin: float = 0.25
+    text_first: bool = True
     retain_prompts: tuple = ATTRIBUTE_PROMPTS
     n_prototypes: int = 4
     proto_steps: int = 60
@@ -203,21 +208,37 @@ def solve(F: torch.Tensor, R: torch.Tensor, cfg: UnlearnConfig) -> tuple[torch.T
 
 def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: UnlearnConfig,
                 progress: bool = True) -> tuple[torch.Tensor, int, dict]:
-    """The edit ``M`` (float32) for one tower, the rank of its change, and statistics."""
+    """The edit ``M`` (float32) for one tower, the rank of its change, and statistics.
+
+    The default "two-sided" solver has two stages, ``M = M2 M1``. ``M1`` (``text_first``) is the
+    regularised map of 2512.14137 on text alone: it takes the forgotten cells' own prompt
+    directions out of the image embeddings and protects the kept classes (``lam``, ``mu``).
+    ``M2`` is the two-sided map of :func:`nullspace.two_sided_map`: kept classes and attribute
+    prompts keep their scores, forgotten prompts score like the kept average, and the visual
+    prototypes, read through ``M1``, go where :func:`directions.build_targets` sends them.
+    """
     common = dict(multimodal=cfg.method == "multimodal", class_templates=cfg.class_templates,
                   n_prototypes=cfg.n_prototypes, proto_steps=cfg.proto_steps, proto_lr=cfg.proto_lr,
                   seed=cfg.seed, progress=progress)
-    if cfg.solver == "two-sided":
-        t = build_targets(model, tokenizer, request, site, cfg.site, text_weight=cfg.text_weight,
-                          image_weight=cfg.image_weight, overshoot=cfg.overshoot,
-                          retain_prompts=cfg.retain_prompts, **common)
-        M = nullspace.two_sided_map(t.A, t.B, t.V, t.Vt)
-        eye = torch.eye(M.shape[0], dtype=M.dtype)
-        M = eye + cfg.alpha * (M - eye)
-        return M.float(), int(torch.linalg.matrix_rank(M - eye, rtol=1e-6)), t.stats
-    d = build(model, tokenizer, request, site, cfg.site, protect=cfg.protect, center=cfg.center, **common)
-    M, rank = solve(d.F, d.R, cfg)
-    return M, rank, d.stats
+    if cfg.solver != "two-sided":
+        d = build(model, tokenizer, request, site, cfg.site, protect=cfg.protect, center=cfg.center, **common)
+        M, rank = solve(d.F, d.R, cfg)
+        return M, rank, d.stats
+    M1, stats = None, {}  # stage 1 needs a kept class to protect: whole-domain requests have none
+    if cfg.text_first and {c for c, _ in request.forget_cells} != set(request.classnames):
+        d = build(model, tokenizer, request, site, cfg.site, protect="classes", center=True,
+                  **(common | {"multimodal": False}))
+        M1, _ = solve(d.F, d.R, replace(cfg, solver="regularized", alpha=1.0))
+        stats["text_first_rank"] = d.F.shape[1]
+    t = build_targets(model, tokenizer, request, site, cfg.site, text_weight=cfg.text_weight,
+                      image_weight=cfg.image_weight, margin=cfg.margin,
+                      sink_margin=cfg.sink_margin, retain_prompts=cfg.retain_prompts,
+                      pre=M1, **common)
+    M = nullspace.two_sided_map(t.A, t.B, t.V, t.Vt)
+    M = M if M1 is None else M @ M1.double()
+    eye = torch.eye(M.shape[0], dtype=M.dtype)
+    M = eye + cfg.alpha * (M - eye)
+    return M.float(), int(torch.linalg.matrix_rank(M - eye, rtol=1e-6)), stats | t.stats
 
 
 def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: UnlearnConfig | None = None, *,

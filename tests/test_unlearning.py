@@ -44,12 +44,11 @@ def test_domain_specific(setup):
     assert drop["unrelated_acc"] <= 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="target not reached: a linear map cannot forget every class in one domain "
-                   "while keeping the other domains (README, 'Whole domains'); measured forget ~0.5, retain drop ~10 points")
 def test_whole_domain(setup):
     emb = setup[0]
     before, after, drop = _run(setup, "domain")
     assert before["forget_acc"] > 0.9
-    assert after["forget_acc"] <= 1.0 / len(emb.classnames)
+    # chance, the floor of a linear map here (README, "Whole domains"); 1e-6: float32 accuracies
+    assert after["forget_acc"] <= 1.0 / len(emb.classnames) + 1e-6
     assert drop["retain_acc"] <= 1.0
     assert drop["unrelated_acc"] <= 1.0
