@@ -74,7 +74,9 @@ def run(args) -> dict:
         base = UnlearnConfig().site
         other = "pooled" if base == "joint" else "joint"
         methods[f"multimodal-{other}"] = {"site": other}
-    requests = QUICK if args.quick else REQUESTS
+    if args.set:  # e.g. --set margin=1.0: every multimodal run with that config override
+        methods["multimodal"] = dict(args.set)
+    requests = [r for r in (QUICK if args.quick else REQUESTS) if not args.paradigms or r[0] in args.paradigms]
     names = args.methods.split(",") if args.methods else list(methods) + ["finetune"]
     runs = []
     t_start = time.perf_counter()
@@ -100,6 +102,7 @@ def run(args) -> dict:
                   f"unrelated {row['unrelated_acc_before']:.3f}->{row['unrelated_acc_after']:.3f} {seconds:.1f}s  "
                   f"| {request.describe()}", flush=True)
     return {"runs": runs, "n_per_cell": args.n_per_cell, "quick": args.quick, "defaults": asdict(UnlearnConfig()),
+            "overrides": dict(args.set),
             "total_seconds": round(time.perf_counter() - t_start, 1)}
 
 
@@ -128,6 +131,11 @@ def summary(result: dict) -> tuple[str, dict]:
     return "\n".join(lines), {"summary": table}
 
 
+def _key_value(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    return key, json.loads(value)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, required=True)
@@ -136,7 +144,11 @@ def main(argv=None):
     p.add_argument("--methods", default=None, help="comma list of text,regularized,multimodal,finetune")
     p.add_argument("--sites", action="store_true", help="also run multimodal at the other edit site")
     p.add_argument("--finetune-steps", type=int, default=None, help="step cap of the baseline (default 30)")
+    p.add_argument("--paradigms", default=None, help="comma list of global,domain-specific,domain (default all)")
+    p.add_argument("--set", action="append", default=[], type=_key_value, metavar="KEY=JSON",
+                   help="override an UnlearnConfig field for multimodal, e.g. --set margin=1.0 (repeatable)")
     args = p.parse_args(argv)
+    args.paradigms = args.paradigms.split(",") if args.paradigms else None
     args.n_per_cell = args.n_per_cell or (30 if args.quick else 100)
     args.finetune_steps = args.finetune_steps or 30
     result = run(args)
