@@ -6,6 +6,7 @@ prototype contributes its own pooled features.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -27,16 +28,41 @@ class Directions:
     stats: dict = field(default_factory=dict)
 
 
+_cache: dict[str, torch.Tensor] | None = None
+
+
+@contextmanager
+def prompt_cache():
+    """Encode each prompt once while one edit is computed (the model does not change meanwhile:
+    stage 1 and stage 2 read many of the same prompts)."""
+    global _cache
+    _cache = {}
+    try:
+        yield
+    finally:
+        _cache = None
+
+
+def encode(model, tokenizer, texts) -> torch.Tensor:
+    """:func:`zeroshot.text_embeddings`, through the :func:`prompt_cache` when one is open."""
+    if _cache is None:
+        return text_embeddings(model, tokenizer, texts)
+    new = [t for t in dict.fromkeys(texts) if t not in _cache]
+    if new:
+        _cache.update(zip(new, text_embeddings(model, tokenizer, new)))
+    return torch.stack([_cache[t] for t in texts])
+
+
 def cell_texts(model, tokenizer, cells, templates) -> torch.Tensor:
     """Normalised mean prompt embedding of every (class, domain) cell: len(cells) x d."""
     texts = [p for c, d in cells for p in cell_prompts(c, d, templates)]
-    emb = text_embeddings(model, tokenizer, texts).view(len(cells), len(templates), -1)
+    emb = encode(model, tokenizer, texts).view(len(cells), len(templates), -1)
     return F.normalize(emb.mean(1), dim=-1)
 
 
 def class_texts(model, tokenizer, classes, templates) -> torch.Tensor:
     """Normalised mean embedding of each class over domain-agnostic templates: len(classes) x d."""
-    emb = text_embeddings(model, tokenizer, [fill_template(t, c=c) for c in classes for t in templates])
+    emb = encode(model, tokenizer, [fill_template(t, c=c) for c in classes for t in templates])
     return F.normalize(emb.view(len(classes), len(templates), -1).mean(1), dim=-1)
 
 
@@ -160,7 +186,7 @@ def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: s
     # A forgotten class should score like the average kept one; with no kept class (whole domains)
     # every forgotten image goes to one "sink" class, the most generic class text.
     sink = T_kept.mean(0) if kept else T[int((T @ T.mean(0)).argmax())]
-    A = [T_kept] + ([text_embeddings(model, tokenizer, list(retain_prompts))] if retain_prompts else [])
+    A = [T_kept] + ([encode(model, tokenizer, list(retain_prompts))] if retain_prompts else [])
     B = list(A)
     if request.paradigm == "global":
         prompts = torch.cat([class_texts(model, tokenizer, forgotten, class_templates),

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import nullspace
-from .directions import build, build_targets
+from .directions import build, build_targets, prompt_cache
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
 from .targets import SITES, TOWERS, Site, find_site
@@ -78,6 +78,9 @@ class UnlearnConfig:
         object.__setattr__(self, "towers", towers)
         object.__setattr__(self, "retain_prompts", tuple(self.retain_prompts))
         object.__setattr__(self, "class_templates", validate_templates(self.class_templates, "c", "class_templates"))
+        if not self.margin >= 0 or not self.sink_margin >= 0:
+            raise ValueError(f"`margin`={self.margin} and `sink_margin`={self.sink_margin} must be >= 0 (how far past "
+                             "the sink forgotten prototypes are sent; defaults 0.75 and 0.25)")
         if self.n_prototypes < 1 or self.proto_steps < 1:
             raise ValueError(f"`n_prototypes`={self.n_prototypes} and `proto_steps`={self.proto_steps} must be >= 1")
 
@@ -262,8 +265,9 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     was_training = model.training
     model.eval()
     try:
-        for tower, site in sites.items():
-            maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
+        with prompt_cache():
+            for tower, site in sites.items():
+                maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
     finally:
         model.train(was_training)
     info = {"request": request.to_dict(), "fingerprint": request.fingerprint(),

@@ -21,6 +21,7 @@ from torch import nn
 
 from lightning_unlearn import (EditError, ForgetRequest, RequestError, UnlearnConfig, UnsupportedModelError, edits,
                                embedded, fold_, inject_, prototypes, restore_, unlearn_)
+from lightning_unlearn import directions
 from lightning_unlearn.directions import cell_texts, class_texts
 from lightning_unlearn.targets import find_site
 
@@ -435,11 +436,30 @@ def test_valid_requests():
     (dict(site="pooled", towers="text"), r"`site`='pooled' edits the image tower only"),
     (dict(n_prototypes=0), r"`n_prototypes`=0 .* must be >= 1"),
     (dict(proto_steps=0), r"`proto_steps`=0 must be >= 1"),
+    (dict(margin=-0.5), r"`margin`=-0.5 and `sink_margin`=0.25 must be >= 0"),
+    (dict(sink_margin=float("nan")), r"`sink_margin`=nan must be >= 0"),
     (dict(class_templates=("a photo.",)), r"template 'a photo.' in `class_templates` has no \{c\} placeholder"),
 ])
 def test_bad_configs_raise_helpful_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         UnlearnConfig(**kwargs)
+
+
+@pytest.mark.parametrize("zoo", ["world-clip"], indirect=True)
+def test_prompt_cache_encodes_each_prompt_once_and_changes_nothing(zoo, monkeypatch):
+    texts = ["a photo of a dog.", "a sketch of a cat.", "a photo of a dog."]
+    plain = directions.encode(zoo.model, zoo.tokenizer, texts)
+    calls = []
+    original = zoo.model.encode_text
+    monkeypatch.setattr(zoo.model, "encode_text", lambda t, **kw: calls.append(len(t)) or original(t, **kw))
+    with directions.prompt_cache():
+        first = directions.encode(zoo.model, zoo.tokenizer, texts)
+        again = directions.encode(zoo.model, zoo.tokenizer, texts[:2])
+    assert calls == [2]  # two distinct prompts, encoded once
+    torch.testing.assert_close(first, plain, atol=1e-6, rtol=0)
+    torch.testing.assert_close(again, plain[:2], atol=1e-6, rtol=0)
+    directions.encode(zoo.model, zoo.tokenizer, texts[:1])  # closed: no cache any more
+    assert calls == [2, 1]
 
 
 def test_config_accepts_a_single_tower_string():
