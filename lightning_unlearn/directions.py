@@ -133,7 +133,7 @@ def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, m
     if protect == "none":
         T_retain = T_cells[:0]
     elif protect == "classes":
-        kept = [c for c in request.classnames if all(c != fc for fc, _ in forget_cells)]
+        kept = request.kept_classes
         T_retain = class_texts(model, tokenizer, kept, class_templates) - mu if kept else T_cells[:0]
     elif protect == "cells":
         T_retain = T_cells[len(forget_cells):] - mu
@@ -179,8 +179,8 @@ def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: s
     ``pre`` (n x n) is an edit applied before this one: the prototypes are read through it.
     """
     forget_cells, classes = request.forget_cells, request.classnames
-    forgotten = sorted({c for c, _ in forget_cells}, key=classes.index)
-    kept = [c for c in classes if c not in forgotten]
+    kept = request.kept_classes
+    forgotten = [c for c in classes if c not in kept]
     T = class_texts(model, tokenizer, classes, class_templates)  # C x d
     T_kept = T[[classes.index(c) for c in kept]]
     # A forgotten class should score like the average kept one; with no kept class (whole domains)

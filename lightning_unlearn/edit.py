@@ -228,7 +228,7 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
         M, rank = solve(d.F, d.R, cfg)
         return M, rank, d.stats
     M1, stats = None, {}  # stage 1 needs a kept class to protect: whole-domain requests have none
-    if cfg.text_first and {c for c, _ in request.forget_cells} != set(request.classnames):
+    if cfg.text_first and request.kept_classes:
         d = build(model, tokenizer, request, site, cfg.site, protect="classes", center=True,
                   **(common | {"multimodal": False}))
         M1, _ = solve(d.F, d.R, replace(cfg, solver="regularized", alpha=1.0))

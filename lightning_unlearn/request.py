@@ -101,6 +101,12 @@ class ForgetRequest:
         forget = set(self._cells)
         return tuple((c, d) for c in self.classnames for d in self.domains if (c, d) not in forget)
 
+    @property
+    def kept_classes(self) -> tuple[str, ...]:
+        """Classes with no forgotten cell (none for whole-domain requests)."""
+        forgotten = {c for c, _ in self._cells}
+        return tuple(c for c in self.classnames if c not in forgotten)
+
     def same_class_other_domain_cells(self) -> tuple[Cell, ...]:
         """Retained cells of a forgotten class (domain-specific requests; empty otherwise)."""
         classes = {c for c, _ in self._cells}

@@ -415,7 +415,9 @@ def test_valid_requests():
     assert r.paradigm == "domain-specific" and r.forget_cells == (("dog", "sketch"),)
     assert r.same_class_other_domain_cells() == (("dog", "photo"),)
     assert len(r.retain_cells) == 7
+    assert r.kept_classes == tuple(c for c in CLASSES if c != "dog")
     assert ForgetRequest(CLASSES, DOMAINS, forget_domains=["sketch"]).paradigm == "domain"
+    assert ForgetRequest(CLASSES, DOMAINS, forget_domains=["sketch"]).kept_classes == ()
     assert ForgetRequest.from_dict(r.to_dict()) == r and ForgetRequest.from_dict(r.to_dict()).fingerprint() == r.fingerprint()
     assert ForgetRequest("cat,dog", "photo,sketch", forget_classes="dog").classnames == ("cat", "dog")
 

@@ -27,28 +27,22 @@ def _run(setup, paradigm):
     return before, after, drop
 
 
-def test_global(setup):
-    before, after, drop = _run(setup, "global")
+# Issue 4's limits per paradigm: forget accuracy after (at most), drops in points (at most).
+# Whole domain: chance, the floor of a linear map here (README, "Where the edit acts"); +1e-6 for
+# float32 accuracies.
+TARGETS = {
+    "global": {"forget": 0.03, "retain_acc": 0.5, "unrelated_acc": 1.0},
+    "domain-specific": {"forget": 0.05, "retain_acc": 2.0, "same_class_other_domains_acc": 2.0,
+                        "unrelated_acc": 1.0},
+    "domain": {"forget": 0.1 + 1e-6, "retain_acc": 1.0, "unrelated_acc": 1.0},
+}
+
+
+@pytest.mark.parametrize("paradigm", list(TARGETS))
+def test_targets_are_met(setup, paradigm):
+    before, after, drop = _run(setup, paradigm)
+    limits = dict(TARGETS[paradigm])
     assert before["forget_acc"] > 0.9
-    assert after["forget_acc"] <= 0.03
-    assert drop["retain_acc"] <= 0.5
-    assert drop["unrelated_acc"] <= 1.0
-
-
-def test_domain_specific(setup):
-    before, after, drop = _run(setup, "domain-specific")
-    assert before["forget_acc"] > 0.9
-    assert after["forget_acc"] <= 0.05
-    assert drop["retain_acc"] <= 2.0
-    assert drop["same_class_other_domains_acc"] <= 2.0
-    assert drop["unrelated_acc"] <= 1.0
-
-
-def test_whole_domain(setup):
-    emb = setup[0]
-    before, after, drop = _run(setup, "domain")
-    assert before["forget_acc"] > 0.9
-    # chance, the floor of a linear map here (README, "Whole domains"); 1e-6: float32 accuracies
-    assert after["forget_acc"] <= 1.0 / len(emb.classnames) + 1e-6
-    assert drop["retain_acc"] <= 1.0
-    assert drop["unrelated_acc"] <= 1.0
+    assert after["forget_acc"] <= limits.pop("forget")
+    for key, limit in limits.items():
+        assert drop[key] <= limit, f"{key} dropped {drop[key]:.2f} points (limit {limit})"
