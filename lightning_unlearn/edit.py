@@ -93,7 +93,9 @@ class ProjectorEdit(nn.Module):
     def __init__(self, n: int, side: str, layout: str, info: dict | None = None):
         super().__init__()
         self.side, self.layout, self.info = side, layout, dict(info or {})
-        self.P = nn.Linear(n, n, bias=False)
+        # Built on the meta device and then given memory: a plain nn.Linear(n, n) would draw its random
+        # init from (and so change) the global torch RNG state.
+        self.P = nn.Linear(n, n, bias=False, device="meta").to_empty(device="cpu")
         with torch.no_grad():
             self.P.weight.copy_(torch.eye(n))
         self.P.weight.requires_grad_(False)
@@ -244,6 +246,21 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
     return M.float(), int(torch.linalg.matrix_rank(M - eye, rtol=1e-6)), stats | t.stats
 
 
+def check_model(model: nn.Module) -> None:
+    """Raise :class:`EditError` if ``model`` has no usable weights: some on the meta device (built
+    without memory, never loaded), or NaN / inf values (a diverged or damaged checkpoint)."""
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise EditError(f"the model has {len(meta)} tensor(s) on the meta device (e.g. `{meta[0]}`): it was built "
+                        "without weights; load them first (model.to_empty(device='cpu') then load_state_dict, or "
+                        "open_clip.create_model_and_transforms(..., pretrained=...))")
+    for name, t in model.named_parameters():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise EditError(f"the model's weight `{name}` has {bad} NaN or inf value(s): these weights are damaged or "
+                            "diverged, and no edit can be computed from them; reload the original checkpoint")
+
+
 def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: UnlearnConfig | None = None, *,
              compose: bool = False, progress: bool = True, **overrides) -> Unlearned:
     """Compute the edit for ``request`` and inject it in place (see :class:`UnlearnConfig` for the
@@ -255,6 +272,12 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     if not isinstance(request, ForgetRequest):
         raise TypeError(f"`request` must be a ForgetRequest, got {type(request).__name__}")
     cfg = replace(config or UnlearnConfig(), **overrides)
+    if cfg.method == "text" and cfg.solver == "two-sided" and request.paradigm == "domain":
+        raise ValueError(f"method='text' with solver='two-sided' cannot forget whole domains ({request.describe()}): "
+                         "it protects the kept classes' prompts, and a whole-domain request keeps every class, so "
+                         "the edit would change nothing. Use method='multimodal' (the default), which also moves the "
+                         "domain's visual prototypes")
+    check_model(model)
     existing = edits(model)
     if existing and not compose:
         raise EditError(f"the model already carries {len(existing)} edit(s) ({sorted({n for n, _ in existing})}); "
@@ -268,6 +291,12 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
         with prompt_cache():
             for tower, site in sites.items():
                 maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
+                change = (maps[tower] - torch.eye(maps[tower].shape[0])).abs().max().item()
+                if cfg.alpha > 0 and change < 1e-6:
+                    raise EditError(f"the {tower} edit computed for this request is the identity (largest change "
+                                    f"{change:.1e}): it would forget nothing. With method={cfg.method!r}, "
+                                    f"solver={cfg.solver!r} the request gives no direction to remove; try "
+                                    "method='multimodal' or solver='projector'")
     finally:
         model.train(was_training)
     info = {"request": request.to_dict(), "fingerprint": request.fingerprint(),

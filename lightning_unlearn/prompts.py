@@ -21,9 +21,27 @@ ATTRIBUTE_PROMPTS = ("red", "green", "blue", "yellow", "purple", "orange", "pink
 DOMAIN_TEMPLATES = ("a {d}.", "a {d} of something.")
 
 
+def _parse(template: str) -> list[tuple[str, str | None]]:
+    """``template`` as (literal text, placeholder name or None) pairs; only bare ``{c}``, ``{d}`` and
+    ``{}`` are placeholders (``{{`` / ``}}`` are literal braces)."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(f"template {template!r} is not a valid format string ({e}); write literal braces as "
+                         "{{ and }}") from None
+    out = []
+    for literal, name, spec, conversion in parts:
+        if name is not None and (spec or conversion):
+            raise ValueError(f"template {template!r} has the placeholder {{{name}{'!' + conversion if conversion else ''}"
+                             f"{':' + spec if spec else ''}}}; placeholders take no format spec or conversion: use a "
+                             "bare {c} (or {}) for the class and {d} for the domain")
+        out.append((literal, None if name is None else name or "c"))
+    return out
+
+
 def fields(template: str) -> set[str]:
     """The placeholder names of ``template`` (``{}`` is reported as ``c``)."""
-    names = {f or "c" for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    names = {name for _, name in _parse(template) if name is not None}
     unknown = names - {"c", "d"}
     if unknown:
         raise ValueError(f"template {template!r} has unknown placeholders {sorted(unknown)}; "
@@ -32,11 +50,11 @@ def fields(template: str) -> set[str]:
 
 
 def fill_template(template: str, c: str | None = None, d: str | None = None) -> str:
-    """Fill ``{}``/``{c}`` with the class and ``{d}`` with the domain."""
+    """Fill ``{}``/``{c}`` with the class and ``{d}`` with the domain (``{{``/``}}`` stay braces)."""
     names = fields(template)
     if "c" in names and c is None or "d" in names and d is None:
         raise ValueError(f"template {template!r} needs {sorted(names)}, got class={c!r}, domain={d!r}")
-    return template.replace("{}", "{c}").format(c=c, d=d)
+    return "".join(literal + ({"c": c, "d": d}[name] if name else "") for literal, name in _parse(template))
 
 
 def validate_templates(templates: Sequence[str], need: str = "c", arg: str = "templates") -> tuple[str, ...]:

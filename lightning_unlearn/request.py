@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -17,15 +18,29 @@ class RequestError(ValueError):
     """A forget request that cannot be served; the message says what and how to fix it."""
 
 
+def normalize(name: str) -> str:
+    """``name`` as the request stores it: surrounding whitespace stripped, Unicode NFC form."""
+    return unicodedata.normalize("NFC", name.strip())
+
+
+def _key(name: str) -> str:
+    """What the tokenizer tells apart: names equal under this key are one class to CLIP."""
+    return normalize(name).casefold()
+
+
 def as_names(values: Sequence[str] | None, arg: str, allow_none: bool = False) -> tuple[str, ...] | None:
     """``values`` (a sequence, or one comma-separated string) as a tuple of unique non-empty names;
-    raises :class:`RequestError` naming ``arg`` otherwise. ``None`` passes only with ``allow_none``."""
+    raises :class:`RequestError` naming ``arg`` otherwise. ``None`` passes only with ``allow_none``.
+
+    Names are normalised (:func:`normalize`: stripped, NFC). Two names that differ only in case,
+    surrounding whitespace or Unicode form are the same prompt to a lower-casing CLIP tokenizer, so
+    they are refused as duplicates rather than treated as two classes."""
     if values is None:
         if allow_none:
             return None
         raise RequestError(f"`{arg}` is required: give a list of names")
     if isinstance(values, str):
-        values = [v.strip() for v in values.split(",")] if "," in values else [values]
+        values = values.split(",") if "," in values else [values]
     values = tuple(values)
     if not values:
         hint = " (or leave it out / pass None)" if allow_none else ""
@@ -33,18 +48,36 @@ def as_names(values: Sequence[str] | None, arg: str, allow_none: bool = False) -
     bad = [v for v in values if not isinstance(v, str) or not v.strip()]
     if bad:
         raise RequestError(f"`{arg}` has empty or non-string names {bad!r}; every name must be a non-empty string")
-    dupes = sorted({v for v in values if values.count(v) > 1})
+    names = tuple(normalize(v) for v in values)
+    first: dict[str, int] = {}
+    dupes = []
+    for i, v in enumerate(values):
+        j = first.setdefault(_key(v), i)
+        if j != i:
+            dupes.append(repr(values[j]) + " and " + repr(v) if values[j] != v else repr(v))
     if dupes:
-        raise RequestError(f"`{arg}` has duplicate names {dupes}; each name may appear once")
-    return values
+        raise RequestError(f"`{arg}` has duplicate names ({', '.join(dupes)}): names that differ only in case, "
+                           "surrounding whitespace or Unicode form are one class to the tokenizer; give each "
+                           "name once")
+    return names
 
 
-def _known(values: tuple[str, ...] | None, universe: tuple[str, ...], arg: str, universe_arg: str) -> None:
-    for v in values or ():
-        if v not in universe:
+def _resolve(values: tuple[str, ...] | None, universe: tuple[str, ...], arg: str,
+             universe_arg: str) -> tuple[str, ...] | None:
+    """``values`` spelled as in ``universe`` (matched case-insensitively); raises naming unknown names."""
+    if values is None:
+        return None
+    spelled = {_key(u): u for u in universe}
+    out = []
+    for v in values:
+        if _key(v) not in spelled:
             close = difflib.get_close_matches(v, universe, n=3)
-            hint = f"; did you mean {close}?" if close else f"; known names are {list(universe)}"
+            hint = f"; did you mean {close}?" if close else (
+                f"; known names are {list(universe)}" if len(universe) <= 50 else
+                f" ({len(universe)} names, e.g. {list(universe[:5])})")
             raise RequestError(f"`{arg}` name {v!r} is not in `{universe_arg}`{hint}")
+        out.append(spelled[_key(v)])
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -54,6 +87,11 @@ class ForgetRequest:
     The paradigm follows from what is given: ``forget_classes`` only = "global" (those classes in
     every domain); classes and ``forget_domains`` = "domain-specific" (those classes in those
     domains); ``forget_domains`` only = "domain" (every class in those domains).
+
+    Names are stripped and put in Unicode NFC form; names that then differ only in case are
+    refused as duplicates (the CLIP tokenizer lower-cases, so they would be one class).
+    ``forget_classes`` / ``forget_domains`` match case-insensitively and take the spelling of
+    ``classnames`` / ``domains``.
 
     >>> r = ForgetRequest(["cat", "dog"], ["photo", "sketch"], forget_classes=["dog"], forget_domains=["sketch"])
     >>> r.paradigm, r.forget_cells
@@ -76,10 +114,10 @@ class ForgetRequest:
         if self.forget_classes is None and self.forget_domains is None:
             raise RequestError("nothing to forget: give `forget_classes` (global), `forget_domains` (whole domains) "
                                "or both (those classes in those domains)")
-        _known(self.forget_classes, self.classnames, "forget_classes", "classnames")
-        _known(self.forget_domains, self.domains, "forget_domains", "domains")
-        classes = self.forget_classes or self.classnames
-        domains = self.forget_domains or self.domains
+        set_("forget_classes", _resolve(self.forget_classes, self.classnames, "forget_classes", "classnames"))
+        set_("forget_domains", _resolve(self.forget_domains, self.domains, "forget_domains", "domains"))
+        classes = set(self.forget_classes or self.classnames)
+        domains = set(self.forget_domains or self.domains)
         forget = tuple((c, d) for c in self.classnames for d in self.domains if c in classes and d in domains)
         if len(forget) == len(self.classnames) * len(self.domains):
             raise RequestError(f"this request forgets every one of the {len(forget)} (class, domain) cells, so nothing "

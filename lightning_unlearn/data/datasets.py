@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import open_clip
 from PIL import Image
 from torch.utils.data import Dataset
@@ -90,8 +91,12 @@ class DomainFolderDataset(Dataset):
     unless ``domains`` / ``classnames`` fix the order (or pick a subset: unlisted folders are left
     out). Classes are the union over domains; ``support[domain][class]`` counts the images of each
     cell and a warning names any domain that lacks a class. Files with other extensions and hidden
-    files are ignored; image files that PIL cannot read are skipped with one warning and listed in
-    ``skipped`` (``verify=False`` skips that check, for speed on large sets).
+    files are ignored; image files that PIL cannot decode (damaged, truncated) are skipped with one
+    warning and listed in ``skipped`` (``verify=False`` skips that check, which decodes every image
+    once, for speed on large sets; a bad file then raises an ``OSError`` naming it when it is read).
+
+    Images become 8-bit RGB by :func:`to_rgb`: 16-bit images are scaled (not clipped to white) and
+    transparent ones (RGBA, LA, palette with transparency) are composited on a white background.
     """
 
     def __init__(self, root: str | Path, transform: Callable | None = None, domains: Sequence[str] | None = None,
@@ -154,16 +159,33 @@ class DomainFolderDataset(Dataset):
         path, c, d = self.samples[i]
         try:
             with Image.open(path) as im:
-                image = im.convert("RGB")
-        except OSError as e:
-            raise OSError(f"cannot read image {path}: {e}; delete or replace the file and rebuild the dataset") from e
+                image = to_rgb(im)
+        except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError ... for bad files
+            raise OSError(f"cannot read image {path}: {type(e).__name__}: {e}; delete or replace the file (or build "
+                          "the dataset with verify=True, the default, to skip unreadable files)") from e
         return self.transform(image), c, d
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """``im`` as 8-bit RGB: 16/32-bit integer images are scaled from their bit depth (PIL's own
+    ``convert`` clips them, turning a 16-bit image white), float images from [0, 1], and images
+    with transparency are alpha-composited on white (the usual background of object datasets)."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 1.0 if im.mode == "F" else 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) <= 65535 else 2.0**32 - 1
+        im = Image.fromarray((np.clip(a / top, 0, 1) * 255 + 0.5).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
 def _readable(path: Path) -> bool:
+    """Whether PIL decodes the whole file (``verify`` alone misses truncated JPEGs)."""
     try:
         with Image.open(path) as im:
-            im.verify()
+            im.load()
         return True
-    except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, ...) for bad files
+    except Exception:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, ValueError, ...) for bad files
         return False
