@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .edit import ProjectorEdit, UnlearnConfig, Unlearned, edits, restore_, unlearn_
+from .edit import EditError, ProjectorEdit, UnlearnConfig, Unlearned, edits, restore_, unlearn_
 from .request import ForgetRequest, RequestError
 from .targets import find_site
 
@@ -162,17 +162,36 @@ def tower_edits(model: nn.Module, config: UnlearnConfig) -> dict[str, list[Proje
 def compute_edit_(model: nn.Module, tokenizer: Callable, request: ForgetRequest, config: UnlearnConfig, *,
                   strategy: Any = None, compose: bool = False, progress: bool = False) -> Unlearned:
     """:func:`unlearn_` on the strategy's device; under a multi-process strategy every rank computes
-    (same seed) and then takes rank 0's maps, so all ranks carry bit-identical projectors."""
-    if strategy is not None:
-        model.to(strategy.root_device)
-    result = unlearn_(model, tokenizer, request, config, compose=compose, progress=progress)
-    if strategy is not None and getattr(strategy, "world_size", 1) > 1:
-        maps = strategy.broadcast({k: v.detach().cpu() for k, v in result.maps.items()}, src=0)
-        with torch.no_grad():
-            for tower, targets in tower_edits(model, config).items():
-                for e in targets:
-                    e.P.weight.copy_(maps[tower].to(e.P.weight))
-        result.maps = maps
+    (same seed) and then takes rank 0's maps, so all ranks carry bit-identical projectors. If any rank
+    fails, every rank raises (the others with rank 0's message, or the failing rank's number) instead
+    of waiting in the broadcast."""
+    distributed = strategy is not None and getattr(strategy, "world_size", 1) > 1
+    error, result, before = None, None, edits(model)
+    try:
+        if strategy is not None:
+            model.to(strategy.root_device)
+        result = unlearn_(model, tokenizer, request, config, compose=compose, progress=progress)
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks learn of it
+        if not distributed:
+            raise
+        error = e
+    if not distributed:
+        return result
+    failed = strategy.reduce_boolean_decision(error is not None, all=False)  # True if any rank failed
+    if failed:
+        first = strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}", src=0)
+        if result is not None and not before:  # this rank injected the edit: take it out, the model is as it was
+            restore_(model)
+        if error is not None:
+            raise error
+        raise EditError(f"computing the edit failed on another rank (this is rank {strategy.global_rank}): "
+                        + (first if first is not None else "rank 0 succeeded, see the other ranks' logs"))
+    maps = strategy.broadcast({k: v.detach().cpu() for k, v in result.maps.items()}, src=0)
+    with torch.no_grad():
+        for tower, targets in tower_edits(model, config).items():
+            for e in targets:
+                e.P.weight.copy_(maps[tower].to(e.P.weight))
+    result.maps = maps
     return result
 
 
