@@ -154,5 +154,5 @@ def test_a_truncated_jpeg_is_skipped_and_counted(tmp_path):
         ds = DomainFolderDataset(tmp_path)
     assert ds.skipped == [bad] and len(ds) == 3 and ds.support["photo"] == {"cat": 2, "dog": 1}
     unchecked = DomainFolderDataset(tmp_path, verify=False)
-    with pytest.raises(OSError, match=r"cannot read image .*1\.jpg.*truncated"):
+    with pytest.raises(OSError, match=r"(?i)cannot read image .*1\.jpg.*truncated"):
         unchecked[unchecked.samples.index((bad, 1, 0))]
