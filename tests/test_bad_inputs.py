@@ -156,3 +156,154 @@ def test_a_truncated_jpeg_is_skipped_and_counted(tmp_path):
     unchecked = DomainFolderDataset(tmp_path, verify=False)
     with pytest.raises(OSError, match=r"(?i)cannot read image .*1\.jpg.*truncated"):
         unchecked[unchecked.samples.index((bad, 1, 0))]
+
+
+# ---- files: nothing of the user's is lost -----------------------------------------------------------
+
+def _write(out, overwrite=False, **kw):
+    from lightning_unlearn.export import staged_dir
+    with staged_dir(out, overwrite, **kw) as tmp:
+        (tmp / "weights.bin").write_bytes(b"new weights")
+    return out
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_downloaded_model_folder_is_never_replaced(tmp_path):
+    from lightning_unlearn.export import OutputError
+    hub = tmp_path / "ViT-B-32"
+    hub.mkdir()
+    files = {"open_clip_config.json": "{}", "open_clip_model.safetensors": "weights", "README.md": "card",
+             "tokenizer.json": "{}"}
+    for name, text in files.items():
+        (hub / name).write_text(text)
+    with pytest.raises(OutputError, match=r"refusing to replace .*not a folder written by lightning_unlearn"):
+        _write(hub, overwrite=True)
+    assert {p.name: p.read_text() for p in hub.iterdir()} == files
+    assert (_write(tmp_path / "ours") / "weights.bin").read_bytes() == b"new weights"
+    _write(tmp_path / "ours", overwrite=True)  # a folder this library wrote (marked) is replaced
+
+
+def test_output_into_the_input_model_folder_is_refused(tmp_path):
+    from lightning_unlearn.export import OutputError
+    model_dir = _write(tmp_path / "o2")
+    for out in (model_dir, tmp_path, model_dir / "sub"):
+        with pytest.raises(OutputError, match=r"is \(or contains, or lies inside\) the input"):
+            _write(out, overwrite=True, inputs=[model_dir])
+    assert (model_dir / "weights.bin").read_bytes() == b"new weights"
+
+
+def test_a_symlink_is_never_replaced(tmp_path):
+    from lightning_unlearn.export import OutputError, write_json
+    target = _write(tmp_path / "real")
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    with pytest.raises(OutputError, match=r"symbolic link \(to .*real\)"):
+        _write(link, overwrite=True)
+    (tmp_path / "report.json").write_text("{}")
+    (tmp_path / "report-link.json").symlink_to(tmp_path / "report.json")
+    with pytest.raises(OutputError, match="symbolic link"):
+        write_json({"a": 1}, tmp_path / "report-link.json", overwrite=True)
+    assert link.is_symlink() and (link / "weights.bin").is_file() and (tmp_path / "report.json").read_text() == "{}"
+
+
+def test_a_killed_write_leaves_a_partial_that_the_next_write_cleans(tmp_path):
+    code = ("import os, signal, sys; from lightning_unlearn.export import staged_dir\n"
+            "with staged_dir(sys.argv[1]) as tmp:\n"
+            "    (tmp / 'weights.bin').write_bytes(b'half'); os.kill(os.getpid(), signal.SIGKILL)\n")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == -9
+    partials = [p.name for p in tmp_path.iterdir()]
+    assert len(partials) == 1 and partials[0].startswith(".out.") and partials[0].endswith(".partial")
+    live = tmp_path / f".out.{os.getpid()}.abcd1234.partial"  # a write in progress: left alone
+    foreign = tmp_path / f".out.{_dead_pid()}.abcd1234.partial"  # ours by name, but unmarked and not empty
+    for p in (live, foreign):
+        p.mkdir()
+        (p / "x").write_text("x")
+    (live / ".lightning_unlearn").write_text("{}")
+    _write(tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, foreign.name, "out"])
+
+
+def test_a_write_killed_between_the_renames_gets_its_previous_output_back(tmp_path):
+    from lightning_unlearn.export import clean_stale
+    old = tmp_path / f".out.{_dead_pid()}.abcd1234.old"  # what a kill between the two renames leaves
+    _write(old)
+    assert clean_stale(tmp_path / "out") == [old]
+    assert (tmp_path / "out" / "weights.bin").read_bytes() == b"new weights" and not old.exists()
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_replacing_flushes_before_renaming_and_leaves_nothing_behind(tmp_path, monkeypatch, exchange):
+    from lightning_unlearn import export
+    out = _write(tmp_path / "out")
+    events = []
+    fsync, rename = os.fsync, os.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or fsync(fd))
+    monkeypatch.setattr(os, "rename", lambda a, b: events.append(("rename", str(a))) or rename(a, b))
+    if not exchange:
+        monkeypatch.setattr(export, "_exchange", lambda a, b: False)
+    else:
+        real = export._exchange
+        monkeypatch.setattr(export, "_exchange", lambda a, b: events.append(("rename", str(a))) or real(a, b))
+    with export.staged_dir(out, overwrite=True) as tmp:
+        (tmp / "weights.bin").write_bytes(b"v2")
+    moved = [i for i, e in enumerate(events) if e == ("rename", str(tmp))][0]
+    synced = {Path(p).name for kind, p in events[:moved] if kind == "fsync"}
+    assert {"weights.bin", ".lightning_unlearn", tmp.name} <= synced
+    assert (out / "weights.bin").read_bytes() == b"v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_failed_second_rename_puts_the_previous_output_back(tmp_path, monkeypatch):
+    from lightning_unlearn import export
+    out = _write(tmp_path / "out")
+    monkeypatch.setattr(export, "_exchange", lambda a, b: False)
+    rename = os.rename
+
+    def fail_into_out(a, b):
+        if Path(b) == out and str(a).endswith(".partial"):
+            raise OSError("disk gone")
+        rename(a, b)
+    monkeypatch.setattr(os, "rename", fail_into_out)
+    with pytest.raises(OSError, match="previous output is back in place"):
+        with export.staged_dir(out, overwrite=True) as tmp:
+            (tmp / "weights.bin").write_bytes(b"v2")
+    monkeypatch.setattr(os, "rename", rename)
+    assert (out / "weights.bin").read_bytes() == b"new weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_weights_and_json_get_the_same_umask_modes(tmp_path, umask):
+    from safetensors.torch import save_file
+    from lightning_unlearn.export import staged_dir, write_json
+    previous = os.umask(umask)
+    try:
+        with staged_dir(tmp_path / "m") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "open_clip_model.safetensors"))  # safetensors makes 0600
+            write_json({"a": 1}, tmp / "open_clip_config.json")
+        write_json({"a": 1}, tmp_path / "report.json")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [tmp_path / "m", *(tmp_path / "m").iterdir(),
+                                                        tmp_path / "report.json"]}
+    assert modes == {"m": 0o777 & ~umask, ".lightning_unlearn": 0o666 & ~umask,
+                     "open_clip_model.safetensors": 0o666 & ~umask, "open_clip_config.json": 0o666 & ~umask,
+                     "report.json": 0o666 & ~umask}
+
+
+def test_write_json_refuses_to_overwrite_unless_asked(tmp_path):
+    from lightning_unlearn.export import write_json
+    path = tmp_path / "eval.json"
+    path.write_text('{"kept": true}')
+    with pytest.raises(FileExistsError, match=r"eval\.json already exists.*overwrite"):
+        write_json({"new": 1}, path)
+    assert path.read_text() == '{"kept": true}'
+    write_json({"new": 1}, path, overwrite=True)
+    assert '"new": 1' in path.read_text()

@@ -87,7 +87,7 @@ def test_folded_folder_loads_with_open_clip_and_gives_the_same_outputs(tmp_path,
     model, _ = edited
     n_edits = len(edits(model))
     out = save_folded(model, model_cfg(), tmp_path / "folded")
-    assert sorted(p.name for p in out.iterdir()) == [ex.CONFIG_NAME, ex.WEIGHTS_NAME]
+    assert sorted(p.name for p in out.iterdir()) == [ex.MARKER_NAME, ex.CONFIG_NAME, ex.WEIGHTS_NAME]
     config = json.loads((out / ex.CONFIG_NAME).read_text())
     assert config["model_cfg"] == json.loads(json.dumps(model_cfg()))
     assert config["preprocess_cfg"]["mean"] == list(open_clip.OPENAI_DATASET_MEAN)
@@ -112,7 +112,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, edited):
         save_folded(model, model_cfg(), out)
     assert (out / ex.WEIGHTS_NAME).stat().st_mtime_ns == stamp
     save_folded(model, model_cfg(), out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == [ex.CONFIG_NAME, ex.WEIGHTS_NAME]
+    assert sorted(p.name for p in out.iterdir()) == [ex.MARKER_NAME, ex.CONFIG_NAME, ex.WEIGHTS_NAME]
 
     precious = tmp_path / "precious"
     precious.mkdir()
