@@ -8,6 +8,7 @@ original weight stays untouched in ``parametrizations.<name>.original`` for an e
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -128,6 +129,7 @@ class Unlearned:
     ranks: dict  # tower -> rank of the removed subspace (projector solver)
     stats: dict = field(default_factory=dict)
     seconds: float = 0.0
+    infos: dict = field(default_factory=dict)  # tower -> the provenance attached to its injected edit
 
 
 def _targets(site: Site, where: str) -> list[tuple[nn.Module, str, str]]:
@@ -152,6 +154,23 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
             edit.P.weight.copy_(M.float())
         edit.to(getattr(module, name).device)  # before registering: torch evaluates the parametrization at once
         parametrize.register_parametrization(module, name, edit)
+
+
+def edit_id(info: dict) -> str | None:
+    """A short stable hash of what an edit depends on (its request and config), from the ``info`` an
+    injected edit carries; ``None`` if the info has neither."""
+    if "request" not in info or "config" not in info:
+        return None
+    payload = json.dumps({"request": info["request"], "config": info["config"]}, sort_keys=True, default=list)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def chain(model: nn.Module, tower: str) -> list[str | None]:
+    """:func:`edit_id` of every edit on ``tower``'s projection weight, in application order."""
+    site = find_site(model, tower)
+    if not parametrize.is_parametrized(site.module, site.weight):
+        return []
+    return [edit_id(e.info) for e in getattr(site.module.parametrizations, site.weight) if isinstance(e, ProjectorEdit)]
 
 
 def edits(model: nn.Module) -> list[tuple[str, ProjectorEdit]]:
@@ -301,6 +320,8 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
         model.train(was_training)
     info = {"request": request.to_dict(), "fingerprint": request.fingerprint(),
             "config": {k: v for k, v in asdict(cfg).items()}}
+    # each edit records the edits it was computed on top of: it is only re-applied after them
+    infos = {tower: info | {"after": chain(model, tower)} for tower in maps}
     for tower, M in maps.items():
-        inject_(model, M, tower, cfg.site, info)
-    return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0)
+        inject_(model, M, tower, cfg.site, infos[tower])
+    return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0, infos)

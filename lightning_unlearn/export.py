@@ -40,11 +40,12 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .edit import EditError, ProjectorEdit, Unlearned, edits, fold_, inject_, restore_
+from .edit import (EditError, ProjectorEdit, Unlearned, chain, check_model, edit_id, edits, fold_, inject_,
+                   restore_)
 from .targets import TOWERS, UnsupportedModelError, find_site
 
 FORMAT = "lightning_unlearn.edit"
-VERSION = 1
+VERSION = 2  # 2: the fingerprint covers every weight, per precision; edits record their predecessors
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 EDIT_NAME = "edit.safetensors"
@@ -393,6 +394,12 @@ def read_local_dir_config(folder: str | Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- fingerprint
+#: Precisions a weights digest is taken in: values are rounded to the precision, then hashed as float32.
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: The fingerprint entry covering every weight of the model besides the projections.
+BACKBONE = "backbone"
+
+
 def _qualified(model: nn.Module) -> dict[int, str]:
     return {id(m): n for n, m in model.named_modules()}
 
@@ -404,16 +411,52 @@ def _original(module: nn.Module, name: str) -> torch.Tensor:
     return getattr(module, name)
 
 
-def _sha256(t: torch.Tensor) -> str:
-    data = t.detach().to("cpu", torch.float32).contiguous()
-    return hashlib.sha256(data.numpy().tobytes()).hexdigest()
+def unedited_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter of ``model`` by its name in the unedited model (edits left out, the original
+    of each parametrized tensor under its own name)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if "parametrizations." in name:
+            if not name.endswith(".original"):
+                continue  # an injected edit's own map
+            name = name.replace("parametrizations.", "").removesuffix(".original")
+        out[name] = p
+    return out
+
+
+def _precision(tensors) -> str:
+    """The lowest floating precision among ``tensors`` ("mixed" if both 16-bit kinds are present)."""
+    low = {str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()} & {"bfloat16", "float16"}
+    return "mixed" if len(low) == 2 else low.pop() if low else "float32"
+
+
+def _sha256(tensors: dict[str, torch.Tensor], precision: str) -> str:
+    """sha256 of the names, shapes and values (floating values rounded to ``precision``) of ``tensors``."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        if t.is_floating_point():
+            t = t.to(PRECISIONS[precision]).to(torch.float32)
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(t.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _entry(tensors: dict[str, torch.Tensor], **extra) -> dict:
+    """A fingerprint entry: the lowest precision present, and the sha256 at that precision and at every
+    lower one (so the same weights cast to bf16 / fp16 later are recognised)."""
+    low = _precision(tensors.values())
+    keys = tuple(PRECISIONS) if low == "float32" else ("float32",) if low == "mixed" else (low,)
+    return extra | {"precision": low, "sha256": {k: _sha256(tensors, k) for k in keys}}
 
 
 def fingerprint(model: nn.Module) -> dict[str, dict]:
-    """sha256 (of the float32 values) and shape of every tower's unedited projection weight and bias:
-    ``{qualified tensor name: {"tower", "shape", "sha256"}}``."""
+    """What an edit is only re-applied to: every tower's unedited projection weight and bias
+    (``{qualified name: {"tower", "shape", "precision", "sha256"}}``) and ``"backbone"``: every other
+    weight of the model (both towers: the edit was computed through both). Each sha256 is taken of
+    the values rounded to a precision (see :func:`check_fingerprint`)."""
     names = _qualified(model)
-    out = {}
+    out, projections = {}, set()
     for tower in TOWERS:
         try:
             site = find_site(model, tower)
@@ -423,23 +466,83 @@ def fingerprint(model: nn.Module) -> dict[str, dict]:
             if attr is None:
                 continue
             t = _original(site.module, attr)
-            out[f"{names[id(site.module)]}.{attr}".lstrip(".")] = {
-                "tower": tower, "shape": list(t.shape), "sha256": _sha256(t)}
+            key = f"{names[id(site.module)]}.{attr}".lstrip(".")
+            projections.add(key)
+            out[key] = _entry({key: t}, tower=tower, shape=list(t.shape))
+    rest = {k: v for k, v in unedited_parameters(model).items() if k not in projections}
+    out[BACKBONE] = _entry(rest, tower="all", n_tensors=len(rest), numel=sum(v.numel() for v in rest.values()))
     return out
 
 
-def _compare(expected: dict, actual: dict) -> list[str]:
-    problems = []
+def _model_tensors(model: nn.Module, key: str) -> dict[str, torch.Tensor] | None:
+    params = unedited_parameters(model)
+    if key != BACKBONE:
+        return {key: params[key]} if key in params else None
+    return {k: v for k, v in params.items() if k not in _projection_keys(model)}
+
+
+def _projection_keys(model: nn.Module) -> set[str]:
+    names, keys = _qualified(model), set()
+    for tower in TOWERS:
+        try:
+            site = find_site(model, tower)
+        except UnsupportedModelError:
+            continue
+        keys |= {f"{names[id(site.module)]}.{a}".lstrip(".") for a in (site.weight, site.bias) if a is not None}
+    return keys
+
+
+def _common(have: str, theirs: str) -> str | None:
+    """The precision two weight sets can be compared at (None: not comparable)."""
+    if have == theirs:
+        return "float32" if have == "mixed" else have
+    if "mixed" in (have, theirs) or "float32" not in (have, theirs):
+        return None
+    return theirs if have == "float32" else have
+
+
+def check_fingerprint(expected: dict, model: nn.Module) -> tuple[list[str], list[str]]:
+    """Compare a :func:`fingerprint` with ``model``'s weights: (problems, notes), one sentence each.
+
+    Values are compared at the lower of the two precisions (float32 weights and the same weights
+    cast to bfloat16 match, with a note; float16 against bfloat16 cannot be compared and is a
+    problem). Any change of any weight is a problem."""
+    problems, notes = [], []
     for key, want in expected.items():
-        have = actual.get(key)
-        if have is None:
-            problems.append(f"`{key}` ({want['tower']} projection) is absent from the model")
-        elif have["shape"] != want["shape"]:
-            problems.append(f"`{key}` has shape {tuple(have['shape'])}, the edit was made for {tuple(want['shape'])}")
-        elif have["sha256"] != want["sha256"]:
-            problems.append(f"`{key}` ({want['tower']} projection) has different values "
-                            f"(sha256 {have['sha256'][:12]}..., the edit expects {want['sha256'][:12]}...)")
-    return problems
+        what = "the rest of the model's weights (backbone)" if key == BACKBONE else f"`{key}` ({want.get('tower')} projection)"
+        tensors = _model_tensors(model, key)
+        if not tensors:
+            problems.append(f"{what} is absent from the model")
+            continue
+        if "shape" in want and list(tensors[key].shape) != want["shape"]:
+            problems.append(f"`{key}` has shape {tuple(tensors[key].shape)}, the edit was made for {tuple(want['shape'])}")
+            continue
+        have, theirs = _precision(tensors.values()), want.get("precision", "float32")
+        common = _common(have, theirs)
+        if common is None:
+            problems.append(f"{what} is in {have}, the edit was computed in {theirs}: they cannot be compared; cast "
+                            f"the model to {theirs} (or float32) first")
+            continue
+        sha = _sha256(tensors, common)
+        if want.get("sha256", {}).get(common) != sha:
+            problems.append(f"{what} has different values (sha256 at {common} {sha[:12]}..., the edit expects "
+                            f"{str(want.get('sha256', {}).get(common))[:12]}...)" + (
+                                "; the model was fine-tuned, or is another checkpoint" if key == BACKBONE else ""))
+        elif have != theirs:
+            notes.append(f"{what}: same weights, different precision (edit computed in {theirs}, model in {have})")
+    return problems, notes
+
+
+def missing_fingerprint(expected, model: nn.Module, towers) -> list[str]:
+    """Entries a complete fingerprint for an edit of ``towers`` on ``model`` would have and ``expected``
+    lacks (the check fails closed: what is not fingerprinted is not trusted)."""
+    if not isinstance(expected, dict):
+        return ["the whole fingerprint"]
+    names, need = _qualified(model), [BACKBONE]
+    for tower in towers:
+        site = find_site(model, tower)
+        need += [f"{names[id(site.module)]}.{a}".lstrip(".") for a in (site.weight, site.bias) if a is not None]
+    return [k for k in need if not isinstance(expected.get(k), dict) or not expected[k].get("sha256")]
 
 
 # ---------------------------------------------------------------------------------------------- edit artifact
@@ -481,11 +584,11 @@ def _entries_from_model(model: nn.Module) -> tuple[list[torch.Tensor], list[dict
 
 
 def _entries_from_unlearned(u: Unlearned) -> tuple[list[torch.Tensor], list[dict]]:
-    # The same info unlearn_ attaches to the injected edit.
+    # The same info unlearn_ attached to the injected edit (with the edits it was computed on top of).
     info = _plain({"request": u.request.to_dict(), "fingerprint": u.request.fingerprint(),
                    "config": asdict(u.config)})
     maps = [u.maps[t].detach().float().cpu().clone() for t in u.maps]
-    return maps, [{"tower": t, "site": u.config.site, "info": info} for t in u.maps]
+    return maps, [{"tower": t, "site": u.config.site, "info": _plain(u.infos.get(t, info))} for t in u.maps]
 
 
 def _metadata(entries: list[dict], fp: dict) -> dict:
@@ -499,7 +602,8 @@ def _metadata(entries: list[dict], fp: dict) -> dict:
             "request": unique("request"), "config": unique("config"),
             "site": sites.pop() if len(sites) == 1 else None,
             "edits": [{"tower": e["tower"], "site": e["site"], "info": e["info"]} for e in entries],
-            "fingerprint": {"algorithm": "sha256 of float32 values", "tensors": fp}}
+            "fingerprint": {"algorithm": "sha256 of names, shapes and values rounded to each precision, as float32",
+                            "tensors": fp}}
 
 
 def save_edit(obj: Unlearned | nn.Module, path: str | Path, *, model: nn.Module | None = None,
@@ -579,19 +683,29 @@ def apply_edit(model: nn.Module, artifact: EditArtifact | str | Path, *, compose
     ``compose=True``. Undo with :func:`remove_edit`. Returns ``model``."""
     if not isinstance(artifact, EditArtifact):
         artifact = load_edit(artifact)
+    check_model(model)
     existing = edits(model)
     if existing and not compose:
         raise EditError(f"the model already carries {len(existing)} edit(s); call remove_edit(model) first or pass "
                         "compose=True to stack this one on top")
     if check:
-        problems = _compare(artifact.fingerprint, fingerprint(model))
+        reqs = "; ".join(f"classes {r.get('forget_classes')} domains {r.get('forget_domains')}"
+                         for r in artifact.requests) or "unknown request"
+        missing = missing_fingerprint(artifact.fingerprint, model, sorted({e["tower"] for e in artifact.entries}))
+        if missing:
+            raise ArtifactError(f"this edit (for {reqs}) has no fingerprint for {', '.join(missing)}, so nothing shows "
+                                "which weights it was computed on, and it is refused (an older or altered file). "
+                                "Save it again with save_edit from the model it was computed on, or pass check=False "
+                                "if you are sure it fits this model")
+        problems, notes = check_fingerprint(artifact.fingerprint, model)
         if problems:
-            reqs = "; ".join(f"classes {r.get('forget_classes')} domains {r.get('forget_domains')}"
-                             for r in artifact.requests) or "unknown request"
             raise FingerprintMismatchError(
                 "this edit was computed on different weights than this model's: " + "; ".join(problems)
                 + f". Apply it to the model it was made from (edit for: {reqs}), or recompute it with unlearn_ "
                 "on this model")
+        for note in notes:
+            logging.getLogger(__name__).warning("apply_edit: %s", note)
+    _check_chain(model, artifact)
     plan = []
     for i, (M, e) in enumerate(zip(artifact.maps, artifact.entries)):
         site = find_site(model, e["tower"])
@@ -603,6 +717,28 @@ def apply_edit(model: nn.Module, artifact: EditArtifact | str | Path, *, compose
     for M, e in plan:
         inject_(model, M, e["tower"], e["site"], e["info"])
     return model
+
+
+def _check_chain(model: nn.Module, artifact: EditArtifact) -> None:
+    """Refuse an edit already applied, or one computed on top of edits the model does not carry (in
+    that order): each artifact entry records in ``info["after"]`` the edits it was computed after."""
+    chains = {t: chain(model, t) for t in {e["tower"] for e in artifact.entries}}
+    for i, e in enumerate(artifact.entries):
+        have, after, this = chains[e["tower"]], e["info"].get("after") or [], edit_id(e["info"])
+        what = f"edit {i} ({e['tower']} tower, {_describe(e['info'])})"
+        if this is not None and this in have and have != after:
+            raise EditError(f"{what} is already applied to this model (edit id {this}); applying it again would "
+                            "apply the same map twice. Call remove_edit(model) first to start over")
+        if after and have != after:
+            raise EditError(f"{what} was computed on top of {len(after)} other edit(s) ({after}), and this model's "
+                            f"{e['tower']} projection carries {have or 'none'}: it only holds after its predecessors. "
+                            "Apply the predecessors first, or save the whole chain with save_edit(edited_model, path)")
+        have.append(this)
+
+
+def _describe(info: dict) -> str:
+    r = info.get("request") or {}
+    return f"classes {r.get('forget_classes')} domains {r.get('forget_domains')}"
 
 
 def remove_edit(model: nn.Module) -> nn.Module:

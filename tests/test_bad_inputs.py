@@ -307,3 +307,99 @@ def test_write_json_refuses_to_overwrite_unless_asked(tmp_path):
     assert path.read_text() == '{"kept": true}'
     write_json({"new": 1}, path, overwrite=True)
     assert '"new": 1' in path.read_text()
+
+
+# ---- edit artifacts: an edit never lands where it should not ----------------------------------------
+
+@pytest.fixture(scope="module")
+def artifacts(emb, tmp_path_factory):
+    """Edit A (forget star), and B (forget moon) computed on top of A, saved alone and as a chain."""
+    from lightning_unlearn.export import save_edit
+    folder = tmp_path_factory.mktemp("edits")
+    model = copy.deepcopy(emb.model)
+    kw = dict(method="text", progress=False)
+    a = unlearn_(model, emb.tokenizer, ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"]), **kw)
+    save_edit(a, folder / "a.safetensors", model=model)
+    b = unlearn_(model, emb.tokenizer, ForgetRequest(emb.classnames, emb.domains, forget_classes=["moon"]),
+                 compose=True, **kw)
+    save_edit(b, folder / "b-alone.safetensors", model=model)
+    save_edit(model, folder / "a-then-b.safetensors")
+    return folder, model
+
+
+def _rewrite(src: Path, dst: Path, change) -> Path:
+    import json
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from lightning_unlearn.export import FORMAT
+    with safe_open(str(src), framework="pt") as f:
+        meta, tensors = json.loads(f.metadata()[FORMAT]), {k: f.get_tensor(k) for k in f.keys()}
+    change(meta)
+    save_file(tensors, str(dst), metadata={FORMAT: json.dumps(meta)})
+    return dst
+
+
+@pytest.mark.parametrize("damage", ["empty", "no backbone", "no projection", "empty digest"])
+def test_an_edit_with_an_empty_or_partial_fingerprint_is_refused(emb, artifacts, tmp_path, damage):
+    from lightning_unlearn.export import ArtifactError, apply_edit
+    fp = lambda m: m["fingerprint"]["tensors"]  # noqa: E731
+    change = {"empty": lambda m: fp(m).clear(), "no backbone": lambda m: fp(m).pop("backbone"),
+              "no projection": lambda m: fp(m).pop("visual.proj"),
+              "empty digest": lambda m: fp(m)["visual.proj"].update(sha256={})}[damage]
+    path = _rewrite(artifacts[0] / "a.safetensors", tmp_path / "damaged.safetensors", change)
+    model = copy.deepcopy(emb.model)
+    with pytest.raises(ArtifactError, match=r"has no fingerprint for .*refused.*check=False"):
+        apply_edit(model, path)
+    assert not edits(model)
+
+
+def test_the_same_edit_applied_twice_is_refused(emb, artifacts):
+    from lightning_unlearn.export import apply_edit
+    model = apply_edit(copy.deepcopy(emb.model), artifacts[0] / "a.safetensors")
+    with pytest.raises(EditError, match=r"already applied to this model.*remove_edit"):
+        apply_edit(model, artifacts[0] / "a.safetensors", compose=True)
+    assert len(edits(model)) == 1
+
+
+def test_an_edit_computed_on_top_of_another_needs_its_predecessor(emb, artifacts):
+    from lightning_unlearn.export import apply_edit
+    folder, edited = artifacts
+    model = copy.deepcopy(emb.model)
+    with pytest.raises(EditError, match=r"computed on top of 1 other edit.*carries none.*predecessors first"):
+        apply_edit(model, folder / "b-alone.safetensors")
+    assert not edits(model)
+    apply_edit(model, folder / "a.safetensors")
+    apply_edit(model, folder / "b-alone.safetensors", compose=True)  # in order: fine
+    chained = apply_edit(copy.deepcopy(emb.model), folder / "a-then-b.safetensors")  # the whole chain: fine
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = edited.encode_image(x)
+        torch.testing.assert_close(model.encode_image(x), want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(chained.encode_image(x), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("where", ["visual.transformer.resblocks.0.mlp.c_fc.weight", "token_embedding.weight",
+                                   "visual.ln_post.bias"])
+def test_a_fine_tuned_backbone_is_detected(emb, artifacts, where):
+    from lightning_unlearn.export import FingerprintMismatchError, apply_edit
+    model = copy.deepcopy(emb.model)
+    with torch.no_grad():
+        model.get_parameter(where).view(-1)[0] += 1e-4  # one small step on one weight
+    with pytest.raises(FingerprintMismatchError, match=r"backbone\) has different values.*fine-tuned"):
+        apply_edit(model, artifacts[0] / "a.safetensors")
+    assert not edits(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_same_weights_in_lower_precision_are_the_same_weights(emb, artifacts, dtype, caplog):
+    from lightning_unlearn.export import FingerprintMismatchError, apply_edit
+    model = copy.deepcopy(emb.model).to(dtype)
+    with caplog.at_level("WARNING"):
+        apply_edit(model, artifacts[0] / "a.safetensors")
+    assert len(edits(model)) == 1
+    assert f"same weights, different precision (edit computed in float32, model in {str(dtype)[6:]})" in caplog.text
+    other = copy.deepcopy(emb.model)
+    with torch.no_grad():
+        other.visual.conv1.weight.mul_(1.01)  # a change larger than the rounding: still refused in low precision
+    with pytest.raises(FingerprintMismatchError, match="backbone"):
+        apply_edit(other.to(dtype), artifacts[0] / "a.safetensors")
