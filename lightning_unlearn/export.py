@@ -394,7 +394,7 @@ def read_local_dir_config(folder: str | Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- fingerprint
-#: Precisions a weights digest is taken in: values are rounded to the precision, then hashed as float32.
+#: Precisions a weights digest is taken in: values are rounded to the precision, then hashed.
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The fingerprint entry covering every weight of the model besides the projections.
 BACKBONE = "backbone"
@@ -435,10 +435,11 @@ def _sha256(tensors: dict[str, torch.Tensor], precision: str) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach()
-        if t.is_floating_point():
-            t = t.to(PRECISIONS[precision]).to(torch.float32)
+        if t.is_floating_point():  # the values at that precision, as raw bytes (16-bit: half the bytes to hash)
+            t = t.to(PRECISIONS[precision])
+            t = t if precision == "float32" else t.view(torch.int16)
         h.update(f"{name}{tuple(t.shape)}".encode())
-        h.update(t.cpu().contiguous().numpy().tobytes())
+        h.update(memoryview(t.cpu().contiguous().numpy()).cast("B"))
     return h.hexdigest()
 
 
@@ -602,7 +603,7 @@ def _metadata(entries: list[dict], fp: dict) -> dict:
             "request": unique("request"), "config": unique("config"),
             "site": sites.pop() if len(sites) == 1 else None,
             "edits": [{"tower": e["tower"], "site": e["site"], "info": e["info"]} for e in entries],
-            "fingerprint": {"algorithm": "sha256 of names, shapes and values rounded to each precision, as float32",
+            "fingerprint": {"algorithm": "sha256 of names, shapes and values rounded to each precision",
                             "tensors": fp}}
 
 
