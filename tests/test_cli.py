@@ -213,6 +213,13 @@ def bad_files(tmp_path_factory, weights):
     torch.save(wrong, d / "mismatched.pt")
     torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}}, d / "lightning-like.pt")
     torch.save(state, d / "plain-state.pt")
+    torch.save({"w": torch.zeros(1), "run": os.system}, d / "callable.pt")
+    hub = d / "hub"  # a downloaded open_clip folder: not the library's to replace
+    hub.mkdir()
+    for name in ("open_clip_config.json", "open_clip_model.safetensors", "README.md", "tokenizer.json"):
+        (hub / name).write_text("{}")
+    (d / "link").symlink_to(hub, target_is_directory=True)
+    (d / "existing.json").write_text('{"kept": true}')
     (d / "empty.txt").write_text("\n  \n# only a comment\n")
     (d / "nomodel").mkdir()
     (d / "emptydata").mkdir()
@@ -260,6 +267,17 @@ BAD = [
     ("unsafe-checkpoint", "export {d}/objects.pt -o {o}", ["refusing to load", "argparse.Namespace"]),
     ("not-a-lightning-checkpoint", "export {d}/plain-state.pt -o {o}", ["not a Lightning checkpoint"]),
     ("demo-size", "demo --n-per-cell 0 --out {o}", ["--n-per-cell"]),
+    ("pickled-callable", "unlearn --pretrained {d}/callable.pt --forget-classes star -o {o}",
+     ["refusing to load", "posix.system", "weights_only=True"]),
+    ("downloaded-folder-as-output", "unlearn --forget-classes star -o {d}/hub --overwrite",
+     ["refusing to replace", "hub", "not a folder written by lightning_unlearn"]),
+    ("symlink-as-output", "unlearn --forget-classes star -o {d}/link --overwrite", ["symbolic link", "hub"]),
+    ("output-is-the-input-model", "unlearn --model local-dir:{d}/hub --classnames a,b --forget-classes a -o {d}/hub "
+     "--overwrite", ["is (or contains, or lies inside) the input"]),
+    ("weights-inside-the-output", "unlearn --pretrained {d}/hub/open_clip_model.safetensors --forget-classes star "
+     "-o {d}/hub --overwrite", ["is (or contains, or lies inside) the input"]),
+    ("existing-json", "evaluate --data {data} --json {d}/existing.json", ["existing.json already exists",
+                                                                         "--overwrite"]),
 ]
 
 
@@ -276,6 +294,29 @@ def test_bad_input_exits_2_with_a_clear_message(argv, fragments, bad_files, weig
     for fragment in fragments:
         assert fragment in err, f"{fragment!r} not in {err!r}"
     assert not out.exists(), "nothing may be written on bad input"
+
+
+def test_bad_outputs_leave_the_users_files_as_they_were(bad_files, weights, capsys):
+    before = {p.name: p.read_text() for p in (bad_files / "hub").iterdir()}
+    for argv in (["unlearn", "--forget-classes", "star", "-o", bad_files / "hub", "--overwrite"],
+                 ["unlearn", "--model", f"local-dir:{bad_files / 'hub'}", "--classnames", "a,b", "--forget-classes", "a",
+                  "-o", bad_files / "hub", "--overwrite"],
+                 ["unlearn", "--forget-classes", "star", "-o", bad_files / "link", "--overwrite"]):
+        assert cli(argv + ["--pretrained", weights] * ("--model" not in argv), capsys)[0] == 2
+    assert {p.name: p.read_text() for p in (bad_files / "hub").iterdir()} == before
+    assert (bad_files / "link").is_symlink() and (bad_files / "existing.json").read_text() == '{"kept": true}'
+
+
+def test_evaluate_skips_and_reports_a_truncated_jpeg(tmp_path, weights, world_dir, capsys):
+    import shutil
+    data = shutil.copytree(world_dir, tmp_path / "data")
+    bad = data / "sketch" / "star" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)  # a JPEG header, then nothing
+    code, out, err = cli(["evaluate", "--pretrained", weights, "--data", data, "--json", "-", "--no-progress"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["skipped"] == [str(bad)] and report["n_images"] == 40 * N_PER_CELL
+    assert "skipped 1 unreadable image" in err
 
 
 def test_the_console_entry_point_exits_2_on_bad_input(tmp_path):
