@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.finetune_baseline import finetune_unlearn  # noqa: E402
-from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
+from lightning_unlearn import EditError, ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
 from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
 from lightning_unlearn.zeroshot import classifier, evaluate, split_accuracy  # noqa: E402
@@ -89,10 +89,14 @@ def run(args) -> dict:
                                                 max_steps=args.finetune_steps)
                 after, seconds, extra = measure(edited, emb, batches, request, colour_T), info["seconds"], info
             else:
-                u = unlearn_(model, emb.tokenizer, request, progress=False, **methods[name])
-                after, seconds, extra = measure(model, emb, batches, request, colour_T), u.seconds, {
-                    "rank": u.ranks.get("image")}
-                restore_(model)
+                try:
+                    u = unlearn_(model, emb.tokenizer, request, progress=False, **methods[name])
+                except (ValueError, EditError) as e:  # refused (text-only two-sided on whole domains): no edit
+                    after, seconds, extra = before, 0.0, {"refused": str(e)}
+                else:
+                    after, seconds, extra = measure(model, emb, batches, request, colour_T), u.seconds, {
+                        "rank": u.ranks.get("image")}
+                    restore_(model)
             row = {"paradigm": paradigm, "method": name, "forget": request.describe(),
                    **{f"{k}_before": before[k] for k in before}, **{f"{k}_after": after[k] for k in after},
                    "edit_seconds": round(seconds, 3), **{k: v for k, v in extra.items() if k != "seconds"}}
