@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.unlearning import measure, prepare  # noqa: E402
-from lightning_unlearn import ForgetRequest, directions, restore_, unlearn_  # noqa: E402
+from lightning_unlearn import EditError, ForgetRequest, directions, restore_, unlearn_  # noqa: E402
 
 REQUESTS = [("global", {"forget_classes": ["star"]}), ("global", {"forget_classes": ["hexagon"]}),
             ("domain-specific", {"forget_classes": ["star"], "forget_domains": ["sketch"]}),
@@ -74,10 +74,15 @@ def main(argv=None):
         for name, overrides in VARIANTS.items():
             torch.manual_seed(0)
             t0 = time.perf_counter()
-            unlearn_(emb.model, emb.tokenizer, request, progress=False, **overrides)
+            try:
+                unlearn_(emb.model, emb.tokenizer, request, progress=False, **overrides)
+            except (ValueError, EditError) as e:  # refused (text-only two-sided on whole domains): no edit
+                print(f"{request.describe()[:60]:60s} {name:36s} refused: {e}", flush=True)
+                after = before
+            else:
+                after = measure(emb.model, emb, batches, request, colour_T)
+                restore_(emb.model)
             seconds = time.perf_counter() - t0
-            after = measure(emb.model, emb, batches, request, colour_T)
-            restore_(emb.model)
             row = {"paradigm": paradigm, "forget": request.describe(), "variant": name.strip(),
                    "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
                    "before": before, "after": after, "seconds": round(seconds, 2)}
