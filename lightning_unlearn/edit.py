@@ -293,9 +293,8 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     cfg = replace(config or UnlearnConfig(), **overrides)
     if cfg.method == "text" and cfg.solver == "two-sided" and request.paradigm == "domain":
         raise ValueError(f"method='text' with solver='two-sided' cannot forget whole domains ({request.describe()}): "
-                         "it protects the kept classes' prompts, and a whole-domain request keeps every class, so "
-                         "the edit would change nothing. Use method='multimodal' (the default), which also moves the "
-                         "domain's visual prototypes")
+                         "from text prompts alone its map comes out as the identity (measured: it changes nothing). "
+                         "Use method='multimodal' (the default), which also moves the domain's visual prototypes")
     check_model(model)
     existing = edits(model)
     if existing and not compose:
@@ -311,9 +310,9 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
             for tower, site in sites.items():
                 maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
                 change = (maps[tower] - torch.eye(maps[tower].shape[0])).abs().max().item()
-                if cfg.alpha > 0 and change < 1e-6:
+                if cfg.alpha > 0 and change < 1e-6 * cfg.alpha:  # the full (alpha = 1) map is the identity
                     raise EditError(f"the {tower} edit computed for this request is the identity (largest change "
-                                    f"{change:.1e}): it would forget nothing. With method={cfg.method!r}, "
+                                    f"{change:.1e} at alpha={cfg.alpha}): it would forget nothing. With method={cfg.method!r}, "
                                     f"solver={cfg.solver!r} the request gives no direction to remove; try "
                                     "method='multimodal' or solver='projector'")
     finally:
