@@ -13,8 +13,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lightning_unlearn import ForgetRequest, UnlearnConfig, edits, embedded  # noqa: E402
-from lightning_unlearn.callback import compute_edit_  # noqa: E402
 
 
 class GlooStrategy:
@@ -37,6 +35,8 @@ class GlooStrategy:
 
 
 def worker(rank: int, out: Path, failing: int) -> None:
+    from lightning_unlearn import ForgetRequest, UnlearnConfig, edits, embedded  # here: the parent needs none of it
+    from lightning_unlearn.callback import compute_edit_
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=__import__("datetime").timedelta(seconds=60))
     emb = embedded.load_embedded()

@@ -77,6 +77,16 @@ def test_text_method_on_whole_domains_is_refused_with_what_to_use(emb):
     assert not edits(emb.model)
 
 
+def test_an_edit_that_comes_out_as_the_identity_is_not_injected(emb, monkeypatch):
+    from lightning_unlearn import edit
+    n = emb.model.visual.proj.shape[1]
+    monkeypatch.setattr(edit, "compute_map", lambda *a, **k: (torch.eye(n), n, {}))
+    r = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
+    with pytest.raises(EditError, match=r"is the identity .*forget nothing"):
+        unlearn_(emb.model, emb.tokenizer, r, alpha=0.01, progress=False)
+    assert not edits(emb.model)
+
+
 def test_nan_in_the_backbone_is_refused_before_any_work(emb):
     model = copy.deepcopy(emb.model)
     with torch.no_grad():
