@@ -50,15 +50,14 @@ def as_names(values: Sequence[str] | None, arg: str, allow_none: bool = False) -
         raise RequestError(f"`{arg}` has empty or non-string names {bad!r}; every name must be a non-empty string")
     names = tuple(normalize(v) for v in values)
     first: dict[str, int] = {}
-    dupes = []
+    dupes: list[str] = []
     for i, v in enumerate(values):
         j = first.setdefault(_key(v), i)
         if j != i:
-            dupes.append(repr(values[j]) + " and " + repr(v) if values[j] != v else repr(v))
+            dupes += [x for x in dict.fromkeys((values[j], v)) if x not in dupes]
     if dupes:
-        raise RequestError(f"`{arg}` has duplicate names ({', '.join(dupes)}): names that differ only in case, "
-                           "surrounding whitespace or Unicode form are one class to the tokenizer; give each "
-                           "name once")
+        raise RequestError(f"`{arg}` has duplicate names {dupes}; give each name once (names that differ only in case, "
+                           "surrounding whitespace or Unicode form are one class to the lower-casing tokenizer)")
     return names
 
 
