@@ -155,7 +155,24 @@ def summary(result: dict) -> tuple[str, dict]:
                      f"{s['unrelated_drop_worst']:.2f} | {s['edit_seconds_mean']:.2f} | "
                      + " | ".join(f"{s[k + '_after_mean']:.3f} / {s[k + '_after_worst']:.3f}"
                                   for k in ("probe_balanced_acc", "probe_recall", "paraphrase_acc")) + " |")
-    return "\n".join(lines), {"summary": table}
+    return "\n".join(lines) + "\n\n" + depth_table(result["runs"]), {"summary": table}
+
+
+DEPTH_KEYS = ("probe_balanced_acc", "probe_balanced_acc_normalised", "probe_recall", "probe_retain_acc",
+              "knn_recall", "paraphrase_acc", "retrieval_precision", "probe_balanced_acc@pooled",
+              "probe_recall@pooled", "probe_balanced_acc@block3", "probe_recall@block3")
+
+
+def depth_table(runs: list[dict]) -> str:
+    """Per run: the depth audit of the forgotten cells, before -> after."""
+    keys = [k for k in DEPTH_KEYS if k in runs[0]["audit_after"]]
+    lines = ["| method | forget | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    for r in runs:
+        b, a = r["audit_before"], r["audit_after"]
+        lines.append(f"| {r['method']} | {r['forget'].split(' (')[0]} | "
+                     + " | ".join(f"{fmt(b[k])} -> {fmt(a[k])}" for k in keys) + " |")
+    return "\n".join(lines)
 
 
 def _key_value(text: str) -> tuple[str, object]:
