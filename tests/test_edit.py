@@ -21,7 +21,7 @@ from torch import nn
 
 from lightning_unlearn import (EditError, ForgetRequest, RequestError, UnlearnConfig, UnsupportedModelError, edits,
                                embedded, fold_, inject_, prototypes, restore_, unlearn_)
-from lightning_unlearn import directions
+from lightning_unlearn import directions, zeroshot
 from lightning_unlearn.directions import cell_texts, class_texts
 from lightning_unlearn.sites import find_site
 
@@ -192,6 +192,29 @@ def test_tower_types_are_the_ones_claimed(registered):
     assert kinds["lu-test-timm-vit"] is TimmModel and kinds["lu-test-timm-mlp"] is TimmModel
     assert type(cached("lu-test-custom-text").model).__name__ == "CustomTextCLIP"
     assert type(cached("lu-test-custom-text").model.text.text_projection) is nn.Linear
+
+
+@pytest.mark.parametrize("zoo", ["world-clip"], indirect=True)
+@pytest.mark.parametrize("private", ["_embeds", "_pool"])
+def test_a_vit_without_open_clips_private_pooling_is_refused_clearly(zoo, private, monkeypatch):
+    monkeypatch.setattr(VisionTransformer, private, None)
+    with pytest.raises(UnsupportedModelError, match=rf"no \['{private}'\].*open_clip_torch>=3,<4"):
+        find_site(zoo.model, "image")
+    with pytest.raises(UnsupportedModelError, match=private):
+        unlearn_(zoo.model, zoo.tokenizer, req(), method="text", **FAST)
+    assert not edits(zoo.model)
+
+
+@pytest.mark.parametrize("zoo", ["world-clip"], indirect=True)
+def test_zero_shot_evaluation_restores_every_train_and_eval_mode(zoo):
+    zoo.model.train()
+    zoo.model.visual.eval()  # a mixed state: the text tower training, the image tower not
+    before = {n: m.training for n, m in zoo.model.named_modules()}
+    batch = (zoo.images, torch.tensor([0, 1, 2]), torch.tensor([0, 1, 0]))
+    res = zeroshot.evaluate(zoo.model, zoo.tokenizer, CLASSES, ["a {c}."], [batch], DOMAINS, progress=False)
+    assert int(res["total"].sum()) == 3
+    assert {n: m.training for n, m in zoo.model.named_modules()} == before
+    zoo.model.eval()
 
 
 # --------------------------------------------------------------------------- restore

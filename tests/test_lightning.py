@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import lightning_unlearn.callback as callback_mod
+import lightning_unlearn.integration as integration_mod
 from lightning_unlearn import ForgetRequest, RequestError, edits, embedded, zeroshot
 from lightning_unlearn.callback import NullspaceUnlearning
 from lightning_unlearn.integration import UnsupportedStrategyError, check_strategy, compute_edit_
@@ -95,12 +95,12 @@ def loader():
 def counter(monkeypatch):
     """Counts calls of the engine's unlearn_ made through the Lightning layer."""
     calls = []
-    real = callback_mod.unlearn_
+    real = integration_mod.unlearn_
 
     def counting(*args, **kwargs):
         calls.append(args[2])
         return real(*args, **kwargs)
-    monkeypatch.setattr(callback_mod, "unlearn_", counting)
+    monkeypatch.setattr(integration_mod, "unlearn_", counting)
     return calls
 
 
