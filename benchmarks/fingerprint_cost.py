@@ -1,9 +1,9 @@
-"""Cost of the edit artifact's weights fingerprint (every weight of the model, at each precision).
+"""Cost of the edit artifact's weights digest (every weight of the model, at each precision).
 
     python benchmarks/fingerprint_cost.py --json benchmarks/results/fingerprint_cost.json
 
 For each architecture (randomly initialised open_clip model on CPU, one thread): the seconds to
-take the fingerprint ``save_edit`` stores (float32 + bfloat16 + float16 digests of every weight),
+take the weights digest ``save_edit`` stores (float32 + bfloat16 + float16 digests of every weight),
 and the seconds ``apply_edit`` spends checking it on the same weights in float32 and in bfloat16.
 The machine's load average is recorded: timings on a busy machine are upper bounds.
 """
@@ -24,18 +24,19 @@ def measure(arch: str) -> dict:
     import torch
 
     from lightning_unlearn import embedded
-    from lightning_unlearn.export import check_fingerprint, fingerprint, quiet_open_clip
+    from lightning_unlearn.export import quiet_open_clip
+    from lightning_unlearn.state import check_digest, weights_digest
     embedded.register()
     with quiet_open_clip():
         model = open_clip.create_model(arch).eval()
     row = {"arch": arch, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1)}
     t0 = time.perf_counter()
-    fp = fingerprint(model)
+    fp = weights_digest(model)
     row["fingerprint_s"] = round(time.perf_counter() - t0, 2)
     for dtype in ("float32", "bfloat16"):
         model = model.to(getattr(torch, dtype))
         t0 = time.perf_counter()
-        problems, _ = check_fingerprint(fp, model)
+        problems, _ = check_digest(fp, model)
         row[f"check_{dtype}_s"] = round(time.perf_counter() - t0, 2)
         assert not problems, problems
     return row

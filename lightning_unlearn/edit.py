@@ -8,20 +8,20 @@ original weight stays untouched in ``parametrizations.<name>.original`` for an e
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from . import nullspace
-from .directions import build, build_targets, prompt_cache
+from .directions import build, build_constraints, prompt_cache
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
-from .targets import SITES, TOWERS, Site, find_site
+from .sites import SITES, TOWERS, Site, find_site
+from .state import info_edit_id, provenance
 
 METHODS = ("multimodal", "text")
 SOLVERS = ("two-sided", "projector", "regularized")
@@ -40,7 +40,7 @@ class UnlearnConfig:
     ``mu``); ``alpha`` in [0, 1] scales the removal; ``site``: "joint" (d x d after the
     projection) or "pooled" (D x D before it, image tower only). Two-sided only: ``text_first``
     (stage 1, see :func:`compute_map`), ``margin`` and ``sink_margin`` (where forgotten prototypes
-    are sent, see :func:`directions.build_targets`), the weights of text and image constraints."""
+    are sent, see :func:`directions.build_constraints`), the weights of text and image constraints."""
     method: str = "multimodal"
     solver: str = "two-sided"
     alpha: float = 1.0
@@ -132,7 +132,7 @@ class Unlearned:
     infos: dict = field(default_factory=dict)  # tower -> the provenance attached to its injected edit
 
 
-def _targets(site: Site, where: str) -> list[tuple[nn.Module, str, str]]:
+def _edited_tensors(site: Site, where: str) -> list[tuple[nn.Module, str, str]]:
     """(module, tensor name, layout) of every tensor an edit at ``where`` changes."""
     out = [(site.module, site.weight, site.layout)]
     if site.bias is not None and where == "joint":
@@ -148,7 +148,7 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
     if tuple(M.shape) != (n, n):
         raise ValueError(f"the edit has shape {tuple(M.shape)}, but the {tower} projection needs ({n}, {n}) at "
                          f"site {site!r}")
-    for module, name, layout in _targets(s, site):
+    for module, name, layout in _edited_tensors(s, site):
         edit = ProjectorEdit(n, site, layout, info)
         with torch.no_grad():
             edit.P.weight.copy_(M.float())
@@ -156,21 +156,14 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
         parametrize.register_parametrization(module, name, edit)
 
 
-def edit_id(info: dict) -> str | None:
-    """A short stable hash of what an edit depends on (its request and config), from the ``info`` an
-    injected edit carries; ``None`` if the info has neither."""
-    if "request" not in info or "config" not in info:
-        return None
-    payload = json.dumps({"request": info["request"], "config": info["config"]}, sort_keys=True, default=list)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
 def chain(model: nn.Module, tower: str) -> list[str | None]:
-    """:func:`edit_id` of every edit on ``tower``'s projection weight, in application order."""
+    """The edit id (:func:`~lightning_unlearn.state.info_edit_id`) of every edit on ``tower``'s projection
+    weight, in application order."""
     site = find_site(model, tower)
     if not parametrize.is_parametrized(site.module, site.weight):
         return []
-    return [edit_id(e.info) for e in getattr(site.module.parametrizations, site.weight) if isinstance(e, ProjectorEdit)]
+    return [info_edit_id(e.info) for e in getattr(site.module.parametrizations, site.weight)
+            if isinstance(e, ProjectorEdit)]
 
 
 def edits(model: nn.Module) -> list[tuple[str, ProjectorEdit]]:
@@ -239,7 +232,7 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
     directions out of the image embeddings and protects the kept classes (``lam``, ``mu``).
     ``M2`` is the two-sided map of :func:`nullspace.two_sided_map`: kept classes and attribute
     prompts keep their scores, forgotten prompts score like the kept average, and the visual
-    prototypes, read through ``M1``, go where :func:`directions.build_targets` sends them.
+    prototypes, read through ``M1``, go where :func:`directions.build_constraints` sends them.
     """
     common = dict(multimodal=cfg.method == "multimodal", class_templates=cfg.class_templates,
                   n_prototypes=cfg.n_prototypes, proto_steps=cfg.proto_steps, proto_lr=cfg.proto_lr,
@@ -254,7 +247,7 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
                   **(common | {"multimodal": False}))
         M1, _ = solve(d.F, d.R, replace(cfg, solver="regularized", alpha=1.0))
         stats["text_first_rank"] = d.F.shape[1]
-    t = build_targets(model, tokenizer, request, site, cfg.site, text_weight=cfg.text_weight,
+    t = build_constraints(model, tokenizer, request, site, cfg.site, text_weight=cfg.text_weight,
                       image_weight=cfg.image_weight, margin=cfg.margin,
                       sink_margin=cfg.sink_margin, retain_prompts=cfg.retain_prompts,
                       pre=M1, **common)
@@ -312,13 +305,13 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
                 change = (maps[tower] - torch.eye(maps[tower].shape[0])).abs().max().item()
                 if cfg.alpha > 0 and change < 1e-6 * cfg.alpha:  # the full (alpha = 1) map is the identity
                     raise EditError(f"the {tower} edit computed for this request is the identity (largest change "
-                                    f"{change:.1e} at alpha={cfg.alpha}): it would forget nothing. With method={cfg.method!r}, "
-                                    f"solver={cfg.solver!r} the request gives no direction to remove; try "
+                                    f"{change:.1e} at alpha={cfg.alpha}): it would forget nothing. With "
+                                    f"method={cfg.method!r}, solver={cfg.solver!r} the request gives no direction to "
+                                    "remove; try "
                                     "method='multimodal' or solver='projector'")
     finally:
         model.train(was_training)
-    info = {"request": request.to_dict(), "fingerprint": request.fingerprint(),
-            "config": {k: v for k, v in asdict(cfg).items()}}
+    info = provenance(request, cfg)
     # each edit records the edits it was computed on top of: it is only re-applied after them
     infos = {tower: info | {"after": chain(model, tower)} for tower in maps}
     for tower, M in maps.items():

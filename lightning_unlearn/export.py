@@ -5,9 +5,9 @@
   anywhere with ``open_clip.create_model_and_transforms("local-dir:DIR")``, no lightning_unlearn
   needed. The caller's model is left as it is (a deep copy is folded).
 * :func:`save_edit` / :func:`load_edit` / :func:`apply_edit` / :func:`remove_edit`: the edit alone
-  (its d x d maps, the request and config that produced them, and a sha256 fingerprint of the
+  (its d x d maps, the request and config that produced them, and a sha256 digest of the
   projection weights it was computed on), a few hundred KB instead of a whole model. Applying
-  checks the fingerprint, so an edit never lands silently on weights it was not made for.
+  checks that digest, so an edit never lands silently on weights it was not made for.
 
 Every write goes to a temporary file or folder next to the destination, is flushed to disk and renamed
 into place (swapped atomically with the previous output where the file system can), so an interrupted
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import hashlib
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ import shutil
 import sys
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -40,12 +39,12 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .edit import (EditError, ProjectorEdit, Unlearned, chain, check_model, edit_id, edits, fold_, inject_,
-                   restore_)
-from .targets import TOWERS, UnsupportedModelError, find_site
+from .edit import EditError, ProjectorEdit, Unlearned, chain, check_model, edits, fold_, inject_, restore_
+from .sites import TOWERS, UnsupportedModelError, find_site
+from .state import check_digest, info_edit_id, missing_digest, provenance, weights_digest
 
 FORMAT = "lightning_unlearn.edit"
-VERSION = 2  # 2: the fingerprint covers every weight, per precision; edits record their predecessors
+VERSION = 2  # 2: the weights digest covers every weight, per precision; edits record their predecessors
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 EDIT_NAME = "edit.safetensors"
@@ -55,8 +54,8 @@ class ArtifactError(ValueError):
     """An edit artifact (or model folder) that cannot be read or does not fit."""
 
 
-class FingerprintMismatchError(EditError):
-    """The edit was computed on different projection weights than the model's."""
+class WeightsMismatchError(EditError):
+    """The edit was computed on different projection weights than the model's (their weights digests differ)."""
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -373,6 +372,16 @@ def save_folded(model: nn.Module, model_cfg: dict, out_dir: str | Path, overwrit
     return Path(out_dir)
 
 
+def save_model_and_edit(model: nn.Module, model_cfg: dict, out_dir: str | Path, overwrite: bool = False) -> list[str]:
+    """:func:`save_folded` plus, when ``model`` carries edits, the edit alone (``edit.safetensors`` +
+    ``edit.json``, see :func:`save_edit`) in the same folder, written in one step. Returns the file names."""
+    with staged_dir(out_dir, overwrite) as tmp:
+        write_folded_into(tmp, model, model_cfg)
+        if edits(model):
+            save_edit(model, tmp / EDIT_NAME)
+    return sorted(p.name for p in Path(out_dir).iterdir())
+
+
 def read_local_dir_config(folder: str | Path) -> dict:
     """The parsed ``open_clip_config.json`` of a local-dir model folder (clear errors if absent or bad)."""
     folder = Path(folder)
@@ -393,168 +402,15 @@ def read_local_dir_config(folder: str | Path) -> dict:
     return config
 
 
-# ---------------------------------------------------------------------------------------------- fingerprint
-#: Precisions a weights digest is taken in: values are rounded to the precision, then hashed.
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: The fingerprint entry covering every weight of the model besides the projections.
-BACKBONE = "backbone"
-
-
-def _qualified(model: nn.Module) -> dict[int, str]:
-    return {id(m): n for n, m in model.named_modules()}
-
-
-def _original(module: nn.Module, name: str) -> torch.Tensor:
-    """The unedited tensor ``module.<name>`` (under its parametrization if it has one)."""
-    if parametrize.is_parametrized(module, name):
-        return getattr(module.parametrizations, name).original
-    return getattr(module, name)
-
-
-def unedited_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter of ``model`` by its name in the unedited model (edits left out, the original
-    of each parametrized tensor under its own name)."""
-    out = {}
-    for name, p in model.named_parameters():
-        if "parametrizations." in name:
-            if not name.endswith(".original"):
-                continue  # an injected edit's own map
-            name = name.replace("parametrizations.", "").removesuffix(".original")
-        out[name] = p
-    return out
-
-
-def _precision(tensors) -> str:
-    """The lowest floating precision among ``tensors`` ("mixed" if both 16-bit kinds are present)."""
-    low = {str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()} & {"bfloat16", "float16"}
-    return "mixed" if len(low) == 2 else low.pop() if low else "float32"
-
-
-def _sha256(tensors: dict[str, torch.Tensor], precision: str) -> str:
-    """sha256 of the names, shapes and values (floating values rounded to ``precision``) of ``tensors``."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach()
-        if t.is_floating_point():  # the values at that precision, as raw bytes (16-bit: half the bytes to hash)
-            t = t.to(PRECISIONS[precision])
-            t = t if precision == "float32" else t.view(torch.int16)
-        h.update(f"{name}{tuple(t.shape)}".encode())
-        h.update(memoryview(t.cpu().contiguous().numpy()).cast("B"))
-    return h.hexdigest()
-
-
-def _entry(tensors: dict[str, torch.Tensor], **extra) -> dict:
-    """A fingerprint entry: the lowest precision present, and the sha256 at that precision and at every
-    lower one (so the same weights cast to bf16 / fp16 later are recognised)."""
-    low = _precision(tensors.values())
-    keys = tuple(PRECISIONS) if low == "float32" else ("float32",) if low == "mixed" else (low,)
-    return extra | {"precision": low, "sha256": {k: _sha256(tensors, k) for k in keys}}
-
-
-def fingerprint(model: nn.Module) -> dict[str, dict]:
-    """What an edit is only re-applied to: every tower's unedited projection weight and bias
-    (``{qualified name: {"tower", "shape", "precision", "sha256"}}``) and ``"backbone"``: every other
-    weight of the model (both towers: the edit was computed through both). Each sha256 is taken of
-    the values rounded to a precision (see :func:`check_fingerprint`)."""
-    names = _qualified(model)
-    out, projections = {}, set()
-    for tower in TOWERS:
-        try:
-            site = find_site(model, tower)
-        except UnsupportedModelError:
-            continue
-        for attr in (site.weight, site.bias):
-            if attr is None:
-                continue
-            t = _original(site.module, attr)
-            key = f"{names[id(site.module)]}.{attr}".lstrip(".")
-            projections.add(key)
-            out[key] = _entry({key: t}, tower=tower, shape=list(t.shape))
-    rest = {k: v for k, v in unedited_parameters(model).items() if k not in projections}
-    out[BACKBONE] = _entry(rest, tower="all", n_tensors=len(rest), numel=sum(v.numel() for v in rest.values()))
-    return out
-
-
-def _model_tensors(model: nn.Module, key: str) -> dict[str, torch.Tensor] | None:
-    params = unedited_parameters(model)
-    if key != BACKBONE:
-        return {key: params[key]} if key in params else None
-    return {k: v for k, v in params.items() if k not in _projection_keys(model)}
-
-
-def _projection_keys(model: nn.Module) -> set[str]:
-    names, keys = _qualified(model), set()
-    for tower in TOWERS:
-        try:
-            site = find_site(model, tower)
-        except UnsupportedModelError:
-            continue
-        keys |= {f"{names[id(site.module)]}.{a}".lstrip(".") for a in (site.weight, site.bias) if a is not None}
-    return keys
-
-
-def _common(have: str, theirs: str) -> str | None:
-    """The precision two weight sets can be compared at (None: not comparable)."""
-    if have == theirs:
-        return "float32" if have == "mixed" else have
-    if "mixed" in (have, theirs) or "float32" not in (have, theirs):
-        return None
-    return theirs if have == "float32" else have
-
-
-def check_fingerprint(expected: dict, model: nn.Module) -> tuple[list[str], list[str]]:
-    """Compare a :func:`fingerprint` with ``model``'s weights: (problems, notes), one sentence each.
-
-    Values are compared at the lower of the two precisions (float32 weights and the same weights
-    cast to bfloat16 match, with a note; float16 against bfloat16 cannot be compared and is a
-    problem). Any change of any weight is a problem."""
-    problems, notes = [], []
-    for key, want in expected.items():
-        what = "the rest of the model's weights (backbone)" if key == BACKBONE else f"`{key}` ({want.get('tower')} projection)"
-        tensors = _model_tensors(model, key)
-        if not tensors:
-            problems.append(f"{what} is absent from the model")
-            continue
-        if "shape" in want and list(tensors[key].shape) != want["shape"]:
-            problems.append(f"`{key}` has shape {tuple(tensors[key].shape)}, the edit was made for {tuple(want['shape'])}")
-            continue
-        have, theirs = _precision(tensors.values()), want.get("precision", "float32")
-        common = _common(have, theirs)
-        if common is None:
-            problems.append(f"{what} is in {have}, the edit was computed in {theirs}: they cannot be compared; cast "
-                            f"the model to {theirs} (or float32) first")
-            continue
-        sha = _sha256(tensors, common)
-        if want.get("sha256", {}).get(common) != sha:
-            problems.append(f"{what} has different values (sha256 at {common} {sha[:12]}..., the edit expects "
-                            f"{str(want.get('sha256', {}).get(common))[:12]}...)" + (
-                                "; the model was fine-tuned, or is another checkpoint" if key == BACKBONE else ""))
-        elif have != theirs:
-            notes.append(f"{what}: same weights, different precision (edit computed in {theirs}, model in {have})")
-    return problems, notes
-
-
-def missing_fingerprint(expected, model: nn.Module, towers) -> list[str]:
-    """Entries a complete fingerprint for an edit of ``towers`` on ``model`` would have and ``expected``
-    lacks (the check fails closed: what is not fingerprinted is not trusted)."""
-    if not isinstance(expected, dict):
-        return ["the whole fingerprint"]
-    names, need = _qualified(model), [BACKBONE]
-    for tower in towers:
-        site = find_site(model, tower)
-        need += [f"{names[id(site.module)]}.{a}".lstrip(".") for a in (site.weight, site.bias) if a is not None]
-    return [k for k in need if not isinstance(expected.get(k), dict) or not expected[k].get("sha256")]
-
-
 # ---------------------------------------------------------------------------------------------- edit artifact
 @dataclass
 class EditArtifact:
     """A saved edit: ``entries`` in application order, each ``{"tower", "site", "info"}`` with its map
-    in ``maps`` (same order); ``fingerprint`` of the weights it was computed on; ``meta``: the
-    whole JSON metadata."""
+    in ``maps`` (same order); ``weights_digest`` of the weights it was computed on (see
+    :func:`~lightning_unlearn.state.weights_digest`); ``meta``: the whole JSON metadata."""
     maps: list[torch.Tensor]
     entries: list[dict]
-    fingerprint: dict
+    weights_digest: dict
     meta: dict = field(default_factory=dict)
 
     @property
@@ -585,14 +441,13 @@ def _entries_from_model(model: nn.Module) -> tuple[list[torch.Tensor], list[dict
 
 
 def _entries_from_unlearned(u: Unlearned) -> tuple[list[torch.Tensor], list[dict]]:
-    # The same info unlearn_ attached to the injected edit (with the edits it was computed on top of).
-    info = _plain({"request": u.request.to_dict(), "fingerprint": u.request.fingerprint(),
-                   "config": asdict(u.config)})
+    # the info unlearn_ attached to the injected edit (with the edits it was computed on top of)
+    info = _plain(provenance(u.request, u.config))
     maps = [u.maps[t].detach().float().cpu().clone() for t in u.maps]
     return maps, [{"tower": t, "site": u.config.site, "info": _plain(u.infos.get(t, info))} for t in u.maps]
 
 
-def _metadata(entries: list[dict], fp: dict) -> dict:
+def _metadata(entries: list[dict], digest: dict) -> dict:
     from . import __version__
 
     def unique(key):
@@ -604,7 +459,7 @@ def _metadata(entries: list[dict], fp: dict) -> dict:
             "site": sites.pop() if len(sites) == 1 else None,
             "edits": [{"tower": e["tower"], "site": e["site"], "info": e["info"]} for e in entries],
             "fingerprint": {"algorithm": "sha256 of names, shapes and values rounded to each precision",
-                            "tensors": fp}}
+                            "tensors": digest}}  # the weights digest
 
 
 def save_edit(obj: Unlearned | nn.Module, path: str | Path, *, model: nn.Module | None = None,
@@ -614,13 +469,13 @@ def save_edit(obj: Unlearned | nn.Module, path: str | Path, *, model: nn.Module 
 
     ``obj`` is an edited model (every injected edit is saved, in order) or the :class:`Unlearned`
     that :func:`unlearn_` returned, together with ``model=`` (the model it was computed on, edited
-    or not: its projection weights are fingerprinted). Returns ``path``.
+    or not: its projection weights are digested). Returns ``path``.
     """
     path = Path(path)
     if isinstance(obj, Unlearned):
         if model is None:
             raise TypeError("save_edit(unlearned, path) needs `model=`: the model the edit was computed on, "
-                            "whose projection weights are fingerprinted so the edit is only re-applied to them")
+                            "whose projection weights are digested so the edit is only re-applied to them")
         maps, entries = _entries_from_unlearned(obj)
     elif isinstance(obj, nn.Module):
         if model is not None and model is not obj:
@@ -636,7 +491,7 @@ def save_edit(obj: Unlearned | nn.Module, path: str | Path, *, model: nn.Module 
         raise ValueError(f"give the edit a .safetensors path, not {path} (its metadata goes to a .json next to it)")
     check_output(path, overwrite, folder=False)
     check_output(sidecar, overwrite, folder=False)
-    meta = _metadata(entries, fingerprint(model))
+    meta = _metadata(entries, weights_digest(model))
     tensors = {f"maps.{i}": m.contiguous() for i, m in enumerate(maps)}
     with staged_file(path, overwrite) as tmp:
         save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(meta)})
@@ -660,7 +515,7 @@ def load_edit(path: str | Path) -> EditArtifact:
         raise ArtifactError(f"{path} is a safetensors file but not a lightning_unlearn edit (no {FORMAT!r} metadata)")
     try:
         meta = json.loads(header[FORMAT])
-        entries, fp = meta["edits"], meta["fingerprint"]["tensors"]
+        entries, digest = meta["edits"], meta["fingerprint"]["tensors"]
         version = meta["version"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ArtifactError(f"{path} has damaged edit metadata ({type(e).__name__}: {e})") from e
@@ -674,7 +529,7 @@ def load_edit(path: str | Path) -> EditArtifact:
             raise ArtifactError(f"{path} is damaged: edit {i} ({e.get('tower')!r}) has "
                                 + ("no map" if m is None else f"a map of shape {tuple(m.shape)}"))
         maps.append(m)
-    return EditArtifact(maps, entries, fp, meta)
+    return EditArtifact(maps, entries, digest, meta)
 
 
 def apply_edit(model: nn.Module, artifact: EditArtifact | str | Path, *, compose: bool = False,
@@ -692,15 +547,15 @@ def apply_edit(model: nn.Module, artifact: EditArtifact | str | Path, *, compose
     if check:
         reqs = "; ".join(f"classes {r.get('forget_classes')} domains {r.get('forget_domains')}"
                          for r in artifact.requests) or "unknown request"
-        missing = missing_fingerprint(artifact.fingerprint, model, sorted({e["tower"] for e in artifact.entries}))
+        missing = missing_digest(artifact.weights_digest, model, sorted({e["tower"] for e in artifact.entries}))
         if missing:
-            raise ArtifactError(f"this edit (for {reqs}) has no fingerprint for {', '.join(missing)}, so nothing shows "
-                                "which weights it was computed on, and it is refused (an older or altered file). "
+            raise ArtifactError(f"this edit (for {reqs}) has no weights digest for {', '.join(missing)}, so nothing "
+                                "shows which weights it was computed on, and it is refused (an older or altered file). "
                                 "Save it again with save_edit from the model it was computed on, or pass check=False "
                                 "if you are sure it fits this model")
-        problems, notes = check_fingerprint(artifact.fingerprint, model)
+        problems, notes = check_digest(artifact.weights_digest, model)
         if problems:
-            raise FingerprintMismatchError(
+            raise WeightsMismatchError(
                 "this edit was computed on different weights than this model's: " + "; ".join(problems)
                 + f". Apply it to the model it was made from (edit for: {reqs}), or recompute it with unlearn_ "
                 "on this model")
@@ -725,7 +580,7 @@ def _check_chain(model: nn.Module, artifact: EditArtifact) -> None:
     that order): each artifact entry records in ``info["after"]`` the edits it was computed after."""
     chains = {t: chain(model, t) for t in {e["tower"] for e in artifact.entries}}
     for i, e in enumerate(artifact.entries):
-        have, after, this = chains[e["tower"]], e["info"].get("after") or [], edit_id(e["info"])
+        have, after, this = chains[e["tower"]], e["info"].get("after") or [], info_edit_id(e["info"])
         what = f"edit {i} ({e['tower']} tower, {_describe(e['info'])})"
         if this is not None and this in have and have != after:
             raise EditError(f"{what} is already applied to this model (edit id {this}); applying it again would "

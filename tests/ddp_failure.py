@@ -36,7 +36,7 @@ class GlooStrategy:
 
 def worker(rank: int, out: Path, failing: int) -> None:
     from lightning_unlearn import ForgetRequest, UnlearnConfig, edits, embedded  # here: the parent needs none of it
-    from lightning_unlearn.callback import compute_edit_
+    from lightning_unlearn.integration import compute_edit_
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=__import__("datetime").timedelta(seconds=60))
     emb = embedded.load_embedded()

@@ -358,7 +358,7 @@ def test_an_edit_with_an_empty_or_partial_fingerprint_is_refused(emb, artifacts,
               "empty digest": lambda m: fp(m)["visual.proj"].update(sha256={})}[damage]
     path = _rewrite(artifacts[0] / "a.safetensors", tmp_path / "damaged.safetensors", change)
     model = copy.deepcopy(emb.model)
-    with pytest.raises(ArtifactError, match=r"has no fingerprint for .*refused.*check=False"):
+    with pytest.raises(ArtifactError, match=r"has no weights digest for .*refused.*check=False"):
         apply_edit(model, path)
     assert not edits(model)
 
@@ -391,18 +391,18 @@ def test_an_edit_computed_on_top_of_another_needs_its_predecessor(emb, artifacts
 @pytest.mark.parametrize("where", ["visual.transformer.resblocks.0.mlp.c_fc.weight", "token_embedding.weight",
                                    "visual.ln_post.bias"])
 def test_a_fine_tuned_backbone_is_detected(emb, artifacts, where):
-    from lightning_unlearn.export import FingerprintMismatchError, apply_edit
+    from lightning_unlearn.export import WeightsMismatchError, apply_edit
     model = copy.deepcopy(emb.model)
     with torch.no_grad():
         model.get_parameter(where).view(-1)[0] += 1e-4  # one small step on one weight
-    with pytest.raises(FingerprintMismatchError, match=r"backbone\) has different values.*fine-tuned"):
+    with pytest.raises(WeightsMismatchError, match=r"backbone\) has different values.*fine-tuned"):
         apply_edit(model, artifacts[0] / "a.safetensors")
     assert not edits(model)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_the_same_weights_in_lower_precision_are_the_same_weights(emb, artifacts, dtype, caplog):
-    from lightning_unlearn.export import FingerprintMismatchError, apply_edit
+    from lightning_unlearn.export import WeightsMismatchError, apply_edit
     model = copy.deepcopy(emb.model).to(dtype)
     with caplog.at_level("WARNING"):
         apply_edit(model, artifacts[0] / "a.safetensors")
@@ -411,5 +411,5 @@ def test_the_same_weights_in_lower_precision_are_the_same_weights(emb, artifacts
     other = copy.deepcopy(emb.model)
     with torch.no_grad():
         other.visual.conv1.weight.mul_(1.01)  # a change larger than the rounding: still refused in low precision
-    with pytest.raises(FingerprintMismatchError, match="backbone"):
+    with pytest.raises(WeightsMismatchError, match="backbone"):
         apply_edit(other.to(dtype), artifacts[0] / "a.safetensors")
