@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .request import ForgetRequest, read_names
@@ -70,7 +71,9 @@ def cmd_unlearn(args) -> dict:
     from .edit import unlearn_
     from .export import EDIT_NAME, check_output, save_model_and_edit
     from .state import config_dict
-    out = check_output(args.output, args.overwrite)
+    inputs = [args.model.removeprefix("local-dir:") if (args.model or "").startswith("local-dir:") else None,
+              getattr(args, "pretrained", None)]  # what is read: never replaced by the output
+    out = check_output(args.output, args.overwrite, inputs=inputs)
     classnames = read_names(args.classnames, "--classnames")
     if classnames is None and not _is_embedded(args):
         raise CLIError("--classnames is required with --model (the embedded default knows its own): give a comma "
@@ -81,7 +84,7 @@ def cmd_unlearn(args) -> dict:
     cfg, lm = _config(args), load_model(args)
     print(f"{PROG} unlearn: {lm.label}; {request.describe()}", file=sys.stderr)
     u = unlearn_(lm.model, lm.tokenizer, request, cfg, progress=not args.no_progress)
-    files = save_model_and_edit(lm.model, lm.model_cfg, out, args.overwrite)
+    files = save_model_and_edit(lm.model, lm.model_cfg, out, args.overwrite, inputs=inputs)
     print(f"forgot {request.describe()} in {u.seconds:.1f} s (removed rank {u.ranks})\n"
           f"wrote {out}/: {', '.join(files)}")
     print(f"load it with open_clip.create_model_and_transforms('local-dir:{out}'), or re-apply the edit alone to "
@@ -100,8 +103,12 @@ def cmd_evaluate(args) -> dict:
     if not root.is_dir():
         raise CLIError(f"--data {root} does not exist" if not root.exists()
                        else f"--data {root} is a file; give a folder laid out as <root>/<domain>/<class>/<image>")
-    ds = DomainFolderDataset(root, domains=read_names(args.domains, "--domains"),
-                             classnames=read_names(args.classnames, "--classnames"))
+    with warnings.catch_warnings(record=True) as caught:  # one plain line each (skipped files, missing cells)
+        warnings.simplefilter("always")
+        ds = DomainFolderDataset(root, domains=read_names(args.domains, "--domains"),
+                                 classnames=read_names(args.classnames, "--classnames"))
+    for w in caught:
+        print(f"{PROG} evaluate: warning: {w.message}", file=sys.stderr)
     forget = read_names(args.forget_classes, "--forget-classes"), read_names(args.forget_domains, "--forget-domains")
     request = ForgetRequest(ds.classnames, ds.domains, *forget) if any(forget) else None
     if args.audit and request is None:
@@ -109,9 +116,12 @@ def cmd_evaluate(args) -> dict:
     lm = load_model(args)
     ds.transform = lm.preprocess
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
-    res = evaluate(lm.model, lm.tokenizer, ds.classnames, lm.templates, loader, ds.domains,
-                   progress=not args.no_progress)
-    report = evaluation(lm.label, root, ds, res, request, PROG)
+    try:
+        res = evaluate(lm.model, lm.tokenizer, ds.classnames, lm.templates, loader, ds.domains,
+                       progress=not args.no_progress)
+    except OSError as e:  # an image that became unreadable after the dataset was built
+        raise CLIError(str(e)) from e
+    report = evaluation(lm.label, root, ds, res, request, PROG) | {"skipped": [str(p) for p in ds.skipped]}
     if args.audit:  # probes fitted on half of each cell, scored on the other half
         from .audit import audit_dataset, format_audit
         report["audit"] = audit_dataset(lm.model, lm.tokenizer, request, ds, batch_size=args.batch_size,
@@ -168,12 +178,16 @@ def _name_options(p: argparse.ArgumentParser, title: str, classes: str, domains:
 def _output_options(p: argparse.ArgumentParser, *, folder=False, batches=False, json=True) -> None:
     if folder:
         p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write (must not exist)")
-        p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+        p.add_argument("--overwrite", action="store_true", help="replace --output (a folder this tool wrote) and "
+                       "--json if they exist")
     if batches:
         p.add_argument("--batch-size", type=int, default=256)
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     if json:
-        p.add_argument("--json", metavar="PATH", help="write the numbers as JSON ('-' for stdout)")
+        p.add_argument("--json", metavar="PATH", help="write the numbers as JSON ('-' for stdout; an existing file "
+                       "only with --overwrite)")
+        if not folder:
+            p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
 
 
 def _command(sub, name: str, func, help: str, description: str, examples: list[str]) -> argparse.ArgumentParser:
@@ -284,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(threads)
         if json_path not in (None, "-") and Path(json_path).is_dir():
             raise CLIError(f"--json {json_path} is a folder; give a file path (or '-' for stdout)")
+        if json_path not in (None, "-"):  # before any work: an existing report is not replaced by surprise
+            from .export import check_output
+            check_output(json_path, getattr(args, "overwrite", False), folder=False)
         # with --json -: stdout carries the JSON alone; the tables go to stderr
         with contextlib.redirect_stdout(sys.stderr) if json_path == "-" else contextlib.nullcontext():
             report = args.func(args)
@@ -291,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(report, indent=2, default=str))
         elif json_path and report is not None:
             from .export import write_json
-            print(f"wrote {write_json(report, json_path)}", file=sys.stderr)
+            print(f"wrote {write_json(report, json_path, overwrite=getattr(args, 'overwrite', False))}", file=sys.stderr)
         return 0
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted; nothing half-written was left behind", file=sys.stderr)

@@ -372,10 +372,12 @@ def save_folded(model: nn.Module, model_cfg: dict, out_dir: str | Path, overwrit
     return Path(out_dir)
 
 
-def save_model_and_edit(model: nn.Module, model_cfg: dict, out_dir: str | Path, overwrite: bool = False) -> list[str]:
+def save_model_and_edit(model: nn.Module, model_cfg: dict, out_dir: str | Path, overwrite: bool = False,
+                        inputs=()) -> list[str]:
     """:func:`save_folded` plus, when ``model`` carries edits, the edit alone (``edit.safetensors`` +
-    ``edit.json``, see :func:`save_edit`) in the same folder, written in one step. Returns the file names."""
-    with staged_dir(out_dir, overwrite) as tmp:
+    ``edit.json``, see :func:`save_edit`) in the same folder, written in one step. ``inputs``: paths
+    being read (the model's folder or weights) that ``out_dir`` may not replace. Returns the file names."""
+    with staged_dir(out_dir, overwrite, inputs=inputs) as tmp:
         write_folded_into(tmp, model, model_cfg)
         if edits(model):
             save_edit(model, tmp / EDIT_NAME)

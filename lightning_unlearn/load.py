@@ -69,7 +69,9 @@ def keys_from_torch_error(message: str) -> tuple[list[str], list[str], list[str]
 
 def unpickling_error(path: Path, e: Exception, hint: str | None = None) -> LoadError:
     """The error for a file ``torch.load(weights_only=True)`` refused."""
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    # torch names the refused global in two wordings: "Unsupported global: GLOBAL x" and, for modules it
+    # blocks outright (os, posix, subprocess ...), "unsupported GLOBAL posix.system whose module ..."
+    found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(e))
     if found:
         return LoadError(f"refusing to load {path}: it holds Python objects besides tensors ({found.group(1)}), and "
                          "checkpoints are read with torch.load(weights_only=True) so that loading cannot run code; "

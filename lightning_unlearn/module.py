@@ -434,7 +434,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, model: str
     from .export import ArtifactError, check_output, describe_key_mismatch, save_model_and_edit
     from .load import keys_from_torch_error, unpickling_error
     ckpt, out = Path(checkpoint), Path(out_dir)
-    check_output(out, overwrite)
+    check_output(out, overwrite, inputs=[ckpt])
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist" if not ckpt.exists()
                                 else f"checkpoint {ckpt} is not a file")
@@ -471,7 +471,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, model: str
     if not module.computed:
         raise ValueError(f"{ckpt} holds no computed edit (the module was saved before `compute_edit()` or a stage ran)")
     try:
-        return save_model_and_edit(module.clip, model_cfg, out, overwrite)
+        return save_model_and_edit(module.clip, model_cfg, out, overwrite, inputs=[ckpt])
     except ArtifactError as e:
         raise ArtifactError(f"{ckpt}: {e}") from e
 
