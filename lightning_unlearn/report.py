@@ -98,7 +98,7 @@ def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress
     embedded model ``lc`` (a :class:`~lightning_unlearn.load.LoadedCLIP`), print a cell table per
     request and a summary, write ``out/demo.png`` and return the numbers as JSON data."""
     from .data import QUICK_REQUESTS, rendered_batches
-    from .edit import restore_, unlearn_
+    from .edit import EditError, restore_, unlearn_
     from .request import ForgetRequest
     from .zeroshot import evaluate, split_accuracy
     t0 = time.perf_counter()
@@ -115,11 +115,16 @@ def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress
     rows = []
     for paradigm, spec in QUICK_REQUESTS:
         request = ForgetRequest(lc.classnames, lc.domains, **spec)
-        u = unlearn_(lc.model, lc.tokenizer, request, config, progress=progress)
         try:
-            after = run()
-        finally:
-            restore_(lc.model)
+            u = unlearn_(lc.model, lc.tokenizer, request, config, progress=progress)
+        except (ValueError, EditError) as e:  # this config cannot serve this request (e.g. text-only, whole domains)
+            u, after, refused = None, before, str(e)
+        else:
+            refused = None
+            try:
+                after = run()
+            finally:
+                restore_(lc.model)
         sb = split_accuracy(before["correct"], before["total"], request)
         sa = split_accuracy(after["correct"], after["total"], request)
         rows.append({"paradigm": paradigm, "forget": {"classes": spec.get("forget_classes"),
@@ -129,9 +134,10 @@ def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress
                      "retain_acc_before": sb["retain_acc"], "retain_acc_after": sa["retain_acc"],
                      "same_class_other_domains_acc_before": sb.get("same_class_other_domains_acc"),
                      "same_class_other_domains_acc_after": sa.get("same_class_other_domains_acc"),
-                     "ranks": u.ranks, "seconds": round(u.seconds, 2),
+                     "ranks": u.ranks if u else {}, "seconds": round(u.seconds, 2) if u else 0.0, "refused": refused,
                      "acc_before": cell_accuracy(before).numpy(), "acc_after": cell_accuracy(after).numpy()})
-        print(f"== {request.describe()}  [edit: rank {u.ranks}, {u.seconds:.1f} s]")
+        print(f"== {request.describe()}  " + (f"[edit: rank {u.ranks}, {u.seconds:.1f} s]" if u else
+                                              f"[refused, no edit: {refused}]"))
         print(cell_table(lc.classnames, lc.domains, (before["correct"], before["total"]),
                          (after["correct"], after["total"]), request.forget_cells))
         print(f"forget accuracy {pct(sb['forget_acc'])}% -> {pct(sa['forget_acc'])}%, "
@@ -147,7 +153,7 @@ def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress
     print(f"\nfigure: {figure}   ({seconds:.0f} s in all)")
     keep = ("paradigm", "forget", "describe", "forget_cells", "forget_acc_before", "forget_acc_after",
             "retain_acc_before", "retain_acc_after", "same_class_other_domains_acc_before",
-            "same_class_other_domains_acc_after", "ranks", "seconds")
+            "same_class_other_domains_acc_after", "ranks", "seconds", "refused")
     return {"model": lc.label, "n_per_cell": n_per_cell, "config": config_dict(config), "figure": str(figure),
             "seconds": round(seconds, 1), "classnames": list(lc.classnames), "domains": list(lc.domains),
             "paradigms": [{k: r[k] for k in keep} | {"cells_before": grid_json(r["acc_before"]),

@@ -178,6 +178,9 @@ def test_demo_writes_the_json_and_the_figure(tmp_path, weights, capsys):
     assert data["paradigms"][0]["forget"] == {"classes": ["star"], "domains": None}
     assert data["paradigms"][1]["forget"] == {"classes": ["star"], "domains": ["sketch"]}
     assert data["paradigms"][2]["forget"] == {"classes": None, "domains": ["painting"]}
+    assert [p["refused"] is None for p in data["paradigms"]] == [True, True, False]  # text-only: no whole domains
+    assert "method='multimodal'" in data["paradigms"][2]["refused"]
+    assert data["paradigms"][2]["forget_acc_after"] == data["paradigms"][2]["forget_acc_before"]
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     grid = data["paradigms"][0]["cells_after"]
     assert len(grid) == len(data["classnames"]) == 10 and len(grid[0]) == len(data["domains"]) == 4
