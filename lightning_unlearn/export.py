@@ -5,9 +5,11 @@
   anywhere with ``open_clip.create_model_and_transforms("local-dir:DIR")``, no lightning_unlearn
   needed. The caller's model is left as it is (a deep copy is folded).
 * :func:`save_edit` / :func:`load_edit` / :func:`apply_edit` / :func:`remove_edit`: the edit alone
-  (its d x d maps, the request and config that produced them, and a sha256 digest of the
-  projection weights it was computed on), a few hundred KB instead of a whole model. Applying
-  checks that digest, so an edit never lands silently on weights it was not made for.
+  (its d x d maps, the request and config that produced them, the edits each was computed after,
+  and a sha256 digest of every weight it was computed on), a few hundred KB instead of a whole
+  model. Applying checks that digest (failing closed when it is missing or partial) and the chain
+  of edits, so an edit never lands silently on weights it was not made for, twice, or without the
+  edits it was computed on top of.
 
 Every write goes to a temporary file or folder next to the destination, is flushed to disk and renamed
 into place (swapped atomically with the previous output where the file system can), so an interrupted
@@ -536,9 +538,11 @@ def load_edit(path: str | Path) -> EditArtifact:
 
 def apply_edit(model: nn.Module, artifact: EditArtifact | str | Path, *, compose: bool = False,
                check: bool = True) -> nn.Module:
-    """Inject a saved edit into ``model`` (in place), after checking that the model's projection
-    weights are the ones the edit was computed on. A model that already carries edits raises unless
-    ``compose=True``. Undo with :func:`remove_edit`. Returns ``model``."""
+    """Inject a saved edit into ``model`` (in place), after checking that the model's weights (all of
+    them, at the lower of the two precisions) are the ones the edit was computed on, that it is not
+    applied already and that the edits it was computed after are there, in order. A model that
+    already carries edits raises unless ``compose=True``. ``check=False`` skips the weights check
+    only. Undo with :func:`remove_edit`. Returns ``model``."""
     if not isinstance(artifact, EditArtifact):
         artifact = load_edit(artifact)
     check_model(model)
