@@ -20,7 +20,7 @@ from . import nullspace
 from .directions import build, build_targets, prompt_cache
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
-from .targets import SITES, TOWERS, Site, find_site
+from .targets import SITES, TOWERS, Site, find_site, uninstall_
 
 METHODS = ("multimodal", "text")
 SOLVERS = ("two-sided", "projector", "regularized")
@@ -144,6 +144,8 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
     if tuple(M.shape) != (n, n):
         raise ValueError(f"the edit has shape {tuple(M.shape)}, but the {tower} projection needs ({n}, {n}) at "
                          f"site {site!r}")
+    if s.slot is not None and s.slot.installed is None:  # a tower with no projection: add the layer
+        s.slot.install(s.module)
     for module, name, layout in _targets(s, site):
         edit = ProjectorEdit(n, site, layout, info)
         with torch.no_grad():
@@ -176,16 +178,19 @@ def _remove(module: nn.Module, name: str, leave_parametrized: bool) -> None:
 
 
 def restore_(model: nn.Module) -> nn.Module:
-    """Remove every injected edit: the state_dict is then bit-identical to the original."""
+    """Remove every injected edit (and every layer an edit installed): the state_dict is then
+    bit-identical to the original."""
     for module, name in _parametrized(model):
         _remove(module, name, leave_parametrized=False)
+    uninstall_(model)
     return model
 
 
 def fold_(model: nn.Module) -> dict[str, torch.Tensor]:
     """Merge every injected edit into its projection weight: a plain open_clip model with the
     original state_dict keys and no inference overhead. Returns the original weights by key, the
-    only way back (``model.load_state_dict(originals, strict=False)``)."""
+    only way back (``model.load_state_dict(originals, strict=False)``). A layer an edit installed on
+    a tower with no projection stays, as a plain ``nn.Linear`` holding the edit."""
     names = {id(m): n for n, m in model.named_modules()}
     originals = {}
     for module, name in _parametrized(model):
@@ -194,6 +199,7 @@ def fold_(model: nn.Module) -> dict[str, torch.Tensor]:
         requires_grad = getattr(module.parametrizations, name).original.requires_grad
         _remove(module, name, leave_parametrized=True)
         getattr(module, name).requires_grad_(requires_grad)
+    uninstall_(model, plain=True)
     return originals
 
 

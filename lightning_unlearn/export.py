@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .edit import EditError, ProjectorEdit, Unlearned, edits, fold_, inject_, restore_
-from .targets import TOWERS, UnsupportedModelError, find_site
+from .targets import TOWERS, UnsupportedModelError, find_site, folded_config
 
 FORMAT = "lightning_unlearn.edit"
 VERSION = 1
@@ -212,6 +212,7 @@ def write_folded_into(folder: str | Path, model: nn.Module, model_cfg: dict,
         raise ArtifactError("`model_cfg` must be an open_clip model config dict with 'vision_cfg' and 'text_cfg' "
                             f"(from open_clip.get_model_config(name)); got {got}")
     folder = Path(folder)
+    model_cfg = folded_config(model, model_cfg)  # a layer an edit installed becomes an open_clip projection
     provenance = [dict(e.info, tensor=name) for name, e in edits(model) if e.layout != "bias"]
     folded = copy.deepcopy(model)
     fold_(folded)
