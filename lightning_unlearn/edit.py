@@ -20,7 +20,7 @@ from . import nullspace
 from .directions import build, build_targets, prompt_cache
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
-from .targets import SITES, TOWERS, Site, find_site, uninstall_
+from .targets import SITES, TOWERS, EditLinear, Site, find_site, uninstall_
 
 METHODS = ("multimodal", "text")
 SOLVERS = ("two-sided", "projector", "regularized")
@@ -195,7 +195,8 @@ def fold_(model: nn.Module) -> dict[str, torch.Tensor]:
     originals = {}
     for module, name in _parametrized(model):
         key = f"{names[id(module)]}.{name}".lstrip(".")
-        originals[key] = getattr(module.parametrizations, name).original.detach().clone()
+        if not isinstance(module, EditLinear):  # an installed layer has no original
+            originals[key] = getattr(module.parametrizations, name).original.detach().clone()
         requires_grad = getattr(module.parametrizations, name).original.requires_grad
         _remove(module, name, leave_parametrized=True)
         getattr(module, name).requires_grad_(requires_grad)
