@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -100,7 +101,8 @@ class ProjectorEdit(nn.Module):
 
     def forward(self, W: torch.Tensor) -> torch.Tensor:
         M = self.P.weight.float()
-        with torch.autocast(device_type=W.device.type, enabled=False):
+        meta = W.device.type == "meta"  # shapes only (autocast has no meta device)
+        with nullcontext() if meta else torch.autocast(device_type=W.device.type, enabled=False):
             Wf = W.float()
             if self.layout == "bias":
                 out = M @ Wf
