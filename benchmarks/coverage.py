@@ -134,11 +134,16 @@ def check_config(name: str) -> dict:
         folded = copy.deepcopy(model)
         fold_(folded)
         row["fold"] = not edits(folded) and not any(isinstance(m, EditLinear) for m in folded.modules())
-        cfg = folded_config(model, open_clip.get_model_config(name))
-        with tempfile.TemporaryDirectory() as d:
-            (Path(d) / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
-            _check_against_config(folded.state_dict(), Path(d))
-        row["export"] = True
+        base = open_clip.get_model_config(name)
+        cfg = folded_config(model, base)
+        if cfg == base:  # exported with the config the model was built from: same keys and shapes needed
+            row["export"] = shapes(folded) == original
+        else:  # the config changed (a new projection layer): build what open_clip makes of it
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+                _check_against_config(folded.state_dict(), Path(d))
+            row["export"] = True
+            row["export_cfg"] = {k: v for k, v in cfg["vision_cfg"].items() if base["vision_cfg"].get(k) != v}
         restore_(model)
         row["restore"] = shapes(model) == original
     except Exception as e:  # noqa: BLE001
