@@ -24,8 +24,9 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def hf_kind(model: nn.Module) -> str | None:
     """"clip" for a transformers ``CLIPModel``, "siglip" for a ``SiglipModel``, else None."""
-    if "transformers" not in sys.modules:  # no transformers model can exist
-        return None
+    if "transformers" not in sys.modules or not any(
+            c.__module__.startswith("transformers.") for c in type(model).__mro__):
+        return None  # not a transformers model: do not import its model classes
     from transformers import CLIPModel, SiglipModel
     if isinstance(model, CLIPModel):
         return "clip"
