@@ -3,8 +3,8 @@
     python benchmarks/coverage.py --json benchmarks/results/coverage.json
     python benchmarks/coverage.py --json /tmp/cov.json --models ViT-B-32 RN50   # a subset, for a smoke run
 
-About 10 minutes on 2 idle cores (most of it building the 144 architectures twice on the meta
-device); ``--resume`` continues an interrupted run.
+Measured: 739 s on 2 busy cores (most of it building the 144 architectures on the meta device);
+``--resume`` continues an interrupted run.
 
 Two checks, recorded per row:
 
