@@ -9,7 +9,7 @@ Measured: 739 s on 2 busy cores (most of it building the 144 architectures on th
 Two checks, recorded per row:
 
 * Every config of ``open_clip.list_models()`` is built on the meta device (real architecture, no
-  memory, no init time; ``HF_HUB_OFFLINE=1``: a config whose text tower needs a Hugging Face
+  memory; ``HF_HUB_OFFLINE=1``: a config whose text tower needs a Hugging Face
   download does not build offline and is listed with that reason). Per tower: the edit site found
   (or the reason there is none); ``edit``: an edit injected on both towers; ``restore``: state_dict
   keys and shapes equal the original's; ``fold``: folding leaves no injected module; ``export``: the

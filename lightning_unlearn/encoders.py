@@ -83,7 +83,11 @@ def hf_tokenizer(tokenizer, padding: str | bool = "max_length", max_length: int 
 
 def tokenize(tokenizer: Callable, texts: Sequence[str], device) -> object:
     """``tokenizer(texts)`` on ``device`` (a tensor, or a mapping of tensors)."""
-    tokens = tokenizer(list(texts))
+    return to_device(tokenizer(list(texts)), device)
+
+
+def to_device(tokens, device) -> object:
+    """Tokenizer output (a tensor, or a mapping of tensors) on ``device``."""
     if isinstance(tokens, Mapping):
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in tokens.items()}
     return tokens.to(device)

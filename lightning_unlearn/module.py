@@ -31,7 +31,7 @@ from .load import load_clip, model_cfg_of
 from .metrics import UnlearningAccuracy
 from .prompts import CLASS_TEMPLATES, fill_template, validate_templates
 from .request import ForgetRequest, RequestError, as_names
-from .encoders import encode_image, encode_text, tokenize
+from .encoders import encode_image, encode_text, to_device, tokenize
 from .sites import find_site, is_clip
 from .state import EDIT_ID_LEN, config_dict, edit_id, edit_id_from_tensor, edit_id_tensor
 
@@ -401,7 +401,7 @@ class CLIPUnlearning(LightningModule):
         if self._tokens is None:
             texts = [fill_template(t, c=c) for c in self.classnames for t in self.templates]
             self._tokens = tokenize(self.tokenizer, texts, "cpu")
-        emb = F.normalize(encode_text(self.clip, tokenize(lambda _: self._tokens, [], self.device)).float(), dim=-1)
+        emb = F.normalize(encode_text(self.clip, to_device(self._tokens, self.device)).float(), dim=-1)
         emb = emb.view(len(self.classnames), len(self.templates), -1).mean(1)
         return F.normalize(emb, dim=-1).T
 
