@@ -119,7 +119,8 @@ def max_diff(a, b):
 def assert_bit_identical(model, snap):
     sd = model.state_dict()
     assert set(sd) == set(snap), f"keys differ: {sorted(set(sd) ^ set(snap))}"
-    assert not [k for k in sd if not torch.equal(sd[k], snap[k])]
+    as_bytes = lambda t: t.detach().cpu().contiguous().numpy().tobytes()  # noqa: E731 - NaN-safe, every bit
+    assert not [k for k in sd if sd[k].dtype != snap[k].dtype or as_bytes(sd[k]) != as_bytes(snap[k])]
 
 
 @pytest.fixture(params=FAMILIES)
