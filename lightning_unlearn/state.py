@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .request import ForgetRequest
-from .sites import TOWERS, UnsupportedModelError, find_site
+from .sites import TOWERS, EditLinear, UnsupportedModelError, find_site
 
 #: Bytes of the edit id as stored in a uint8 buffer (``CLIPUnlearning.computed_edit_id``).
 EDIT_ID_LEN = 16
@@ -107,9 +107,12 @@ def _original(module: nn.Module, name: str) -> torch.Tensor:
 
 def unedited_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter of ``model`` by its name in the unedited model (edits left out, the original
-    of each parametrized tensor under its own name)."""
+    of each parametrized tensor under its own name; layers an edit installed left out too)."""
     out = {}
+    installed = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, EditLinear))  # the edit's own layers
     for name, p in model.named_parameters():
+        if installed and name.startswith(installed):
+            continue
         if "parametrizations." in name:
             if not name.endswith(".original"):
                 continue  # an injected edit's own map
@@ -156,6 +159,8 @@ def weights_digest(model: nn.Module) -> dict[str, dict]:
         try:
             site = find_site(model, tower)
         except UnsupportedModelError:
+            continue
+        if site.slot is not None:  # a layer the edit installs: not a weight of the model
             continue
         for attr in (site.weight, site.bias):
             if attr is None:
@@ -236,5 +241,6 @@ def missing_digest(expected, model: nn.Module, towers) -> list[str]:
     names, need = {id(m): n for n, m in model.named_modules()}, [BACKBONE]
     for tower in towers:
         site = find_site(model, tower)
-        need += [f"{names[id(site.module)]}.{a}".lstrip(".") for a in (site.weight, site.bias) if a is not None]
+        if site.slot is None:  # a layer the edit installs has no weights of the model's to digest
+            need += [f"{names[id(site.module)]}.{a}".lstrip(".") for a in (site.weight, site.bias) if a is not None]
     return [k for k in need if not isinstance(expected.get(k), dict) or not expected[k].get("sha256")]
