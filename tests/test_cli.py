@@ -69,8 +69,8 @@ def test_unlearn_then_open_clip_then_evaluate_gives_the_in_process_numbers(tmp_p
     code, stdout, err = cli(["unlearn", "--pretrained", weights, *FORGET, *METHOD, "-o", out,
                              "--json", tmp_path / "u.json", "--no-progress"], capsys)
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["edit.json", "edit.safetensors", "open_clip_config.json",
-                                                     "open_clip_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".lightning_unlearn", "edit.json", "edit.safetensors",
+                                                     "open_clip_config.json", "open_clip_model.safetensors"]
     report = json.loads((tmp_path / "u.json").read_text())
     assert report["paradigm"] == "global" and report["output"] == str(out)
     assert "local-dir:" in stdout
