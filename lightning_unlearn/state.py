@@ -188,6 +188,8 @@ def _projection_keys(model: nn.Module) -> set[str]:
             site = find_site(model, tower)
         except UnsupportedModelError:
             continue
+        if site.slot is not None:  # a layer the edit installs: not one of the model's weights
+            continue
         keys |= {f"{names[id(site.module)]}.{a}".lstrip(".") for a in (site.weight, site.bias) if a is not None}
     return keys
 
