@@ -1,6 +1,6 @@
 """Research scratch for the deep mode: cache pooled features of val/test/evidence images and probe edits.
 
-    python benchmarks/deep_research.py cache --n 30
+    python benchmarks/deep_research/common.py cache --n 30   (then exp1_prototypes.py 60, then exp2..exp5 with a class index)
 """
 from __future__ import annotations
 
