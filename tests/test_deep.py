@@ -176,3 +176,59 @@ def test_evidence_is_validated(emb):
     with pytest.raises(ValueError, match="`depth`='medium'"):
         unlearn_(model, emb.tokenizer, request, depth="medium", progress=False)
     assert not edits(model)
+
+
+# --------------------------------------------------------------------------- depth reached (cached embeddings)
+
+REQUESTS = {"global": dict(forget_classes=["star"]),
+            "domain-specific": dict(forget_classes=["star"], forget_domains=["sketch"]),
+            "domain": dict(forget_domains=["painting"])}
+
+
+@pytest.fixture(scope="module")
+def depth(emb):
+    """Embeddings of 10 val / 10 test images per cell and 5 evidence images, and the deep mode's
+    cell means from prototypes (its defaults), real val images ("oracle") and evidence."""
+    from lightning_unlearn import UnlearnConfig
+    torch.manual_seed(0)
+    D = data(emb, 10)
+    cfg = UnlearnConfig(depth="deep")
+    request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
+    proto, _ = deep.cell_means(emb.model, emb.tokenizer, request, n_prototypes=cfg.deep_prototypes,
+                               proto_steps=cfg.proto_steps, proto_lr=cfg.proto_lr, seed=cfg.seed,
+                               class_templates=cfg.class_templates, progress=False)
+    H = {k: encode(emb.model, D[f"x{k}"]) for k in "vte"}
+
+    def means(split):
+        y = D[f"y{split}"]
+        return {(c, d): H[split][(y[:, 0] == emb.classnames.index(c)) & (y[:, 1] == emb.domains.index(d))].mean(0)
+                for c, d in proto}
+    return D, H, {"deep": proto, "oracle": means("v"), "evidence": means("e")}
+
+
+def run(emb, depth, paradigm, variant):
+    D, H, means = depth
+    request = ForgetRequest(emb.classnames, emb.domains, **REQUESTS[paradigm])
+    m = means["deep"] | ({c: means["evidence"][c] for c in request.forget_cells} if variant == "evidence" else {})
+    m = means["oracle"] if variant == "oracle" else m
+    E = torch.eye(H["v"].shape[1], dtype=torch.float64) if variant == "none" else deep.eraser(m, request)
+    return measure(H["v"] @ E.T, D["yv"], H["t"] @ E.T, D["yt"], request, D["T"], D["Tc"])
+
+
+@pytest.mark.parametrize("paradigm", list(REQUESTS))
+def test_the_eraser_is_harmless_and_reaches_chance_with_the_true_means(emb, depth, paradigm):
+    none = run(emb, depth, paradigm, "none")
+    assert none["probe_bal_raw"] > 0.95  # the class is linearly readable before any edit
+    for variant in ["deep", "evidence"]:
+        r = run(emb, depth, paradigm, variant)
+        assert 100 * (none["zs_retain"] - r["zs_retain"]) <= 1.0
+        assert 100 * (none["colour"] - r["colour"]) <= 1.0
+        assert 100 * (none["probe_retain_acc"] - r["probe_retain_acc"]) <= 2.0
+    if paradigm != "domain":  # a whole domain is 10 classes: one mean direction does not hide it
+        assert run(emb, depth, paradigm, "oracle")["probe_bal_raw"] <= 0.60
+
+
+@pytest.mark.xfail(strict=True, reason="not reached: prototype and evidence means miss the real class gap "
+                                       "(README, 'Depth: deep mode')")
+def test_global_probe_target_with_five_evidence_images(emb, depth):
+    assert run(emb, depth, "global", "evidence")["probe_bal_raw"] <= 0.60
