@@ -22,8 +22,10 @@ from .directions import cell_texts, class_texts
 from .request import ForgetRequest
 
 
-def check_evidence(evidence: Mapping | None, request: ForgetRequest, image_size: int) -> dict:
-    """``evidence`` as ``{(class, domain): float tensor (N, 3, H, W)}``, validated against the request."""
+def check_evidence(evidence: Mapping | None, request: ForgetRequest, model) -> dict:
+    """``evidence`` as ``{(class, domain): float tensor (N, 3, H, W)}``, validated against the request
+    and the model's input size."""
+    image_size = protos.model_io(model)[0]
     if evidence is None:
         return {}
     if not isinstance(evidence, Mapping):
@@ -60,8 +62,7 @@ def cell_means(model, tokenizer, request: ForgetRequest, *, n_prototypes: int, p
     Prototypes: ``n_prototypes`` per cell (forgotten and retained), synthesised towards the cell's
     mean prompt. A forgotten cell with ``evidence`` uses the mean of its real images instead.
     """
-    size, _, _ = protos.model_io(model)
-    evidence = check_evidence(evidence, request, size)
+    evidence = check_evidence(evidence, request, model)
     cells = list(request.forget_cells) + list(request.retain_cells)
     T = class_texts(model, tokenizer, request.classnames, class_templates)
     p = protos.synthesize(model, cell_texts(model, tokenizer, cells, request.templates), n_per_target=n_prototypes,

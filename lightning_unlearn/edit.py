@@ -277,6 +277,7 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
                         "pass compose=True to add this request on top, or call restore_(model) first")
     t0 = time.perf_counter()
     sites = {tower: find_site(model, tower) for tower in cfg.towers}  # fail early on unsupported models
+    deep.check_evidence(evidence, request, model)  # and on bad evidence
     maps, ranks, stats = {}, {}, {}
     was_training = model.training
     model.eval()
