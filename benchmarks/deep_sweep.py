@@ -82,7 +82,7 @@ def masks(y, request):
     for c, d in request.forget_cells:
         forget |= (y[:, 0] == request.classnames.index(c)) & (y[:, 1] == request.domains.index(d))
     same = torch.zeros_like(forget)
-    for c in request.forget_classes:
+    for c in request.forget_classes or ():  # whole domains: no same-class cells
         same |= y[:, 0] == request.classnames.index(c)
     return forget, same & ~forget
 
