@@ -15,8 +15,8 @@ map after ``E``, so it changes neither linear probe much (``--model`` measures b
 ``--model`` runs the real edits (``unlearn_``, shallow vs deep vs deep + evidence) and measures
 the same quantities on the edited model, with edit times.
 
-Metrics, for the forgotten cells (probes are logistic regressions fitted on the edited val
-embeddings and scored on the edited test embeddings): ``probe_bal_raw`` / ``probe_bal_norm``
+Metrics, for the forgotten cells (probes are :func:`lightning_unlearn.audit.fit_probe` logistic
+regressions fitted on the edited val embeddings and scored on the edited test embeddings): ``probe_bal_raw`` / ``probe_bal_norm``
 (binary "forgotten cells vs the rest", balanced accuracy, raw / normalised embedding; chance 0.5),
 ``probe_recall`` (10-class probe, recall on the forgotten cells), ``probe_recall_same`` (the same
 class in other domains), ``probe_retain_acc``; zero-shot ``zs_forget``, ``zs_retain``, ``zs_same``,
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
 from lightning_unlearn import deep  # noqa: E402
+from lightning_unlearn.audit import balanced_accuracy, fit_probe  # noqa: E402
 from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
 from lightning_unlearn.zeroshot import classifier  # noqa: E402
@@ -58,25 +59,6 @@ def encode(model, x, batch=400):
     return torch.cat([model.encode_image(x[i:i + batch]).double() for i in range(0, len(x), batch)])
 
 
-def fit_probe(X, y, n_cls, l2=1e-3, balanced=False):
-    """Multinomial logistic regression (standardised inputs, L-BFGS); returns a predict function."""
-    mu, sd = X.mean(0), X.std(0).clamp(min=1e-8)
-    Z = (X - mu) / sd
-    W = torch.zeros(Z.shape[1], n_cls, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(n_cls, dtype=torch.float64, requires_grad=True)
-    cnt = torch.bincount(y, minlength=n_cls).double()
-    w = len(y) / (n_cls * cnt.clamp(min=1)) if balanced else None
-    opt = torch.optim.LBFGS([W, b], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(Z @ W + b, y, weight=w) + l2 * (W ** 2).sum()
-        loss.backward()
-        return loss
-    opt.step(closure)
-    return lambda Xt: (((Xt - mu) / sd) @ W.detach() + b.detach()).argmax(1)
-
-
 def masks(y, request):
     forget = torch.zeros(len(y), dtype=torch.bool)
     for c, d in request.forget_cells:
@@ -96,8 +78,7 @@ def measure(Hv, yv, Ht, yt, request, T, Tc) -> dict:
     out = {"zs_forget": mean(zs[ft]), "zs_retain": mean(zs[~ft]), "zs_same": mean(zs[st]),
            "colour": mean((F.normalize(Ht, dim=-1) @ Tc).argmax(1) == yt[:, 2])}
     for name, f in [("raw", lambda h: h), ("norm", lambda h: F.normalize(h, dim=-1))]:
-        pred = fit_probe(f(Hv), fv.long(), 2, balanced=True)(f(Ht))
-        out[f"probe_bal_{name}"] = 0.5 * (mean(pred[ft] == 1) + mean(pred[~ft] == 0))
+        out[f"probe_bal_{name}"] = balanced_accuracy(fit_probe(f(Hv), fv.long(), 2, balanced=True)(f(Ht)), ft.long())
     ok = fit_probe(Hv, yv[:, 0], len(request.classnames))(Ht) == yt[:, 0]
     return out | {"probe_recall": mean(ok[ft]), "probe_recall_same": mean(ok[st]),
                   "probe_retain_acc": mean(ok[~ft & ~st])}
@@ -121,7 +102,7 @@ def cell_mean(H, y, cell):
     return H[(y[:, 0] == CLASSES.index(cell[0])) & (y[:, 1] == DOMAINS.index(cell[1]))].mean(0)
 
 
-def feature_sweep(emb, D, requests) -> list[dict]:
+def feature_sweep(emb, D, requests, save=lambda runs: None) -> list[dict]:
     """The eraser alone on cached embeddings: none / data-free / evidence / oracle, every request."""
     cfg = UnlearnConfig(depth="deep")
     model = emb.model
@@ -151,6 +132,7 @@ def feature_sweep(emb, D, requests) -> list[dict]:
             E = torch.eye(Hv.shape[1], dtype=torch.float64) if means is None else deep.eraser(means, request)
             row = measure(Hv @ E.T, D["yv"], Ht @ E.T, D["yt"], request, D["T"], D["Tc"])
             runs.append({"paradigm": paradigm, "variant": name, "forget": request.describe()} | row)
+            save(runs)
             print(f"{paradigm:16s} {name:14s} {request.describe():40s} " +
                   " ".join(f"{k}={v:.3f}" for k, v in row.items() if v is not None), flush=True)
     return runs, stats
@@ -220,10 +202,12 @@ def main(argv=None):
     t0 = time.perf_counter()
     result = {"n_per_cell": args.n_per_cell, "n_evidence": N_EVIDENCE, "mode": "model" if args.model else "features",
               "deep_defaults": asdict(UnlearnConfig(depth="deep")), "limit": args.limit}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     if args.model:
         result["runs"] = model_sweep(emb, D, requests)
     else:
-        result["runs"], result["prototype_stats"] = feature_sweep(emb, D, requests)
+        result["runs"], result["prototype_stats"] = feature_sweep(
+            emb, D, requests, save=lambda runs: args.json.write_text(json.dumps(result | {"runs": runs}, default=str)))
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     table, result["summary"] = summary(result["runs"], {})
     args.json.parent.mkdir(parents=True, exist_ok=True)
