@@ -160,28 +160,36 @@ def model_sweep(emb, D, requests) -> list[dict]:
     return runs
 
 
-def summary(runs, base: dict) -> tuple[str, list]:
-    """Per paradigm and variant: means and worst cases of the metrics (drops vs the unedited model)."""
+def summary(runs) -> tuple[str, list]:
+    """Per paradigm and variant: mean (worst) of the forget-side metrics, and of the drops in points of
+    the keep-side ones against the unedited model ("none"; absolute values where a run has none)."""
+    base = {(r["paradigm"], r["forget"]): r for r in runs if r["variant"] == "none"}
+    keep = ["zs_retain", "colour", "probe_retain_acc", "zs_same", "probe_recall_same"]
+    cols = ["zs_forget", "probe_bal_raw", "probe_bal_norm", "probe_recall"] + keep
     groups = {}
     for r in runs:
-        groups.setdefault((r["paradigm"], r["variant"]), []).append(r)
-    cols = ["zs_forget", "zs_retain", "colour", "probe_bal_raw", "probe_bal_norm", "probe_recall",
-            "probe_recall_same", "probe_retain_acc", "zs_same"]
-    lines = ["| paradigm | variant | runs | " + " | ".join(cols) + " | edit s |", "|---|---|---|" + "---|" * (len(cols) + 1)]
-    table = []
-    for (paradigm, variant), rs in groups.items():
-        s = {"paradigm": paradigm, "variant": variant, "runs": len(rs)}
+        b = base.get((r["paradigm"], r["forget"]))
+        g = groups.setdefault((r["paradigm"], r["variant"]), {k: [] for k in cols + ["edit_seconds"]})
         for k in cols:
-            v = [r[k] for r in rs if r.get(k) is not None]
-            s[k] = (sum(v) / len(v), max(v) if k.startswith(("probe_bal", "probe_recall", "zs_forget")) else min(v)) \
-                if v else None
-        e = [r["edit_seconds"] for r in rs if "edit_seconds" in r]
-        s["edit_seconds"] = sum(e) / len(e) if e else None
+            if r.get(k) is not None:
+                g[k].append(100 * (b[k] - r[k]) if b and k in keep else r[k])
+        if "edit_seconds" in r:
+            g["edit_seconds"].append(r["edit_seconds"])
+    names = [f"{k} drop" if base and k in keep else k for k in cols]
+    lines = ["| paradigm | variant | runs | " + " | ".join(names) + " | edit s |", "|---|---|---|" + "---|" * (len(cols) + 1)]
+    table = []
+    for (paradigm, variant), g in groups.items():
+        worst = {k: (min(v) if not base and k in keep else max(v)) for k, v in g.items() if v}
+        s = {"paradigm": paradigm, "variant": variant, "runs": len(g["zs_forget"]),
+             **{k: (sum(v) / len(v), worst[k]) for k, v in g.items() if v}}
         table.append(s)
-        fmt = lambda x: "-" if x is None else f"{x[0]:.3f} ({x[1]:.3f})"  # noqa: E731
-        lines.append(f"| {paradigm} | {variant} | {len(rs)} | " + " | ".join(fmt(s[k]) for k in cols) +
-                     f" | {'-' if s['edit_seconds'] is None else format(s['edit_seconds'], '.1f')} |")
-    return "\n".join(lines) + "\n(mean, and worst: max for forget/probe columns, min for the others)", table
+        fmt = lambda k: "-" if k not in s else (f"{s[k][0]:.2f} ({s[k][1]:.2f})" if base and k in keep  # noqa: E731
+                                               else f"{s[k][0]:.3f} ({s[k][1]:.3f})")
+        lines.append(f"| {paradigm} | {variant} | {s['runs']} | " + " | ".join(fmt(k) for k in cols) +
+                     f" | {'-' if 'edit_seconds' not in s else format(s['edit_seconds'][0], '.1f')} |")
+    note = "(mean (worst) over the requests; drops in points against the unedited model)" if base else \
+        "(mean (worst) over the requests)"
+    return "\n".join(lines) + "\n" + note, table
 
 
 def main(argv=None):
@@ -191,7 +199,11 @@ def main(argv=None):
     p.add_argument("--model", action="store_true", help="real edits (shallow / deep / deep + evidence)")
     p.add_argument("--paradigms", default=None, help="comma list of global,domain-specific,domain (default all)")
     p.add_argument("--limit", type=int, default=None, help="at most this many requests per paradigm (say so!)")
+    p.add_argument("--summary-only", action="store_true", help="reprint the table of an existing --json result")
     args = p.parse_args(argv)
+    if args.summary_only:
+        print(summary(json.loads(args.json.read_text())["runs"])[0])
+        return
     torch.manual_seed(0)
     torch.set_grad_enabled(True)
     emb = load_embedded()
@@ -209,7 +221,7 @@ def main(argv=None):
         result["runs"], result["prototype_stats"] = feature_sweep(
             emb, D, requests, save=lambda runs: args.json.write_text(json.dumps(result | {"runs": runs}, default=str)))
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
-    table, result["summary"] = summary(result["runs"], {})
+    table, result["summary"] = summary(result["runs"])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1, default=str))
     print(table)
