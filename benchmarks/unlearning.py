@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.finetune_baseline import finetune_unlearn  # noqa: E402
 from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
 from lightning_unlearn.audit import audit_features, extract  # noqa: E402
-from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
-from lightning_unlearn.embedded import load_embedded  # noqa: E402
+from lightning_unlearn.data import CLASSES, DOMAINS, QUICK_REQUESTS, rendered_batches  # noqa: E402
+from lightning_unlearn.load import load_clip  # noqa: E402
 from lightning_unlearn.zeroshot import classifier, evaluate, split_accuracy  # noqa: E402
 
 DOMAIN_SPECIFIC = [("star", "sketch"), ("moon", "sketch"), ("heart", "photo"), ("square", "photo"),
@@ -41,19 +41,9 @@ DOMAIN_SPECIFIC = [("star", "sketch"), ("moon", "sketch"), ("heart", "photo"), (
 REQUESTS = ([("global", {"forget_classes": [c]}) for c in CLASSES]
             + [("domain-specific", {"forget_classes": [c], "forget_domains": [d]}) for c, d in DOMAIN_SPECIFIC]
             + [("domain", {"forget_domains": [d]}) for d in DOMAINS])
-QUICK = [("global", {"forget_classes": ["star"]}), ("domain-specific", {"forget_classes": ["star"],
-                                                                       "forget_domains": ["sketch"]}),
-         ("domain", {"forget_domains": ["painting"]})]
+QUICK = list(QUICK_REQUESTS)  # the demo's requests, one per paradigm
 METHODS = {"text": {"method": "text"}, "regularized": {"method": "text", "solver": "regularized"},
            "multimodal": {}}
-
-
-def render_test_set(emb, n_per_cell: int, batch: int = 500, split: str = "test"):
-    world = World(split, n_per_cell)
-    samples = [world[i] for i in range(len(world))]
-    x = torch.stack([emb.preprocess(s.image) for s in samples])
-    y = torch.tensor([(s.cls, s.domain, s.colour) for s in samples])
-    return [(x[i:i + batch], y[i:i + batch, 0], y[i:i + batch, 1], y[i:i + batch, 2]) for i in range(0, len(x), batch)]
 
 
 def measure(model, emb, batches, request, colour_T) -> dict:
@@ -65,8 +55,8 @@ def measure(model, emb, batches, request, colour_T) -> dict:
 def prepare(n_per_cell: int):
     """The embedded model, the rendered held-out test set and the colour classifier."""
     torch.manual_seed(0)
-    emb = load_embedded()
-    return emb, render_test_set(emb, n_per_cell), classifier(emb.model, emb.tokenizer, emb.colours,
+    emb = load_clip("embedded")
+    return emb, rendered_batches("test", n_per_cell, emb.preprocess), classifier(emb.model, emb.tokenizer, emb.colours,
                                                               emb.colour_templates)
 
 
@@ -79,7 +69,7 @@ def depth(model, emb, request, fit_batches, test_batches, features=None) -> dict
 
 def run(args) -> dict:
     emb, batches, colour_T = prepare(args.n_per_cell)
-    fit_batches = render_test_set(emb, args.n_per_cell, split="val")
+    fit_batches = rendered_batches("val", args.n_per_cell, emb.preprocess)
     model = emb.model
     unedited = extract(model, fit_batches), extract(model, batches)  # one extraction for every "before"
     methods = dict(METHODS)

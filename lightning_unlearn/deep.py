@@ -65,7 +65,7 @@ def cell_means(model, tokenizer, request: ForgetRequest, *, n_prototypes: int, p
     evidence = check_evidence(evidence, request, model)
     cells = list(request.forget_cells) + list(request.retain_cells)
     T = class_texts(model, tokenizer, request.classnames, class_templates)
-    p = protos.synthesize(model, cell_texts(model, tokenizer, cells, request.templates), n_per_target=n_prototypes,
+    p = protos.synthesize(model, cell_texts(model, tokenizer, cells, request.templates), n_per_text=n_prototypes,
                           steps=proto_steps, lr=proto_lr, seed=seed, classes=T, progress=progress)
     H = _encode(model, protos.normalise_images(model, p.images.flatten(0, 1))).view(len(cells), n_prototypes, -1)
     means = {cell: H[i].mean(0) for i, cell in enumerate(cells)}

@@ -17,7 +17,7 @@ from . import nullspace
 from . import prototypes as protos
 from .prompts import cell_prompts, fill_template
 from .request import ForgetRequest
-from .targets import Site
+from .sites import Site
 from .zeroshot import text_embeddings
 
 
@@ -121,7 +121,7 @@ def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, m
         stats["n_forget_text"] += len(request.forget_classes)
     images = None
     if multimodal:
-        p = protos.synthesize(model, T_cells[: len(forget_cells)], n_per_target=n_prototypes, steps=proto_steps,
+        p = protos.synthesize(model, T_cells[: len(forget_cells)], n_per_text=n_prototypes, steps=proto_steps,
                               lr=proto_lr, seed=seed, classes=T_cells, progress=progress)
         images = p.images.flatten(0, 1)
         stats |= {"n_prototypes": images.shape[0], "prototype_cos": float(p.cos.mean()),
@@ -146,7 +146,7 @@ def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, m
 
 
 @dataclass
-class Targets:
+class Constraints:
     """Directions and where they must go, at the edit site (columns), for the two-sided solver."""
     A: torch.Tensor  # text directions ...
     B: torch.Tensor  # ... and what the edited image embeddings must score against them instead
@@ -155,11 +155,11 @@ class Targets:
     stats: dict = field(default_factory=dict)
 
 
-def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, multimodal: bool,
+def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, multimodal: bool,
                   class_templates, n_prototypes: int, proto_steps: int, proto_lr: float, seed: int,
                   text_weight: float, image_weight: float, margin: float, sink_margin: float,
-                  retain_prompts=(), pre: torch.Tensor | None = None, progress: bool = True) -> Targets:
-    """Targets of the two-sided edit, read as zero-shot scores with the unchanged prompts:
+                  retain_prompts=(), pre: torch.Tensor | None = None, progress: bool = True) -> Constraints:
+    """Constraints of the two-sided edit, read as zero-shot scores with the unchanged prompts:
 
     - every class with no forgotten cell keeps its score on every image (``T_k -> T_k``), and so
       does every prompt in ``retain_prompts`` (other knowledge to keep, e.g. attribute words);
@@ -203,7 +203,7 @@ def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: s
         retain = request.same_class_other_domain_cells() if request.paradigm != "global" else ()
         cells = forget_cells + retain
         p = protos.synthesize(model, cell_texts(model, tokenizer, cells, request.templates),
-                              n_per_target=n_prototypes, steps=proto_steps, lr=proto_lr, seed=seed,
+                              n_per_text=n_prototypes, steps=proto_steps, lr=proto_lr, seed=seed,
                               classes=T, progress=progress)
         V = to_site(model, site, where, images=p.images.flatten(0, 1))
         V = V if pre is None else F.normalize(pre.float() @ V, dim=0)
@@ -222,4 +222,4 @@ def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: s
         V, Vt = V * wv, Vt * wv
         stats |= {"n_prototypes": V.shape[1], "n_forget_prototypes": k, "prototype_cos": float(p.cos.mean()),
                   "prototype_steps": p.steps, "prototype_seconds": round(p.seconds, 3)}
-    return Targets(At, Bt, V, Vt, stats)
+    return Constraints(At, Bt, V, Vt, stats)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_unlearn.data.world import World  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
-from lightning_unlearn.targets import find_site  # noqa: E402
+from lightning_unlearn.sites import find_site  # noqa: E402
 
 CACHE = Path("runs/deep_cache.pt")
 

@@ -14,7 +14,7 @@ Tc = classifier(model, emb.tokenizer, emb.colours, emb.colour_templates)
 cells = [(c, d) for c in emb.classnames for d in emb.domains]
 Tcell = cell_texts(model, emb.tokenizer, cells, emb.cell_templates)
 t0 = time.time()
-p = protos.synthesize(model, Tcell, n_per_target=4, steps=int(sys.argv[1]), classes=T.T, progress=False)
+p = protos.synthesize(model, Tcell, n_per_text=4, steps=int(sys.argv[1]), classes=T.T, progress=False)
 print("proto s", time.time() - t0, p.steps)
 with torch.no_grad():
     Hp = model.encode_image(protos.normalise_images(model, p.images.flatten(0, 1))).float()
