@@ -19,13 +19,14 @@ import torch
 from . import nullspace
 from . import prototypes as protos
 from .directions import cell_texts, class_texts
+from .encoders import encode_image, image_io
 from .request import ForgetRequest
 
 
 def check_evidence(evidence: Mapping | None, request: ForgetRequest, model) -> dict:
     """``evidence`` as ``{(class, domain): float tensor (N, 3, H, W)}``, validated against the request
     and the model's input size."""
-    image_size = protos.model_io(model)[0]
+    image_size = image_io(model)[0]
     if evidence is None:
         return {}
     if not isinstance(evidence, Mapping):
@@ -50,7 +51,7 @@ def check_evidence(evidence: Mapping | None, request: ForgetRequest, model) -> d
 @torch.no_grad()
 def _encode(model, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
     p = next(model.parameters())
-    return torch.cat([model.encode_image(x[i:i + batch].to(p.device, p.dtype)).float().cpu()
+    return torch.cat([encode_image(model, x[i:i + batch].to(p.device, p.dtype)).float().cpu()
                       for i in range(0, len(x), batch)]).double()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -20,7 +21,7 @@ from . import deep, nullspace
 from .directions import build, build_constraints, prompt_cache
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
-from .sites import SITES, TOWERS, Site, find_site
+from .sites import SITES, TOWERS, EditLinear, Site, find_site, uninstall_
 from .state import provenance
 
 METHODS = ("multimodal", "text")
@@ -112,7 +113,8 @@ class ProjectorEdit(nn.Module):
 
     def forward(self, W: torch.Tensor) -> torch.Tensor:
         M = self.P.weight.float()
-        with torch.autocast(device_type=W.device.type, enabled=False):
+        meta = W.device.type == "meta"  # shapes only (autocast has no meta device)
+        with nullcontext() if meta else torch.autocast(device_type=W.device.type, enabled=False):
             Wf = W.float()
             if self.layout == "bias":
                 out = M @ Wf
@@ -156,6 +158,8 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
     if tuple(M.shape) != (n, n):
         raise ValueError(f"the edit has shape {tuple(M.shape)}, but the {tower} projection needs ({n}, {n}) at "
                          f"site {site!r}")
+    if s.slot is not None and s.slot.installed is None:  # a tower with no projection: add the layer
+        s.slot.install(s.module)
     for module, name, layout in _edited_tensors(s, site):
         edit = ProjectorEdit(n, site, layout, info)
         with torch.no_grad():
@@ -188,24 +192,29 @@ def _remove(module: nn.Module, name: str, leave_parametrized: bool) -> None:
 
 
 def restore_(model: nn.Module) -> nn.Module:
-    """Remove every injected edit: the state_dict is then bit-identical to the original."""
+    """Remove every injected edit (and every layer an edit installed): the state_dict is then
+    bit-identical to the original."""
     for module, name in _parametrized(model):
         _remove(module, name, leave_parametrized=False)
+    uninstall_(model)
     return model
 
 
 def fold_(model: nn.Module) -> dict[str, torch.Tensor]:
     """Merge every injected edit into its projection weight: a plain open_clip model with the
     original state_dict keys and no inference overhead. Returns the original weights by key, the
-    only way back (``model.load_state_dict(originals, strict=False)``)."""
+    only way back (``model.load_state_dict(originals, strict=False)``). A layer an edit installed on
+    a tower with no projection stays, as a plain ``nn.Linear`` holding the edit."""
     names = {id(m): n for n, m in model.named_modules()}
     originals = {}
     for module, name in _parametrized(model):
         key = f"{names[id(module)]}.{name}".lstrip(".")
-        originals[key] = getattr(module.parametrizations, name).original.detach().clone()
+        if not isinstance(module, EditLinear):  # an installed layer has no original
+            originals[key] = getattr(module.parametrizations, name).original.detach().clone()
         requires_grad = getattr(module.parametrizations, name).original.requires_grad
         _remove(module, name, leave_parametrized=True)
         getattr(module, name).requires_grad_(requires_grad)
+    uninstall_(model, plain=True)
     return originals
 
 
