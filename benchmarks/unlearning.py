@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.finetune_baseline import finetune_unlearn  # noqa: E402
-from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
+from lightning_unlearn import ForgetRequest, UnlearnConfig, unlearned  # noqa: E402
 from lightning_unlearn.audit import audit_features, extract  # noqa: E402
 from lightning_unlearn.data import CLASSES, DOMAINS, QUICK_REQUESTS, rendered_batches  # noqa: E402
 from lightning_unlearn.load import load_clip  # noqa: E402
@@ -94,11 +94,10 @@ def run(args) -> dict:
                 after, seconds, extra = measure(edited, emb, batches, request, colour_T), info["seconds"], info
                 audit_after = depth(edited, emb, request, fit_batches, batches)
             else:
-                u = unlearn_(model, emb.tokenizer, request, progress=False, **methods[name])
-                after, seconds, extra = measure(model, emb, batches, request, colour_T), u.seconds, {
-                    "rank": u.ranks.get("image")}
-                audit_after = depth(model, emb, request, fit_batches, batches)
-                restore_(model)
+                with unlearned(model, emb.tokenizer, request, progress=False, **methods[name]) as u:
+                    after, seconds, extra = measure(model, emb, batches, request, colour_T), u.seconds, {
+                        "rank": u.ranks.get("image")}
+                    audit_after = depth(model, emb, request, fit_batches, batches)
             row = {"paradigm": paradigm, "method": name, "forget": request.describe(),
                    **{f"{k}_before": before[k] for k in before}, **{f"{k}_after": after[k] for k in after},
                    "edit_seconds": round(seconds, 3), **{k: v for k, v in extra.items() if k != "seconds"},

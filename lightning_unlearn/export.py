@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .edit import EditError, ProjectorEdit, Unlearned, edits, fold_, inject_, restore_
+from .edit import EditError, ProjectorEdit, Unlearned, edit_modules, edits, fold_, fresh_name, inject_, restore_
 from .sites import TOWERS, UnsupportedModelError, find_site
 from .state import compare_digests, provenance, weights_digest
 
@@ -212,7 +212,7 @@ def write_folded_into(folder: str | Path, model: nn.Module, model_cfg: dict,
         raise ArtifactError("`model_cfg` must be an open_clip model config dict with 'vision_cfg' and 'text_cfg' "
                             f"(from open_clip.get_model_config(name)); got {got}")
     folder = Path(folder)
-    provenance = [dict(e.info, tensor=name) for name, e in edits(model) if e.layout != "bias"]
+    provenance = [dict(e.info, tensor=name) for name, e in edit_modules(model) if e.layout != "bias"]
     folded = copy.deepcopy(model)
     fold_(folded)
     state = _state_for_saving(folded)
@@ -431,11 +431,15 @@ def apply_edit(model: nn.Module, artifact: EditArtifact | str | Path, *, compose
             raise ArtifactError(f"edit {i} has shape {tuple(M.shape)} but the {e['tower']} projection needs ({n}, {n}) "
                                 f"at site {e['site']!r}")
         plan.append((M, e))
+    names = {}  # an edit's maps share its name; a name the model already carries gets a suffix
     for M, e in plan:
-        inject_(model, M, e["tower"], e["site"], e["info"])
+        base = e["info"].get("name") or "edit"
+        names.setdefault(base, fresh_name(model, base))
+        inject_(model, M, e["tower"], e["site"], e["info"], name=names[base])
     return model
 
 
 def remove_edit(model: nn.Module) -> nn.Module:
     """Remove every injected edit: the state_dict is bit-identical to the unedited model's again."""
-    return restore_(model)
+    restore_(model)
+    return model
