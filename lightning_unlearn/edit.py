@@ -5,6 +5,12 @@ The edit ``M`` (a d x d map in the joint space, or D x D on the pooled features)
 the tower's projection weight: the forward pass sees ``W_img @ M^T`` exactly as if the layer sat
 right after the projection, no ``encode_*`` method is patched, edits compose in a chain, and the
 original weight stays untouched in ``parametrizations.<name>.original`` for an exact restore.
+
+Edits are named: :func:`edits` lists the names, :func:`remove_edit_` removes one, :func:`restore_`
+all, :func:`unlearned` is a context manager. One return convention: the in-place functions (trailing
+underscore) return what they did, never the model: :func:`unlearn_` the :class:`Unlearned` record,
+:func:`inject_` the edit's name, :func:`remove_edit_` / :func:`restore_` the names removed,
+:func:`fold_` the original weights it replaced.
 """
 from __future__ import annotations
 

@@ -263,10 +263,10 @@ def test_callback_on_a_users_module_finds_the_model_and_matches_the_module(loade
     trainer.test(user, loader, verbose=False)  # setup again: the model already carries this edit
     assert len(counter) == 1 and len(edits(user.clip)) == 1
     module = make_module()
-    L.Trainer(**QUIET).test(module, loader, verbose=False)
+    module_out = L.Trainer(**QUIET).test(module, loader, verbose=False)[0]
     assert torch.equal(projector(user.clip), projector(module.clip))  # the same edit as CLIPUnlearning's
     assert cb.state_dict()["edit_id"] == cb.edit_id and cb.state_dict()["request"] == request.to_dict()
-    assert 0.0 <= out["test/forget_accuracy"] <= 1.0
+    assert out["test/forget_accuracy"] == module_out["test/forget_accuracy"]  # so the same accuracies
 
 
 class Nested(L.LightningModule):
