@@ -314,7 +314,7 @@ def _entries_from_model(model: nn.Module) -> tuple[list[torch.Tensor], list[dict
 
 
 def _entries_from_unlearned(u: Unlearned) -> tuple[list[torch.Tensor], list[dict]]:
-    info = _plain(provenance(u.request, u.config))  # the info unlearn_ attaches to the injected edit
+    info = _plain(dict(provenance(u.request, u.config), name=u.name))  # the info unlearn_ attaches to the edit
     maps = [u.maps[t].detach().float().cpu().clone() for t in u.maps]
     return maps, [{"tower": t, "site": u.config.site, "info": info} for t in u.maps]
 
