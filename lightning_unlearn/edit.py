@@ -28,7 +28,7 @@ from . import nullspace
 from .directions import build, build_constraints, prompt_cache
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
-from .sites import SITES, TOWERS, Site, find_site
+from .sites import SITES, TOWERS, EditLinear, Site, find_site, uninstall_
 from .state import provenance
 
 METHODS = ("multimodal", "text")
@@ -159,7 +159,8 @@ class ProjectorEdit(nn.Module):
 
     def forward(self, W: torch.Tensor) -> torch.Tensor:
         M = self.P.weight.float()
-        with torch.autocast(device_type=W.device.type, enabled=False):
+        meta = W.device.type == "meta"  # shapes only (autocast has no meta device)
+        with contextlib.nullcontext() if meta else torch.autocast(device_type=W.device.type, enabled=False):
             Wf = W.float()
             if self.layout == "bias":
                 out = M @ Wf
@@ -219,6 +220,8 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
     if name is not None and (not isinstance(name, str) or not name):
         raise ValueError(f"`name`={name!r} must be a non-empty string")
     name = name or fresh_name(model, "edit")
+    if s.slot is not None and s.slot.installed is None:  # a tower with no projection: add the layer
+        s.slot.install(s.module)
     for module, tensor, layout in _edited_tensors(s, site):
         edit = ProjectorEdit(n, site, layout, dict(info or {}, name=name))
         with torch.no_grad():
@@ -257,11 +260,12 @@ def _remove(module: nn.Module, name: str, leave_parametrized: bool) -> None:
 
 
 def restore_(model: nn.Module) -> list[str]:
-    """Remove every injected edit: the state_dict is then bit-identical to the original. Returns the
-    names removed."""
+    """Remove every injected edit (and every layer an edit installed): the state_dict is then
+    bit-identical to the original. Returns the names removed."""
     names = edits(model)
     for module, name in _parametrized(model):
         _remove(module, name, leave_parametrized=False)
+    uninstall_(model)
     return names
 
 
@@ -278,21 +282,26 @@ def remove_edit_(model: nn.Module, name: str) -> list[str]:
         else:
             for i in reversed(hit):
                 del plist[i]
+    if not edits(model):  # the last edit: the layers edits installed go too
+        uninstall_(model)
     return [name]
 
 
 def fold_(model: nn.Module) -> dict[str, torch.Tensor]:
     """Merge every injected edit into its projection weight: a plain open_clip model with the
     original state_dict keys and no inference overhead. Returns the original weights by key, the
-    only way back (``model.load_state_dict(originals, strict=False)``)."""
+    only way back (``model.load_state_dict(originals, strict=False)``). A layer an edit installed on
+    a tower with no projection stays, as a plain ``nn.Linear`` holding the edit."""
     names = {id(m): n for n, m in model.named_modules()}
     originals = {}
     for module, name in _parametrized(model):
         key = f"{names[id(module)]}.{name}".lstrip(".")
-        originals[key] = getattr(module.parametrizations, name).original.detach().clone()
+        if not isinstance(module, EditLinear):  # an installed layer has no original
+            originals[key] = getattr(module.parametrizations, name).original.detach().clone()
         requires_grad = getattr(module.parametrizations, name).original.requires_grad
         _remove(module, name, leave_parametrized=True)
         getattr(module, name).requires_grad_(requires_grad)
+    uninstall_(model, plain=True)
     return originals
 
 
