@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from lightning_unlearn import CLIPUnlearning, ForgetRequest, NullspaceUnlearning, edits, fold_, restore_, unlearn_
+from lightning_unlearn.edit import edit_modules
 from lightning_unlearn.encoders import encode_image, encode_text, hf_tokenizer, tokenize
 from lightning_unlearn.export import ArtifactError, apply_edit, save_edit, save_folded, save_pretrained_folded
 from lightning_unlearn.sites import EditLinear, find_site
-from lightning_unlearn.edit import edit_modules
 
 torch.set_num_threads(1)
 
