@@ -630,7 +630,9 @@ def test_named_edits_list_remove_and_return_what_they_did(zoo):
         remove_edit_(model, "cats")
     assert remove_edit_(model, uc.name) == [uc.name] and remove_edit_(model, "birds") == ["birds"]
     assert edits(model) == [ua.name]
-    assert_bit_identical(model, after_a)  # removing the last edits gives back exactly the model before them
+    sd = model.state_dict()  # removing the last edits gives back exactly the model before them
+    assert set(sd) == set(after_a)
+    assert all(torch.equal(sd[k], v) if isinstance(v, torch.Tensor) else sd[k] == v for k, v in after_a.items())
     name = inject_(model, torch.eye(find_site(model, "image").dims[1]))
     assert name == "edit" and edits(model) == [ua.name, "edit"]
     assert restore_(model) == [ua.name, "edit"] and edits(model) == [] and restore_(model) == []
