@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import nullspace
+from . import deep, nullspace
 from .directions import build, build_constraints, prompt_cache
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
@@ -33,6 +33,7 @@ from .state import provenance
 
 METHODS = ("multimodal", "text")
 SOLVERS = ("two-sided", "projector", "regularized")
+DEPTHS = ("shallow", "deep")
 PROTECT = ("none", "classes", "cells")
 
 
@@ -41,7 +42,7 @@ class EditError(RuntimeError):
 
 
 #: Fields every edit reads; the prototype fields (method "multimodal" only); each solver's own.
-COMMON_FIELDS = ("method", "solver", "alpha", "towers", "site", "class_templates")
+COMMON_FIELDS = ("method", "solver", "alpha", "towers", "site", "class_templates", "depth")
 PROTOTYPE_FIELDS = ("n_prototypes", "proto_steps", "proto_lr", "seed")
 SOLVER_FIELDS = {
     "two-sided": ("text_first", "lam", "mu", "text_weight", "image_weight", "margin", "sink_margin",
@@ -60,11 +61,13 @@ class UnlearnConfig:
     projection) or "pooled" (D x D before it, image tower only). Two-sided only: ``text_first``
     (stage 1, see :func:`compute_map`), ``margin`` and ``sink_margin`` (where forgotten prototypes
     are sent, see :func:`directions.build_constraints`), the weights of text and image constraints.
+    ``depth``: "shallow" (the surface edit alone) or "deep" (the surface edit after the output eraser
+    of :func:`deep.output_eraser`, from ``deep_prototypes`` prototypes per cell; joint site only).
 
     Each solver reads its own fields (:data:`SOLVER_FIELDS`; the prototype fields only under
-    "multimodal"): a field the chosen solver ignores must keep its default, otherwise the config
-    is refused with the field, the solver and the fix named. The edit id covers the acting
-    fields only (:meth:`acting_fields`)."""
+    "multimodal", ``deep_prototypes`` only under depth "deep"): a field the chosen solver ignores
+    must keep its default, otherwise the config is refused with the field, the solver and the fix
+    named. The edit id covers the acting fields only (:meth:`acting_fields`)."""
     method: str = "multimodal"
     solver: str = "two-sided"
     alpha: float = 1.0
@@ -87,6 +90,8 @@ class UnlearnConfig:
     proto_lr: float = 0.05
     class_templates: tuple = CLASS_TEMPLATES
     seed: int = 0
+    depth: str = "shallow"
+    deep_prototypes: int = 1
 
     def acting_fields(self) -> tuple[str, ...]:
         """The fields the computed edit depends on under this method and solver."""
@@ -94,11 +99,13 @@ class UnlearnConfig:
         solver = SOLVER_FIELDS[self.solver]
         if self.solver == "two-sided" and not self.text_first:
             solver = tuple(f for f in solver if f not in ("lam", "mu"))
-        return fields + solver
+        deep = ("deep_prototypes", "proto_steps", "proto_lr", "seed") if self.depth == "deep" else ()  # the eraser's
+        return fields + solver + tuple(f for f in deep if f not in fields)
 
     def __post_init__(self):
         for name, value, allowed in [("method", self.method, METHODS), ("solver", self.solver, SOLVERS),
-                                     ("site", self.site, SITES), ("protect", self.protect, PROTECT)]:
+                                     ("site", self.site, SITES), ("protect", self.protect, PROTECT),
+                                     ("depth", self.depth, DEPTHS)]:
             if value not in allowed:
                 raise ValueError(f"`{name}`={value!r} is not one of {allowed}")
         if not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
@@ -126,6 +133,11 @@ class UnlearnConfig:
         if not self.margin >= 0 or not self.sink_margin >= 0:
             raise ValueError(f"`margin`={self.margin} and `sink_margin`={self.sink_margin} must be >= 0 (how far past "
                              "the sink forgotten prototypes are sent; defaults 0.75 and 0.25)")
+        if self.depth == "deep" and (self.site != "joint" or "image" not in towers):
+            raise ValueError(f"`depth`='deep' erases at the image output: it needs site='joint' and the image tower, "
+                             f"got site={self.site!r}, towers={towers}")
+        if self.deep_prototypes < 1:
+            raise ValueError(f"`deep_prototypes`={self.deep_prototypes} must be >= 1 (prototypes per cell of the eraser)")
         if self.n_prototypes < 1 or self.proto_steps < 1:
             raise ValueError(f"`n_prototypes`={self.n_prototypes} and `proto_steps`={self.proto_steps} must be >= 1")
         acting = self.acting_fields()
@@ -134,6 +146,7 @@ class UnlearnConfig:
                 users = [s for s, f in SOLVER_FIELDS.items() if name in f]
                 why, fix = ((f"method={self.method!r} builds no visual prototypes", "pass method='multimodal'")
                             if name in PROTOTYPE_FIELDS else
+                            ("depth='shallow' builds no eraser", "pass depth='deep'") if name == "deep_prototypes" else
                             ("text_first=False skips stage 1", "pass text_first=True")
                             if name in SOLVER_FIELDS[self.solver] else
                             (f"solver={self.solver!r} ignores it", f"pass solver={users[0]!r}"))
@@ -353,10 +366,14 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
 
 
 def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: UnlearnConfig | None = None, *,
-             compose: bool = False, name: str | None = None, progress: bool = True, **overrides) -> Unlearned:
+             compose: bool = False, name: str | None = None, progress: bool = True, evidence: dict | None = None,
+             **overrides) -> Unlearned:
     """Compute the edit for ``request`` and inject it in place under ``name`` (default: ``forget-``
     and the request digest); see :class:`UnlearnConfig` for the options; keyword ``overrides``
     replace config fields, e.g. ``alpha=0.5``. Returns the :class:`Unlearned` record (``.name``).
+
+    ``evidence`` (``depth="deep"`` only): ``{(class, domain): preprocessed images (N, 3, H, W)}`` for
+    forgotten cells; the eraser then reads those cells' mean output from real images instead of prototypes.
 
     An already edited model raises unless ``compose=True``: the new edit is then computed on the
     edited model and appended, so both requests stay forgotten; :func:`remove_edit_` removes one
@@ -365,6 +382,8 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     if not isinstance(request, ForgetRequest):
         raise TypeError(f"`request` must be a ForgetRequest, got {type(request).__name__}")
     cfg = replace(config or UnlearnConfig(), **overrides)
+    if evidence is not None and cfg.depth != "deep":
+        raise ValueError("`evidence` is read by the deep mode only; pass depth='deep' with it (or drop evidence)")
     existing = edits(model)
     if existing and not compose:
         raise EditError(f"the model already carries {len(existing)} edit(s) ({existing}); "
@@ -375,6 +394,7 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     name = name or fresh_name(model, f"forget-{request.digest()[:8]}")
     t0 = time.perf_counter()
     sites = {tower: find_site(model, tower) for tower in cfg.towers}  # fail early on unsupported models
+    deep.check_evidence(evidence, request, model)  # and on bad evidence
     maps, ranks, stats = {}, {}, {}
     was_training = model.training
     model.eval()
@@ -382,9 +402,18 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
         with prompt_cache():
             for tower, site in sites.items():
                 maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
+            if cfg.depth == "deep":  # erase first, on the raw output: M = M_surface E
+                E, deep_stats = deep.output_eraser(
+                    model, tokenizer, request, n_prototypes=cfg.deep_prototypes, proto_steps=cfg.proto_steps,
+                    proto_lr=cfg.proto_lr, seed=cfg.seed, class_templates=cfg.class_templates, evidence=evidence,
+                    progress=progress)
+                maps["image"] = (maps["image"].double() @ E.double()).float()
+                stats["image"] |= deep_stats
     finally:
         model.train(was_training)
     info = provenance(request, cfg)
+    if evidence is not None:
+        info["evidence"] = stats["image"]["evidence_images"]
     for tower, M in maps.items():
         inject_(model, M, tower, cfg.site, info, name=name)
     return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0, name)
