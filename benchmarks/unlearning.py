@@ -44,8 +44,8 @@ METHODS = {"text": {"method": "text"}, "regularized": {"method": "text", "solver
            "multimodal": {}}
 
 
-def render_test_set(emb, n_per_cell: int, batch: int = 500):
-    world = World("test", n_per_cell)
+def render_test_set(emb, n_per_cell: int, batch: int = 500, split: str = "test"):
+    world = World(split, n_per_cell)
     samples = [world[i] for i in range(len(world))]
     x = torch.stack([emb.preprocess(s.image) for s in samples])
     y = torch.tensor([(s.cls, s.domain, s.colour) for s in samples])
@@ -58,11 +58,11 @@ def measure(model, emb, batches, request, colour_T) -> dict:
     return split_accuracy(res["correct"], res["total"], request) | {"unrelated_acc": res["colour_accuracy"]}
 
 
-def prepare(n_per_cell: int):
-    """The embedded model, the rendered held-out test set and the colour classifier."""
+def prepare(n_per_cell: int, split: str = "test"):
+    """The embedded model, the rendered held-out test set (or ``split``) and the colour classifier."""
     torch.manual_seed(0)
     emb = load_embedded()
-    return emb, render_test_set(emb, n_per_cell), classifier(emb.model, emb.tokenizer, emb.colours,
+    return emb, render_test_set(emb, n_per_cell, split=split), classifier(emb.model, emb.tokenizer, emb.colours,
                                                               emb.colour_templates)
 
 

@@ -202,10 +202,14 @@ def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: s
     if multimodal:
         retain = request.same_class_other_domain_cells() if request.paradigm != "global" else ()
         cells = forget_cells + retain
-        p = protos.synthesize(model, cell_texts(model, tokenizer, cells, request.templates),
+        # synthesised in (class, domain) order, so requests on the same cells share the same images
+        order = sorted(range(len(cells)), key=lambda i: (classes.index(cells[i][0]),
+                                                         request.domains.index(cells[i][1])))
+        p = protos.synthesize(model, cell_texts(model, tokenizer, [cells[i] for i in order], request.templates),
                               n_per_target=n_prototypes, steps=proto_steps, lr=proto_lr, seed=seed,
                               classes=T, progress=progress)
-        V = to_site(model, site, where, images=p.images.flatten(0, 1))
+        images = p.images[torch.argsort(torch.tensor(order))]
+        V = to_site(model, site, where, images=images.flatten(0, 1))
         V = V if pre is None else F.normalize(pre.float() @ V, dim=0)
         Vt = V.clone()
         k = len(forget_cells) * n_prototypes
