@@ -90,6 +90,9 @@ def run(args) -> dict:
                        "test_before": score(h_test, y_test, eye, T, colour_T, request, C, D),
                        "test_after": score(h_test, y_test, M, T, colour_T, request, C, D)}
                 rows.append(row)
+                if args.json:  # every row as it comes: a long sweep can be stopped and still summarised
+                    args.json.parent.mkdir(parents=True, exist_ok=True)
+                    args.json.write_text(json.dumps({"rows": rows, "n_per_cell": args.n_per_cell}, indent=1))
                 sc = after["same_class_other_domains_acc"]
                 print(f"{name:14s} {request.describe()[:58]:58s} forget {after['forget_acc']:.3f} retain drop "
                       f"{100 * (before['retain_acc'] - after['retain_acc']):+.1f} same "
@@ -109,7 +112,8 @@ def summary(result: dict, split: str = "val") -> str:
     lines = ["| paradigm | variant | requests | forget mean / worst (worst request) | retain drop mean / worst | "
              "same-class drop worst | colour drop worst |", "|---|---|---|---|---|---|---|"]
     for (paradigm, name), rs in groups.items():
-        drop = lambda k: [100 * (r["before"][k] - r["after"][k]) for r in rs if r["before"][k] is not None]  # noqa: E731
+        drop = lambda k: [100 * (r["before"][k] - r["after"][k])  # noqa: E731
+                          for r in rs if r["before"][k] is not None]
         fa = [r["after"]["forget_acc"] for r in rs]
         worst = max(rs, key=lambda r: r["after"]["forget_acc"])
         sc = drop("same_class_other_domains_acc")

@@ -15,7 +15,10 @@ Synthetic forget images (``clip_forget_imagegen.py``, ``generate_images``; ``gen
   Adapted: the 32-px model gets jitter and step length scaled to its input (2 px; step length
   ``25 sqrt(3 * 32^2 / (3 * 224^2))`` so the per-pixel step matches), its own mean/std in both
   places (the official code mixes SqueezeNet statistics for clamping with CLIP's for the input),
-  and all images are optimised as one batch, each with its own stop (the same per-image rule).
+  and all images are optimised as one batch, each with its own stop (the same per-image rule; the
+  lowered threshold after a failure applies to that image, not to all later ones). The classifier
+  is the repository's zero-shot classifier (5 class templates) where the official code uses one
+  template per dataset.
 
 Loss (``clip_forget_losses.py``, ``lipschitz_loss_joint``; called by ``train_epoch`` in
 ``clip_forget_utils.py``)
@@ -38,14 +41,16 @@ Training loop (``train_forget.py``, main loop; ``train_utils.py``)
   [0.1, 0.3, 0.5, 0.7, 1, 1.5, 2], k + [0, 2, 5, 8, 10, 15, 20] (``set_param_schedules``; the run
   ends when the schedule is exhausted); at most 30 epochs (``max_epochs``); stop once the
   synthetic accuracy is <= ``min_train_acc_stop`` (0.2 by default in ``train_forget.py``; set per
-  run in ``train.sh``); the best model (lowest synthetic accuracy) is returned.
+  run in ``train.sh``); the best model (lowest synthetic accuracy) is returned, or, when no epoch
+  lowered it, the model of the last failed epoch as it was before its roll-back.
 
 Adapted for tuning (reported as such): ``lr`` and ``steps_per_epoch`` (optimiser steps on the full
 batch inside one epoch, each followed by the accuracy check; the official value is 1).
-Domains: the method has none. A domain-specific or whole-domain request is run per forgotten
-(class, domain) cell: the images are synthesised towards the cell's prompt (the request's cell
-templates, class + domain) with the class-classifier stop rule, and the training text is the cell
-prompt; the synthetic accuracy (the stop criterion) is over all forgotten cells' images.
+Domains: the method has none. For a domain-specific or whole-domain request the 64 images are
+split evenly over the forgotten (class, domain) cells (at least one each; 64 for one cell, 6 per
+cell for a whole domain of 10 classes) and synthesised towards the cell's prompt (the request's
+first cell template, class + domain) with the class-classifier stop rule; the training text is
+that cell prompt; the synthetic accuracy (the stop criterion) is over all forgotten cells' images.
 It lives in benchmarks/, not in the library: it is the baseline we compare against.
 """
 from __future__ import annotations
@@ -206,7 +211,7 @@ def finetune_unlearn(model, tokenizer, request, class_templates, recipe: Recipe 
     classes = list(request.classnames)
     T = classifier(model, tokenizer, classes, class_templates)
     units = forget_texts(request)
-    per = recipe.n_images
+    per = recipe.n_images if request.paradigm == "global" else max(1, recipe.n_images // len(units))
     labels, targets, prompts = [], [], []
     for c, target, prompt in units:
         tgt = T[:, classes.index(c)] if target is None else text_embeddings(model, tokenizer, [target])[0]
@@ -222,7 +227,7 @@ def finetune_unlearn(model, tokenizer, request, class_templates, recipe: Recipe 
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
                            weight_decay=recipe.weight_decay)
     acc0 = synthetic_accuracy(model, tokenizer, classes, class_templates, x, labels)
-    best_acc, best_state, stage, steps, rollbacks, epochs, acc = 1.0, None, 0, 0, 0, 0, acc0
+    best_acc, best_state, failed_state, stage, steps, rollbacks, epochs, acc = 1.0, None, None, 0, 0, 0, 0, acc0
     batches = [slice(i, i + BATCH) for i in range(0, len(x), BATCH)]
     acc_step = min(len(batches), 5)  # gradient accumulation over up to 5 batches (train_forget.py)
     for epochs in range(1, recipe.max_epochs + 1):
@@ -241,10 +246,11 @@ def finetune_unlearn(model, tokenizer, request, class_templates, recipe: Recipe 
             if acc <= recipe.stop_acc:
                 break
         if log:
-            log(f"epoch {epochs} sigma {SIGMAS[stage]} loss {float(loss):.4f} synthetic acc {acc:.3f}")
+            log(f"epoch {epochs} sigma {SIGMAS[stage]} loss {float(loss.detach()):.4f} synthetic acc {acc:.3f}")
         if acc < best_acc:
             best_acc, best_state = acc, copy.deepcopy(model.state_dict())
         else:  # roll back model and optimiser, advance the noise / top-k schedule
+            failed_state = copy.deepcopy(model.state_dict())
             model.load_state_dict(last_model)
             opt.load_state_dict(last_opt)
             rollbacks += 1
@@ -253,13 +259,15 @@ def finetune_unlearn(model, tokenizer, request, class_templates, recipe: Recipe 
                 break
         if acc <= recipe.stop_acc:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    # the best model; with none (no epoch lowered the accuracy) the official loop keeps the model
+    # of the last failed epoch, from before its roll-back (``model_last_state_load``)
+    model.load_state_dict(best_state if best_state is not None else failed_state)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval(), {
         "seconds": time.perf_counter() - t0, "synthesis_seconds": round(t_synth, 3), "steps": steps,
         "epochs": epochs, "rollbacks": rollbacks, "synthetic_acc_before": acc0, "synthetic_acc_after": best_acc,
         "converged": best_acc <= recipe.stop_acc, "n_images": len(x),
-        "optimizer_steps_kept": max((int(v["step"]) for v in opt.state_dict()["state"].values()), default=0), "lr": recipe.lr,
+        "optimizer_steps_kept": max((int(v["step"]) for v in opt.state_dict()["state"].values()), default=0),
+        "lr": recipe.lr,
         "steps_per_epoch": recipe.steps_per_epoch}

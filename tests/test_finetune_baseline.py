@@ -70,7 +70,8 @@ def test_top_tensors_per_tower_by_mean_absolute_gradient():
     grads = {"visual.a.weight": 1.0, "visual.a.bias": 3.0, "visual.b.weight": 2.0, "visual.b.bias": 0.5,
              "transformer.c.weight": 0.1, "transformer.c.bias": 0.2, "token_embedding.weight": 99.0}
     for n, p in m.named_parameters():
-        p.grad = torch.full_like(p, grads[n]) * torch.tensor([1.0, -1.0]).repeat(p.numel() // 2 + 1)[:p.numel()].view_as(p)
+        signs = torch.tensor([1.0, -1.0]).repeat(p.numel() // 2 + 1)[:p.numel()].view_as(p)
+        p.grad = torch.full_like(p, grads[n]) * signs  # mixed signs: the score is the mean of |grad|
     chosen = fb.top_tensors(m, 2)
     # mean |grad|, not sum: the large b.weight (16 entries of 2.0) loses to a.bias (2 entries of 3.0)
     assert chosen == {"visual.a.bias", "visual.b.weight", "transformer.c.bias", "transformer.c.weight"}
@@ -85,26 +86,30 @@ def emb():
 
 
 def test_failed_epochs_roll_back_model_and_optimiser_and_advance_the_schedule(emb, monkeypatch):
-    """Synthetic accuracy that never falls: every epoch trains, fails and is rolled back, k and
-    sigma advance each time, and the run ends with the schedule: the model is the original."""
-    size = 32
+    """Synthetic accuracy that never falls: every epoch trains, fails and is rolled back, so each
+    epoch starts from the original weights; k and sigma advance each time; the run ends with the
+    schedule and returns the model of the last failed epoch (as the official loop does)."""
     monkeypatch.setattr(fb, "synthesize_forget_images",
-                        lambda model, T, targets, labels, recipe, gen: torch.randn(len(labels), 3, size, size))
+                        lambda model, T, targets, labels, recipe, gen: torch.randn(len(labels), 3, 32, 32))
     monkeypatch.setattr(fb, "synthetic_accuracy", lambda *a: 1.0)
-    seen = []
-    original_top = fb.top_tensors
+    seen, calls = [], []
+    original_top, original_loss = fb.top_tensors, fb.lipschitz_loss
     monkeypatch.setattr(fb, "top_tensors", lambda model, k: seen.append(k) or original_top(model, k))
-    sigmas = []
-    original_loss = fb.lipschitz_loss
-    monkeypatch.setattr(fb, "lipschitz_loss", lambda m, t, x, s, n: sigmas.append(s) or original_loss(m, t, x, s, n))
+
+    def loss(m, t, x, s, n):
+        calls.append((s, {k: v.detach().clone() for k, v in m.state_dict().items()}))
+        return original_loss(m, t, x, s, n)
+    monkeypatch.setattr(fb, "lipschitz_loss", loss)
     request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
     before = {k: v.clone() for k, v in emb.model.state_dict().items()}
     edited, info = fb.finetune_unlearn(emb.model, emb.tokenizer, request, emb.templates,
                                        fb.Recipe(lr=1e-2, n_images=4, n_samples=1))
     assert info["rollbacks"] == info["epochs"] == len(fb.SIGMAS) and not info["converged"]
-    assert seen == [25 + k for k in fb.TOPK_STEPS] and sigmas == list(fb.SIGMAS)
-    assert info["optimizer_steps_kept"] == 0  # the optimiser state went back too
-    assert all(torch.equal(edited.state_dict()[k], v) for k, v in before.items())
+    assert seen == [25 + k for k in fb.TOPK_STEPS] and [s for s, _ in calls] == list(fb.SIGMAS)
+    for _, state in calls:  # every epoch started from the original weights: the model was rolled back
+        assert all(torch.equal(state[k], v) for k, v in before.items())
+    assert info["optimizer_steps_kept"] == 0  # and so was the optimiser state
+    assert any(not torch.equal(edited.state_dict()[k], v) for k, v in before.items())  # last failed epoch
     assert all(torch.equal(emb.model.state_dict()[k], v) for k, v in before.items())  # input untouched
 
 
