@@ -54,7 +54,7 @@ QUICK = [("global", {"forget_classes": ["star"]}), ("domain-specific", {"forget_
 QUICK_REQUESTS = [("single", p, [kw], kw) for p, kw in QUICK]
 DOMAIN_SPECIFIC = [(c, d) for c in CLASSES for d in DOMAINS]
 #: The baseline tuned for the embedded model on the val split (benchmarks/finetune_sweep.py).
-TUNED = Recipe(lr=3e-3, steps_per_epoch=1)
+TUNED = Recipe(lr=1e-2, steps_per_epoch=1)
 METHODS = {"text": {"method": "text"}, "regularized": {"method": "text", "solver": "regularized"},
            "multimodal": {}}
 
