@@ -18,6 +18,9 @@ Namboodiri, benchmarks/finetune_baseline.py; ``--finetune-recipe official|tuned`
 CPU: ``--finetune-on`` picks the requests it runs on (default: the quick requests); its time to
 criterion is compared with the multimodal edit time of the same request in the same run.
 ``--quick`` runs one request per paradigm on fewer images. Accuracies use the held-out test split.
+Every run also records the depth audit (lightning_unlearn.audit) before and after the edit: linear
+probes, k-NN, paraphrased prompts and retrieval on the test split, probes fitted on the val split
+(same images per cell), at the image embedding, the pooled features and the middle block.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.finetune_baseline import Recipe, finetune_unlearn  # noqa: E402
 from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
+from lightning_unlearn.audit import audit_features, extract  # noqa: E402
 from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
 from lightning_unlearn.zeroshot import classifier, evaluate, split_accuracy  # noqa: E402
@@ -81,9 +85,18 @@ def prepare(n_per_cell: int, split: str = "test"):
                                                               emb.colour_templates)
 
 
+def depth(model, emb, request, fit_batches, test_batches, features=None) -> dict:
+    """The depth audit of ``model`` for ``request`` (``features``: the model's (fit, test) features,
+    when already extracted)."""
+    fit, test = features or (extract(model, fit_batches), extract(model, test_batches))
+    return audit_features(model, emb.tokenizer, request, fit, test, templates=emb.templates)
+
+
 def run(args) -> dict:
     emb, batches, colour_T = prepare(args.n_per_cell)
+    fit_batches = render_test_set(emb, args.n_per_cell, split="val")
     model = emb.model
+    unedited = extract(model, fit_batches), extract(model, batches)  # one extraction for every "before"
     methods = dict(METHODS)
     if args.sites:
         base = UnlearnConfig().site
@@ -103,27 +116,34 @@ def run(args) -> dict:
         request = ForgetRequest(emb.classnames, emb.domains, **union)
         parts = [ForgetRequest(emb.classnames, emb.domains, **kw) for kw in steps]
         before = measure(model, emb, batches, request, colour_T)
+        audit_before = depth(model, emb, request, fit_batches, batches, unedited)
         for name in names:
             if name == "finetune":
                 if kind != "single" or json.dumps(union, sort_keys=True) not in finetune_on:
                     continue
                 edited, info = finetune_unlearn(model, emb.tokenizer, request, emb.templates, recipe)
                 after, seconds, extra = measure(edited, emb, batches, request, colour_T), info["seconds"], info
+                audit_after = depth(edited, emb, request, fit_batches, batches)
             else:
                 seconds, ranks = 0.0, []
                 for i, part in enumerate(parts):
                     u = unlearn_(model, emb.tokenizer, part, progress=False, compose=i > 0, **methods[name])
                     seconds, ranks = seconds + u.seconds, ranks + [u.ranks.get("image")]
                 after, extra = measure(model, emb, batches, request, colour_T), {"rank": ranks}
+                audit_after = depth(model, emb, request, fit_batches, batches)
                 restore_(model)
             row = {"set": kind, "paradigm": paradigm, "method": name, "forget": request.describe(),
                    "steps": [ForgetRequest(emb.classnames, emb.domains, **kw).describe() for kw in steps],
                    **{f"{k}_before": before[k] for k in before}, **{f"{k}_after": after[k] for k in after},
-                   "edit_seconds": round(seconds, 3), **{k: v for k, v in extra.items() if k != "seconds"}}
+                   "edit_seconds": round(seconds, 3), **{k: v for k, v in extra.items() if k != "seconds"},
+                   "audit_before": audit_before, "audit_after": audit_after}
             runs.append(row)
             print(f"{kind:8s} {paradigm:16s} {name:18s} forget {row['forget_acc_before']:.3f}->"
                   f"{row['forget_acc_after']:.3f} retain {row['retain_acc_before']:.3f}->{row['retain_acc_after']:.3f} "
                   f"unrelated {row['unrelated_acc_before']:.3f}->{row['unrelated_acc_after']:.3f} {seconds:.1f}s  "
+                  f"probe {audit_before['probe_balanced_acc']:.2f}->{audit_after['probe_balanced_acc']:.2f} "
+                  f"recall {audit_before['probe_recall']:.2f}->{audit_after['probe_recall']:.2f} "
+                  f"paraphrase {audit_before['paraphrase_acc']:.2f}->{audit_after['paraphrase_acc']:.2f} "
                   f"| {request.describe()}", flush=True)
     return {"runs": runs, "n_per_cell": args.n_per_cell, "quick": args.quick, "defaults": asdict(UnlearnConfig()),
             "overrides": dict(args.set),
@@ -138,9 +158,12 @@ def summary(result: dict) -> tuple[str, dict]:
     for r in result["runs"]:
         rows.setdefault((r.get("set", "single"), r["paradigm"], r["method"]), []).append(r)
     edit_s = {r["forget"]: r["edit_seconds"] for r in result["runs"] if r["method"] == "multimodal"}
+    audit = ("probe_balanced_acc", "probe_recall", "paraphrase_acc")
     lines = ["| requests | paradigm | method | runs | forget after (mean / worst) | retain drop (mean / worst) | "
              "same class other domains drop (mean / worst) | colour drop (worst) | edit s (mean) | "
-             "finetune time / edit time |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "finetune time / edit time | probe bal. acc raw after (mean / worst) | "
+             "probe recall after (mean / worst) | paraphrase after (mean / worst) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (kind, paradigm, method), rs in rows.items():
         drop = lambda k: [100 * (x[f"{k}_before"] - x[f"{k}_after"]) for x in rs  # noqa: E731
                           if x[f"{k}_before"] is not None]
@@ -156,13 +179,36 @@ def summary(result: dict) -> tuple[str, dict]:
              "unrelated_drop_worst": max(drop("unrelated_acc")),
              "edit_seconds_mean": sum(x["edit_seconds"] for x in rs) / len(rs), "time_ratio": ratio,
              "converged": [x.get("converged") for x in rs] if method == "finetune" else None}
+        for key in audit:
+            v = [x["audit_after"][key] for x in rs if "audit_after" in x]
+            s |= {f"{key}_after_mean": sum(v) / len(v) if v else None, f"{key}_after_worst": max(v, default=None)}
         table.append(s | {"set": kind, "paradigm": paradigm, "method": method, "runs": len(rs)})
         f = lambda v, spec=".2f": "-" if v is None else format(v, spec)  # noqa: E731
         lines.append(f"| {kind} | {paradigm} | {method} | {len(rs)} | {s['forget_after_mean']:.3f} / "
                      f"{s['forget_after_worst']:.3f} | {s['retain_drop_mean']:.2f} / {s['retain_drop_worst']:.2f} | "
                      f"{f(s['same_class_drop_mean'])} / {f(s['same_class_drop_worst'])} | "
-                     f"{s['unrelated_drop_worst']:.2f} | {s['edit_seconds_mean']:.2f} | {f(ratio, '.1f')} |")
-    return "\n".join(lines), {"summary": table}
+                     f"{s['unrelated_drop_worst']:.2f} | {s['edit_seconds_mean']:.2f} | {f(ratio, '.1f')} | "
+                     + " | ".join(f"{f(s[k + '_after_mean'], '.3f')} / {f(s[k + '_after_worst'], '.3f')}"
+                                  for k in audit) + " |")
+    runs = [r for r in result["runs"] if "audit_after" in r]
+    return "\n".join(lines) + ("\n\n" + depth_table(runs) if runs else ""), {"summary": table}
+
+
+DEPTH_KEYS = ("probe_balanced_acc", "probe_balanced_acc_normalised", "probe_recall", "probe_retain_acc",
+              "knn_recall", "paraphrase_acc", "retrieval_precision", "probe_balanced_acc@pooled",
+              "probe_recall@pooled", "probe_balanced_acc@block3", "probe_recall@block3")
+
+
+def depth_table(runs: list[dict]) -> str:
+    """Per run: the depth audit of the forgotten cells, before -> after."""
+    keys = [k for k in DEPTH_KEYS if k in runs[0]["audit_after"]]
+    lines = ["| method | forget | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    for r in runs:
+        b, a = r["audit_before"], r["audit_after"]
+        lines.append(f"| {r['method']} | {r['forget'].split(' (')[0]} | "
+                     + " | ".join(f"{fmt(b[k])} -> {fmt(a[k])}" for k in keys) + " |")
+    return "\n".join(lines)
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -174,7 +220,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--n-per-cell", type=int, default=None, help="test images per cell (100 full, 30 quick)")
+    p.add_argument("--n-per-cell", type=int, default=None, help="test images per cell, and val images per cell for the audit probes (100 full, 30 quick)")
     p.add_argument("--methods", default=None, help="comma list of text,regularized,multimodal,finetune")
     p.add_argument("--sites", action="store_true", help="also run multimodal at the other edit site")
     p.add_argument("--finetune-recipe", choices=("official", "tuned"), default="tuned")

@@ -492,6 +492,8 @@ def cmd_evaluate(args) -> dict:
     request = None
     if forget_classes or forget_domains:
         request = _request(ds.classnames, ds.domains, forget_classes, forget_domains)
+    if args.audit and request is None:
+        raise CLIError("--audit needs the forgotten cells: add --forget-classes and/or --forget-domains")
     lm = load_model(args)
     ds.transform = lm.preprocess
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
@@ -517,6 +519,15 @@ def cmd_evaluate(args) -> dict:
         report |= {"forget": {"classes": request.forget_classes and list(request.forget_classes),
                               "domains": request.forget_domains and list(request.forget_domains),
                               "paradigm": request.paradigm}} | split
+    if args.audit:
+        from .audit import AuditError, audit_dataset, format_audit
+        try:
+            report["audit"] = audit_dataset(lm.model, lm.tokenizer, request, ds, batch_size=args.batch_size,
+                                            num_workers=args.workers, templates=lm.templates)
+        except AuditError as e:
+            raise CLIError(f"--audit: {e}") from e
+        print(f"depth audit of the forgotten cells (probes fitted on half of each cell, scored on the other half):\n"
+              f"{format_audit(report['audit'])}")
     return report
 
 
@@ -739,6 +750,8 @@ lightning_unlearn.export.apply_edit, which checks a fingerprint of the original 
     _forget_options(p, "optional")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--audit", action="store_true", help="also audit the forgotten cells in depth (linear probes, "
+                   "k-NN, paraphrased prompts, retrieval; fitted on half of each cell, scored on the other half)")
     p.add_argument("--json", metavar="PATH", help="write the numbers as JSON ('-' for stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
