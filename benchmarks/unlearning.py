@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.finetune_baseline import Recipe, finetune_unlearn  # noqa: E402
 from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
 from lightning_unlearn.audit import audit_features, extract  # noqa: E402
-from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
-from lightning_unlearn.embedded import load_embedded  # noqa: E402
+from lightning_unlearn.data import CLASSES, DOMAINS, QUICK_REQUESTS, rendered_batches  # noqa: E402
+from lightning_unlearn.load import load_clip  # noqa: E402
 from lightning_unlearn.zeroshot import classifier, evaluate, split_accuracy  # noqa: E402
 
 SINGLE = ([("global", {"forget_classes": [c]}) for c in CLASSES]
@@ -52,23 +52,13 @@ COMPOSED = [("global", [{"forget_classes": ["circle"]}, {"forget_classes": ["cro
              {"forget_classes": ["circle", "cross"]})]
 REQUESTS = ([("single", p, [kw], kw) for p, kw in SINGLE] + [("multi", p, [kw], kw) for p, kw in MULTI]
             + [("composed", p, steps, union) for p, steps, union in COMPOSED])
-QUICK = [("global", {"forget_classes": ["star"]}), ("domain-specific", {"forget_classes": ["star"],
-                                                                       "forget_domains": ["sketch"]}),
-         ("domain", {"forget_domains": ["painting"]})]
-QUICK_REQUESTS = [("single", p, [kw], kw) for p, kw in QUICK]
+QUICK = list(QUICK_REQUESTS)  # the demo's requests, one per paradigm
+QUICK_RUNS = [("single", p, [kw], kw) for p, kw in QUICK]
 DOMAIN_SPECIFIC = [(c, d) for c in CLASSES for d in DOMAINS]
 #: The baseline tuned for the embedded model on the val split (benchmarks/finetune_sweep.py).
 TUNED = Recipe(lr=1e-2, steps_per_epoch=1)
 METHODS = {"text": {"method": "text"}, "regularized": {"method": "text", "solver": "regularized"},
            "multimodal": {}}
-
-
-def render_test_set(emb, n_per_cell: int, batch: int = 500, split: str = "test"):
-    world = World(split, n_per_cell)
-    samples = [world[i] for i in range(len(world))]
-    x = torch.stack([emb.preprocess(s.image) for s in samples])
-    y = torch.tensor([(s.cls, s.domain, s.colour) for s in samples])
-    return [(x[i:i + batch], y[i:i + batch, 0], y[i:i + batch, 1], y[i:i + batch, 2]) for i in range(0, len(x), batch)]
 
 
 def measure(model, emb, batches, request, colour_T) -> dict:
@@ -80,8 +70,8 @@ def measure(model, emb, batches, request, colour_T) -> dict:
 def prepare(n_per_cell: int, split: str = "test"):
     """The embedded model, the rendered held-out test set (or ``split``) and the colour classifier."""
     torch.manual_seed(0)
-    emb = load_embedded()
-    return emb, render_test_set(emb, n_per_cell, split=split), classifier(emb.model, emb.tokenizer, emb.colours,
+    emb = load_clip("embedded")
+    return emb, rendered_batches(split, n_per_cell, emb.preprocess), classifier(emb.model, emb.tokenizer, emb.colours,
                                                               emb.colour_templates)
 
 
@@ -94,7 +84,7 @@ def depth(model, emb, request, fit_batches, test_batches, features=None) -> dict
 
 def run(args) -> dict:
     emb, batches, colour_T = prepare(args.n_per_cell)
-    fit_batches = render_test_set(emb, args.n_per_cell, split="val")
+    fit_batches = rendered_batches("val", args.n_per_cell, emb.preprocess)
     model = emb.model
     unedited = extract(model, fit_batches), extract(model, batches)  # one extraction for every "before"
     methods = dict(METHODS)
@@ -104,11 +94,11 @@ def run(args) -> dict:
         methods[f"multimodal-{other}"] = {"site": other}
     if args.set:  # e.g. --set margin=1.0: every multimodal run with that config override
         methods["multimodal"] = dict(args.set)
-    requests = [r for r in (QUICK_REQUESTS if args.quick else REQUESTS)
+    requests = [r for r in (QUICK_RUNS if args.quick else REQUESTS)
                 if not args.paradigms or r[1] in args.paradigms or r[0] in args.paradigms]
     names = args.methods.split(",") if args.methods else list(methods) + ["finetune"]
     finetune_on = {json.dumps(r[3], sort_keys=True)
-                   for r in (QUICK_REQUESTS if args.finetune_on == "quick" else requests)}
+                   for r in (QUICK_RUNS if args.finetune_on == "quick" else requests)}
     recipe = {"official": Recipe(), "tuned": TUNED}[args.finetune_recipe]
     runs = []
     t_start = time.perf_counter()

@@ -39,7 +39,7 @@ from torch import nn
 
 from .prompts import CLASS_TEMPLATES, fill_template
 from .request import ForgetRequest
-from .targets import find_site
+from .sites import find_site
 from .zeroshot import classifier, text_embeddings
 
 #: Class templates outside the library's prompt lists (the edit never saw them).

@@ -15,9 +15,10 @@ from torch.nn.utils import parametrize
 
 from . import nullspace
 from . import prototypes as protos
+from .encoders import encode_image
 from .prompts import cell_prompts, fill_template
 from .request import ForgetRequest
-from .targets import Site
+from .sites import Site
 from .zeroshot import text_embeddings
 
 
@@ -73,8 +74,7 @@ def _edited_range(model, site: Site, where: str) -> torch.Tensor | None:
     there: it then keeps the earlier requests forgotten (with an alpha=1 projector, range(C) is
     span(U_f) complement and this is C itself). The "pooled" site reads through the edited weight
     already, and text-tower embeddings come from the edited tower."""
-    if where != "joint" or not parametrize.is_parametrized(site.module, site.weight) or \
-            not any(m is site.module for m in model.visual.modules()):
+    if where != "joint" or not parametrize.is_parametrized(site.module, site.weight) or site.tower != "image":
         return None
     C = torch.eye(site.dims[1], dtype=torch.float64)
     for e in getattr(site.module.parametrizations, site.weight):  # in application order
@@ -97,7 +97,7 @@ def to_site(model, site: Site, where: str, text: torch.Tensor | None = None,
     if images is not None and len(images):
         with torch.no_grad():
             x = protos.normalise_images(model, images)
-            feats = model.encode_image(x) if where == "joint" else site.pooled(x)
+            feats = encode_image(model, x) if where == "joint" else site.pooled(x)
         cols.append(F.normalize(feats.float(), dim=-1).T.cpu())
     n = site.dims[1] if where == "joint" else site.dims[0]
     return torch.cat(cols, 1) if cols else torch.zeros(n, 0)
@@ -121,7 +121,7 @@ def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, m
         stats["n_forget_text"] += len(request.forget_classes)
     images = None
     if multimodal:
-        p = protos.synthesize(model, T_cells[: len(forget_cells)], n_per_target=n_prototypes, steps=proto_steps,
+        p = protos.synthesize(model, T_cells[: len(forget_cells)], n_per_text=n_prototypes, steps=proto_steps,
                               lr=proto_lr, seed=seed, classes=T_cells, progress=progress)
         images = p.images.flatten(0, 1)
         stats |= {"n_prototypes": images.shape[0], "prototype_cos": float(p.cos.mean()),
@@ -146,7 +146,7 @@ def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, m
 
 
 @dataclass
-class Targets:
+class Constraints:
     """Directions and where they must go, at the edit site (columns), for the two-sided solver."""
     A: torch.Tensor  # text directions ...
     B: torch.Tensor  # ... and what the edited image embeddings must score against them instead
@@ -155,11 +155,11 @@ class Targets:
     stats: dict = field(default_factory=dict)
 
 
-def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, multimodal: bool,
+def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, multimodal: bool,
                   class_templates, n_prototypes: int, proto_steps: int, proto_lr: float, seed: int,
                   text_weight: float, image_weight: float, margin: float, sink_margin: float,
-                  retain_prompts=(), pre: torch.Tensor | None = None, progress: bool = True) -> Targets:
-    """Targets of the two-sided edit, read as zero-shot scores with the unchanged prompts:
+                  retain_prompts=(), pre: torch.Tensor | None = None, progress: bool = True) -> Constraints:
+    """Constraints of the two-sided edit, read as zero-shot scores with the unchanged prompts:
 
     - every class with no forgotten cell keeps its score on every image (``T_k -> T_k``), and so
       does every prompt in ``retain_prompts`` (other knowledge to keep, e.g. attribute words);
@@ -206,7 +206,7 @@ def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: s
         order = sorted(range(len(cells)), key=lambda i: (classes.index(cells[i][0]),
                                                          request.domains.index(cells[i][1])))
         p = protos.synthesize(model, cell_texts(model, tokenizer, [cells[i] for i in order], request.templates),
-                              n_per_target=n_prototypes, steps=proto_steps, lr=proto_lr, seed=seed,
+                              n_per_text=n_prototypes, steps=proto_steps, lr=proto_lr, seed=seed,
                               classes=T, progress=progress)
         images = p.images[torch.argsort(torch.tensor(order))]
         V = to_site(model, site, where, images=images.flatten(0, 1))
@@ -226,4 +226,4 @@ def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: s
         V, Vt = V * wv, Vt * wv
         stats |= {"n_prototypes": V.shape[1], "n_forget_prototypes": k, "prototype_cos": float(p.cos.mean()),
                   "prototype_steps": p.steps, "prototype_seconds": round(p.seconds, 3)}
-    return Targets(At, Bt, V, Vt, stats)
+    return Constraints(At, Bt, V, Vt, stats)

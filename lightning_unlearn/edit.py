@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from . import nullspace
-from .directions import build, build_targets, prompt_cache
+from .directions import build, build_constraints, prompt_cache
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
-from .targets import SITES, TOWERS, Site, find_site
+from .sites import SITES, TOWERS, EditLinear, Site, find_site, uninstall_
+from .state import provenance
 
 METHODS = ("multimodal", "text")
 SOLVERS = ("two-sided", "projector", "regularized")
@@ -39,7 +41,7 @@ class UnlearnConfig:
     ``mu``); ``alpha`` in [0, 1] scales the removal; ``site``: "joint" (d x d after the
     projection) or "pooled" (D x D before it, image tower only). Two-sided only: ``text_first``
     (stage 1, see :func:`compute_map`), ``margin`` and ``sink_margin`` (where forgotten prototypes
-    are sent, see :func:`directions.build_targets`), the weights of text and image constraints."""
+    are sent, see :func:`directions.build_constraints`), the weights of text and image constraints."""
     method: str = "multimodal"
     solver: str = "two-sided"
     alpha: float = 1.0
@@ -100,7 +102,8 @@ class ProjectorEdit(nn.Module):
 
     def forward(self, W: torch.Tensor) -> torch.Tensor:
         M = self.P.weight.float()
-        with torch.autocast(device_type=W.device.type, enabled=False):
+        meta = W.device.type == "meta"  # shapes only (autocast has no meta device)
+        with nullcontext() if meta else torch.autocast(device_type=W.device.type, enabled=False):
             Wf = W.float()
             if self.layout == "bias":
                 out = M @ Wf
@@ -128,7 +131,7 @@ class Unlearned:
     seconds: float = 0.0
 
 
-def _targets(site: Site, where: str) -> list[tuple[nn.Module, str, str]]:
+def _edited_tensors(site: Site, where: str) -> list[tuple[nn.Module, str, str]]:
     """(module, tensor name, layout) of every tensor an edit at ``where`` changes."""
     out = [(site.module, site.weight, site.layout)]
     if site.bias is not None and where == "joint":
@@ -144,7 +147,9 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
     if tuple(M.shape) != (n, n):
         raise ValueError(f"the edit has shape {tuple(M.shape)}, but the {tower} projection needs ({n}, {n}) at "
                          f"site {site!r}")
-    for module, name, layout in _targets(s, site):
+    if s.slot is not None and s.slot.installed is None:  # a tower with no projection: add the layer
+        s.slot.install(s.module)
+    for module, name, layout in _edited_tensors(s, site):
         edit = ProjectorEdit(n, site, layout, info)
         with torch.no_grad():
             edit.P.weight.copy_(M.float())
@@ -176,24 +181,29 @@ def _remove(module: nn.Module, name: str, leave_parametrized: bool) -> None:
 
 
 def restore_(model: nn.Module) -> nn.Module:
-    """Remove every injected edit: the state_dict is then bit-identical to the original."""
+    """Remove every injected edit (and every layer an edit installed): the state_dict is then
+    bit-identical to the original."""
     for module, name in _parametrized(model):
         _remove(module, name, leave_parametrized=False)
+    uninstall_(model)
     return model
 
 
 def fold_(model: nn.Module) -> dict[str, torch.Tensor]:
     """Merge every injected edit into its projection weight: a plain open_clip model with the
     original state_dict keys and no inference overhead. Returns the original weights by key, the
-    only way back (``model.load_state_dict(originals, strict=False)``)."""
+    only way back (``model.load_state_dict(originals, strict=False)``). A layer an edit installed on
+    a tower with no projection stays, as a plain ``nn.Linear`` holding the edit."""
     names = {id(m): n for n, m in model.named_modules()}
     originals = {}
     for module, name in _parametrized(model):
         key = f"{names[id(module)]}.{name}".lstrip(".")
-        originals[key] = getattr(module.parametrizations, name).original.detach().clone()
+        if not isinstance(module, EditLinear):  # an installed layer has no original
+            originals[key] = getattr(module.parametrizations, name).original.detach().clone()
         requires_grad = getattr(module.parametrizations, name).original.requires_grad
         _remove(module, name, leave_parametrized=True)
         getattr(module, name).requires_grad_(requires_grad)
+    uninstall_(model, plain=True)
     return originals
 
 
@@ -218,7 +228,7 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
     directions out of the image embeddings and protects the kept classes (``lam``, ``mu``).
     ``M2`` is the two-sided map of :func:`nullspace.two_sided_map`: kept classes and attribute
     prompts keep their scores, forgotten prompts score like the kept average, and the visual
-    prototypes, read through ``M1``, go where :func:`directions.build_targets` sends them.
+    prototypes, read through ``M1``, go where :func:`directions.build_constraints` sends them.
     """
     common = dict(multimodal=cfg.method == "multimodal", class_templates=cfg.class_templates,
                   n_prototypes=cfg.n_prototypes, proto_steps=cfg.proto_steps, proto_lr=cfg.proto_lr,
@@ -233,7 +243,7 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
                   **(common | {"multimodal": False}))
         M1, _ = solve(d.F, d.R, replace(cfg, solver="regularized", alpha=1.0))
         stats["text_first_rank"] = d.F.shape[1]
-    t = build_targets(model, tokenizer, request, site, cfg.site, text_weight=cfg.text_weight,
+    t = build_constraints(model, tokenizer, request, site, cfg.site, text_weight=cfg.text_weight,
                       image_weight=cfg.image_weight, margin=cfg.margin,
                       sink_margin=cfg.sink_margin, retain_prompts=cfg.retain_prompts,
                       pre=M1, **common)
@@ -270,8 +280,7 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
                 maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
     finally:
         model.train(was_training)
-    info = {"request": request.to_dict(), "fingerprint": request.fingerprint(),
-            "config": {k: v for k, v in asdict(cfg).items()}}
+    info = provenance(request, cfg)
     for tower, M in maps.items():
         inject_(model, M, tower, cfg.site, info)
     return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0)

@@ -1,8 +1,8 @@
 """Visual prototypes synthesised from the model itself (no data): model inversion towards a text.
 
 Images start from noise and follow Adam on the pixels to maximise ``cos(f(x), t)`` for their
-target text embedding ``t``, with random jitter, an occasional blur, pixel clamping and an L2
-penalty, stopping early once every image is classified as its own target with high confidence.
+text embedding ``t``, with random jitter, an occasional blur, pixel clamping and an L2
+penalty, stopping early once every image is classified as its own text with high confidence.
 """
 from __future__ import annotations
 
@@ -13,24 +13,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .encoders import encode_image, image_io
+
 
 @dataclass
 class Prototypes:
     images: torch.Tensor  # k x n x 3 x H x W, pixels in [0, 1]
-    cos: torch.Tensor  # k x n: final cosine with the target text
+    cos: torch.Tensor  # k x n: final cosine with its text
     steps: int  # steps run before the early stop
     seconds: float
 
 
-def model_io(model) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(image size, mean, std) of an open_clip model's visual preprocessing."""
-    visual = model.visual
-    size = getattr(visual, "image_size", 224)
-    size = size[0] if isinstance(size, (tuple, list)) else int(size)
-    cfg = getattr(visual, "preprocess_cfg", {}) or {}
-    mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))).view(1, 3, 1, 1)
-    return size, mean, std
+model_io = image_io  # (image size, mean, std) of the model's image preprocessing
 
 
 def _blur(x: torch.Tensor) -> torch.Tensor:
@@ -39,25 +33,25 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
 
 
-def synthesize(model, targets: torch.Tensor, n_per_target: int = 4, steps: int = 150, lr: float = 0.05,
+def synthesize(model, texts: torch.Tensor, n_per_text: int = 4, steps: int = 150, lr: float = 0.05,
                seed: int = 0, l2: float = 1e-3, blur_every: int = 10, stop_prob: float = 0.9,
                classes: torch.Tensor | None = None, progress: bool = True) -> Prototypes:
-    """Synthesise ``n_per_target`` images for every row of ``targets`` (k x d, normalised text
-    embeddings), batched over all targets. ``classes`` (m x d, default ``targets``) is the label
-    space of the early stop: it stops once every image gives its own target probability >
+    """Synthesise ``n_per_text`` images for every row of ``texts`` (k x d, normalised text
+    embeddings), batched over all texts. ``classes`` (m x d, default ``texts``) is the label
+    space of the early stop: it stops once every image gives its own text probability >
     ``stop_prob`` under ``softmax(100 cos)``. Deterministic for a ``seed``."""
-    if n_per_target < 1 or steps < 1:
-        raise ValueError(f"`n_per_target`={n_per_target} and `steps`={steps} must be >= 1")
+    if n_per_text < 1 or steps < 1:
+        raise ValueError(f"`n_per_text`={n_per_text} and `steps`={steps} must be >= 1")
     t0 = time.perf_counter()
     size, mean, std = model_io(model)
     p = next(model.parameters())
-    k = targets.shape[0]
+    k = texts.shape[0]
     g = torch.Generator().manual_seed(seed)
-    x = (0.5 + 0.1 * torch.randn(k * n_per_target, 3, size, size, generator=g)).clamp(0, 1)
+    x = (0.5 + 0.1 * torch.randn(k * n_per_text, 3, size, size, generator=g)).clamp(0, 1)
     x = x.to(p.device).requires_grad_(True)
-    t = F.normalize(targets.float(), dim=-1).to(p.device).repeat_interleave(n_per_target, 0)
-    C = F.normalize((targets if classes is None else classes).float(), dim=-1).to(p.device)
-    own = torch.arange(k, device=p.device).repeat_interleave(n_per_target) if classes is None else \
+    t = F.normalize(texts.float(), dim=-1).to(p.device).repeat_interleave(n_per_text, 0)
+    C = F.normalize((texts if classes is None else classes).float(), dim=-1).to(p.device)
+    own = torch.arange(k, device=p.device).repeat_interleave(n_per_text) if classes is None else \
         (t @ C.T).argmax(-1)
     mean, std = mean.to(p.device), std.to(p.device)
     opt = torch.optim.Adam([x], lr=lr)
@@ -71,7 +65,7 @@ def synthesize(model, targets: torch.Tensor, n_per_target: int = 4, steps: int =
     try:
         for step in tqdm(range(1, steps + 1), desc="prototypes", disable=not progress, leave=False):
             dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=g))
-            h = F.normalize(model.encode_image(((torch.roll(x, (dx, dy), (2, 3)) - mean) / std).to(p.dtype)).float(),
+            h = F.normalize(encode_image(model, ((torch.roll(x, (dx, dy), (2, 3)) - mean) / std).to(p.dtype)).float(),
                             dim=-1)
             cos = (h * t).sum(-1)
             loss = -cos.sum() + l2 * ((x - 0.5) ** 2).sum()
@@ -87,14 +81,14 @@ def synthesize(model, targets: torch.Tensor, n_per_target: int = 4, steps: int =
                     if bool((prob > stop_prob).all()):
                         break
         with torch.no_grad():
-            h = F.normalize(model.encode_image(((x - mean) / std).to(p.dtype)).float(), dim=-1)
+            h = F.normalize(encode_image(model, ((x - mean) / std).to(p.dtype)).float(), dim=-1)
             cos = (h * t).sum(-1)
     finally:
         for q, r in zip(model.parameters(), requires):
             q.requires_grad_(r)
         model.train(was_training)
-    images = x.detach().view(k, n_per_target, 3, size, size)
-    return Prototypes(images, cos.detach().view(k, n_per_target).cpu(), step, time.perf_counter() - t0)
+    images = x.detach().view(k, n_per_text, 3, size, size)
+    return Prototypes(images, cos.detach().view(k, n_per_text).cpu(), step, time.perf_counter() - t0)
 
 
 def normalise_images(model, images: torch.Tensor) -> torch.Tensor:

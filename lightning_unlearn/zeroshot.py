@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .encoders import encode_image, encode_text, tokenize
 from .prompts import fill_template
 
 
@@ -14,7 +15,7 @@ from .prompts import fill_template
 def text_embeddings(model, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """Normalised text embeddings, float32, one row per text."""
     device = next(model.parameters()).device
-    out = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device)).float()
+    out = [encode_text(model, tokenize(tokenizer, texts[i:i + batch_size], device)).float()
            for i in range(0, len(texts), batch_size)]
     return F.normalize(torch.cat(out), dim=-1)
 
@@ -32,7 +33,7 @@ def classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence[
 def image_embeddings(model, images: torch.Tensor) -> torch.Tensor:
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    return F.normalize(model.encode_image(images.to(device, dtype)).float(), dim=-1)
+    return F.normalize(encode_image(model, images.to(device, dtype)).float(), dim=-1)
 
 
 def evaluate(model, tokenizer, classnames: Sequence[str], templates: Sequence[str], loader: Iterable,
@@ -43,8 +44,18 @@ def evaluate(model, tokenizer, classnames: Sequence[str], templates: Sequence[st
     ``loader`` yields ``(images, class_idx, domain_idx)`` batches (extra label columns are ignored
     unless ``extra`` maps a name to ``(classifier, label_of_batch)``). Returns
     ``{"cells": {(c, d): acc}, "correct", "total" (C x D tensors), "micro", "macro", "per_domain"}``.
+    The model runs in eval mode; every submodule's train / eval mode is restored on return.
     """
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
+    try:
+        return _evaluate(model, tokenizer, classnames, templates, loader, domains, progress, extra)
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _evaluate(model, tokenizer, classnames, templates, loader, domains, progress, extra) -> dict:
     T = classifier(model, tokenizer, classnames, templates)
     correct = torch.zeros(len(classnames), len(domains), dtype=torch.long)
     total = torch.zeros_like(correct)
