@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import nullspace
+from . import deep, nullspace
 from .directions import build, build_constraints, prompt_cache
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
@@ -26,6 +26,7 @@ from .state import provenance
 
 METHODS = ("multimodal", "text")
 SOLVERS = ("two-sided", "projector", "regularized")
+DEPTHS = ("shallow", "deep")
 PROTECT = ("none", "classes", "cells")
 
 
@@ -41,7 +42,9 @@ class UnlearnConfig:
     ``mu``); ``alpha`` in [0, 1] scales the removal; ``site``: "joint" (d x d after the
     projection) or "pooled" (D x D before it, image tower only). Two-sided only: ``text_first``
     (stage 1, see :func:`compute_map`), ``margin`` and ``sink_margin`` (where forgotten prototypes
-    are sent, see :func:`directions.build_constraints`), the weights of text and image constraints."""
+    are sent, see :func:`directions.build_constraints`), the weights of text and image constraints.
+    ``depth``: "shallow" (the surface edit alone) or "deep" (the surface edit after the output eraser
+    of :func:`deep.output_eraser`, from ``deep_prototypes`` prototypes per cell; joint site only)."""
     method: str = "multimodal"
     solver: str = "two-sided"
     alpha: float = 1.0
@@ -64,10 +67,13 @@ class UnlearnConfig:
     proto_lr: float = 0.05
     class_templates: tuple = CLASS_TEMPLATES
     seed: int = 0
+    depth: str = "shallow"
+    deep_prototypes: int = 1
 
     def __post_init__(self):
         for name, value, allowed in [("method", self.method, METHODS), ("solver", self.solver, SOLVERS),
-                                     ("site", self.site, SITES), ("protect", self.protect, PROTECT)]:
+                                     ("site", self.site, SITES), ("protect", self.protect, PROTECT),
+                                     ("depth", self.depth, DEPTHS)]:
             if value not in allowed:
                 raise ValueError(f"`{name}`={value!r} is not one of {allowed}")
         if not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
@@ -83,6 +89,11 @@ class UnlearnConfig:
         if not self.margin >= 0 or not self.sink_margin >= 0:
             raise ValueError(f"`margin`={self.margin} and `sink_margin`={self.sink_margin} must be >= 0 (how far past "
                              "the sink forgotten prototypes are sent; defaults 0.75 and 0.25)")
+        if self.depth == "deep" and (self.site != "joint" or "image" not in towers):
+            raise ValueError(f"`depth`='deep' erases at the image output: it needs site='joint' and the image tower, "
+                             f"got site={self.site!r}, towers={towers}")
+        if self.deep_prototypes < 1:
+            raise ValueError(f"`deep_prototypes`={self.deep_prototypes} must be >= 1 (prototypes per cell of the eraser)")
         if self.n_prototypes < 1 or self.proto_steps < 1:
             raise ValueError(f"`n_prototypes`={self.n_prototypes} and `proto_steps`={self.proto_steps} must be >= 1")
 
@@ -255,9 +266,12 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
 
 
 def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: UnlearnConfig | None = None, *,
-             compose: bool = False, progress: bool = True, **overrides) -> Unlearned:
+             compose: bool = False, progress: bool = True, evidence: dict | None = None, **overrides) -> Unlearned:
     """Compute the edit for ``request`` and inject it in place (see :class:`UnlearnConfig` for the
     options; keyword ``overrides`` replace config fields, e.g. ``alpha=0.5``).
+
+    ``evidence`` (``depth="deep"`` only): ``{(class, domain): preprocessed images (N, 3, H, W)}`` for
+    forgotten cells; the eraser then reads those cells' mean output from real images instead of prototypes.
 
     An already edited model raises unless ``compose=True``: the new edit is then computed on the
     edited model and appended, so both requests stay forgotten; :func:`restore_` undoes all.
@@ -265,12 +279,15 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     if not isinstance(request, ForgetRequest):
         raise TypeError(f"`request` must be a ForgetRequest, got {type(request).__name__}")
     cfg = replace(config or UnlearnConfig(), **overrides)
+    if evidence is not None and cfg.depth != "deep":
+        raise ValueError("`evidence` is read by the deep mode only; pass depth='deep' with it (or drop evidence)")
     existing = edits(model)
     if existing and not compose:
         raise EditError(f"the model already carries {len(existing)} edit(s) ({sorted({n for n, _ in existing})}); "
                         "pass compose=True to add this request on top, or call restore_(model) first")
     t0 = time.perf_counter()
     sites = {tower: find_site(model, tower) for tower in cfg.towers}  # fail early on unsupported models
+    deep.check_evidence(evidence, request, model)  # and on bad evidence
     maps, ranks, stats = {}, {}, {}
     was_training = model.training
     model.eval()
@@ -278,9 +295,18 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
         with prompt_cache():
             for tower, site in sites.items():
                 maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
+            if cfg.depth == "deep":  # erase first, on the raw output: M = M_surface E
+                E, deep_stats = deep.output_eraser(
+                    model, tokenizer, request, n_prototypes=cfg.deep_prototypes, proto_steps=cfg.proto_steps,
+                    proto_lr=cfg.proto_lr, seed=cfg.seed, class_templates=cfg.class_templates, evidence=evidence,
+                    progress=progress)
+                maps["image"] = (maps["image"].double() @ E.double()).float()
+                stats["image"] |= deep_stats
     finally:
         model.train(was_training)
     info = provenance(request, cfg)
+    if evidence is not None:
+        info["evidence"] = stats["image"]["evidence_images"]
     for tower, M in maps.items():
         inject_(model, M, tower, cfg.site, info)
     return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0)
