@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import nullspace
-from .directions import build, build_targets, prompt_cache
+from .directions import build, build_targets
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
 from .targets import SITES, TOWERS, Site, find_site
@@ -265,9 +265,8 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     was_training = model.training
     model.eval()
     try:
-        with prompt_cache():
-            for tower, site in sites.items():
-                maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
+        for tower, site in sites.items():  # prompts and prototypes go through cache.current()
+            maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
     finally:
         model.train(was_training)
     info = {"request": request.to_dict(), "fingerprint": request.fingerprint(),

@@ -2,10 +2,14 @@
 
 Images start from noise and follow Adam on the pixels to maximise ``cos(f(x), t)`` for their
 target text embedding ``t``, with random jitter, an occasional blur, pixel clamping and an L2
-penalty, stopping early once every image is classified as its own target with high confidence.
+penalty. Each image stops as soon as it is classified as its own target with high confidence
+and leaves the batch, so the cost is the sum of the steps each image needs. An image depends only
+on its own target, its key and the seed (its noise is drawn from ``(seed, key, index)``, the jitter
+from ``seed``), not on the other images of the batch: prototypes can be cached per cell.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -18,7 +22,7 @@ from tqdm.auto import tqdm
 class Prototypes:
     images: torch.Tensor  # k x n x 3 x H x W, pixels in [0, 1]
     cos: torch.Tensor  # k x n: final cosine with the target text
-    steps: int  # steps run before the early stop
+    steps: torch.Tensor  # k x n: steps each image ran before it stopped
     seconds: float
 
 
@@ -39,52 +43,67 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
 
 
-def synthesize(model, targets: torch.Tensor, n_per_target: int = 4, steps: int = 150, lr: float = 0.05,
-               seed: int = 0, l2: float = 1e-3, blur_every: int = 10, stop_prob: float = 0.9,
-               classes: torch.Tensor | None = None, progress: bool = True) -> Prototypes:
+def _noise(key: str, seed: int, n: int, size: int) -> torch.Tensor:
+    """The starting images of one target: a function of (seed, key) only."""
+    s = int.from_bytes(hashlib.blake2b(f"{seed}|{key}".encode(), digest_size=8).digest(), "little") >> 1
+    g = torch.Generator().manual_seed(s)
+    return (0.5 + 0.1 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
+
+
+def synthesize(model, targets: torch.Tensor, n_per_target: int = 4, steps: int = 60, lr: float = 0.05,
+               seed: int = 0, l2: float = 1e-3, blur_every: int = 10, stop_prob: float = 0.9, check_every: int = 10,
+               classes: torch.Tensor | None = None, keys=None, progress: bool = True) -> Prototypes:
     """Synthesise ``n_per_target`` images for every row of ``targets`` (k x d, normalised text
-    embeddings), batched over all targets. ``classes`` (m x d, default ``targets``) is the label
-    space of the early stop: it stops once every image gives its own target probability >
-    ``stop_prob`` under ``softmax(100 cos)``. Deterministic for a ``seed``."""
+    embeddings), in one batch. ``classes`` (m x d, default ``targets``) is the label space of the
+    early stop: an image stops once its own target (its nearest class) has probability >
+    ``stop_prob`` under ``softmax(100 cos)`` (checked every ``check_every`` steps), or after ``steps``. ``keys`` (k strings, default the
+    row numbers) name the targets for the starting noise. Deterministic for a ``seed``."""
     if n_per_target < 1 or steps < 1:
         raise ValueError(f"`n_per_target`={n_per_target} and `steps`={steps} must be >= 1")
+    k = targets.shape[0]
+    keys = [str(i) for i in range(k)] if keys is None else list(keys)
+    if len(keys) != k:
+        raise ValueError(f"{len(keys)} `keys` for {k} targets; give one key per target row")
     t0 = time.perf_counter()
     size, mean, std = model_io(model)
     p = next(model.parameters())
-    k = targets.shape[0]
     g = torch.Generator().manual_seed(seed)
-    x = (0.5 + 0.1 * torch.randn(k * n_per_target, 3, size, size, generator=g)).clamp(0, 1)
-    x = x.to(p.device).requires_grad_(True)
+    x = torch.cat([_noise(key, seed, n_per_target, size) for key in keys]).to(p.device)
     t = F.normalize(targets.float(), dim=-1).to(p.device).repeat_interleave(n_per_target, 0)
     C = F.normalize((targets if classes is None else classes).float(), dim=-1).to(p.device)
     own = torch.arange(k, device=p.device).repeat_interleave(n_per_target) if classes is None else \
         (t @ C.T).argmax(-1)
     mean, std = mean.to(p.device), std.to(p.device)
-    opt = torch.optim.Adam([x], lr=lr)
+    m1, m2 = torch.zeros_like(x), torch.zeros_like(x)  # Adam moments (betas 0.9, 0.999), per image
+    ran = torch.full((x.shape[0],), steps, dtype=torch.long)
+    active = torch.arange(x.shape[0], device=p.device)
     shift = max(1, size // 16)
     was_training = model.training
     model.eval()
     requires = [q.requires_grad for q in model.parameters()]
     for q in model.parameters():
         q.requires_grad_(False)
-    step = 0
     try:
         for step in tqdm(range(1, steps + 1), desc="prototypes", disable=not progress, leave=False):
             dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=g))
-            h = F.normalize(model.encode_image(((torch.roll(x, (dx, dy), (2, 3)) - mean) / std).to(p.dtype)).float(),
+            xa = x[active].requires_grad_(True)
+            h = F.normalize(model.encode_image(((torch.roll(xa, (dx, dy), (2, 3)) - mean) / std).to(p.dtype)).float(),
                             dim=-1)
-            cos = (h * t).sum(-1)
-            loss = -cos.sum() + l2 * ((x - 0.5) ** 2).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = -(h * t[active]).sum() + l2 * ((xa - 0.5) ** 2).sum()
+            grad, = torch.autograd.grad(loss, xa)
             with torch.no_grad():
+                m1[active] = 0.9 * m1[active] + 0.1 * grad
+                m2[active] = 0.999 * m2[active] + 0.001 * grad * grad
+                xa = xa.detach() - lr * (m1[active] / (1 - 0.9 ** step)) / \
+                    ((m2[active] / (1 - 0.999 ** step)).sqrt() + 1e-8)
                 if blur_every and step % blur_every == 0:
-                    x.copy_(_blur(x))
-                x.clamp_(0, 1)
-                if stop_prob < 1 and step % 10 == 0:
-                    prob = (100 * h @ C.T).softmax(-1).gather(1, own[:, None]).squeeze(1)
-                    if bool((prob > stop_prob).all()):
+                    xa = _blur(xa)
+                x[active] = xa.clamp(0, 1)
+                if stop_prob < 1 and step % check_every == 0:  # read on this step's (jittered) forward
+                    done = (100 * h @ C.T).softmax(-1).gather(1, own[active, None]).squeeze(1) > stop_prob
+                    ran[active[done].cpu()] = step
+                    active = active[~done]
+                    if not len(active):
                         break
         with torch.no_grad():
             h = F.normalize(model.encode_image(((x - mean) / std).to(p.dtype)).float(), dim=-1)
@@ -93,8 +112,9 @@ def synthesize(model, targets: torch.Tensor, n_per_target: int = 4, steps: int =
         for q, r in zip(model.parameters(), requires):
             q.requires_grad_(r)
         model.train(was_training)
-    images = x.detach().view(k, n_per_target, 3, size, size)
-    return Prototypes(images, cos.detach().view(k, n_per_target).cpu(), step, time.perf_counter() - t0)
+    images = x.view(k, n_per_target, 3, size, size)
+    return Prototypes(images, cos.view(k, n_per_target).cpu(), ran.view(k, n_per_target),
+                      time.perf_counter() - t0)
 
 
 def normalise_images(model, images: torch.Tensor) -> torch.Tensor:
