@@ -21,45 +21,40 @@ from pathlib import Path
 import torch
 from torch import nn
 
-_memo: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+_memo: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple, bytes]]]" = weakref.WeakKeyDictionary()
 
 
-def _signature(model: nn.Module) -> tuple:
-    """What identifies the current weights without reading them all: names, storage, shape, dtype and
-    version counter (bumped by every in-place change, e.g. ``load_state_dict`` or ``copy_``)."""
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    with torch.no_grad():  # plus three values of each: ``p.data`` writes do not bump the counter
-        probe = [t.reshape(-1)[[0, t.numel() // 2, -1]].double() for _, t in tensors if t.numel()]
-        probe = tuple(torch.cat(probe).cpu().tolist()) if probe else ()
-    return tuple((n, t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device)) for n, t in tensors) + probe
+def _signature(t: torch.Tensor) -> tuple:
+    """What identifies a tensor's values without reading them all: storage, shape, dtype, the
+    version counter (bumped by every in-place change, e.g. ``load_state_dict`` or ``copy_``) and
+    three values (writes through ``.data`` leave the counter alone)."""
+    probe = tuple(t.detach().reshape(-1)[[0, t.numel() // 2, -1]].tolist()) if t.numel() else ()
+    return t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device), probe
 
 
 def _digest(t: torch.Tensor) -> bytes:
-    """Content digest of one tensor: its float64 sum and sum of squares (a full pass) plus the exact
-    bytes of up to 4096 evenly spaced elements."""
+    """Content digest of one tensor: its sum (one pass, float32) and the exact values of up to 4096
+    evenly spaced elements."""
     flat = t.detach().reshape(-1)
-    if not flat.is_floating_point():
-        flat = flat.double()
-    sample = flat[:: max(1, flat.numel() // 4096)].cpu().double().numpy().tobytes()
-    moments = torch.stack([flat.sum(dtype=torch.float64), torch.linalg.vector_norm(flat, dtype=torch.float64)])
-    return sample + moments.cpu().numpy().tobytes()
+    total = flat.sum(dtype=torch.float32) if flat.is_floating_point() else flat.sum()
+    sample = flat[:: max(1, flat.numel() // 4096)].double()
+    return torch.cat([sample, total.double().reshape(1)]).cpu().numpy().tobytes()
 
 
+@torch.no_grad()
 def weights_key(model: nn.Module) -> str:
     """A 16-byte hex digest of every parameter and buffer of ``model`` (names, shapes, dtypes,
-    content). Computed once and reused while no tensor is replaced or changed in place."""
-    sig = _signature(model)
-    hit = _memo.get(model)
-    if hit is not None and hit[0] == sig:
-        return hit[1]
+    content). Each tensor's digest is computed once and reused while the tensor is not replaced or
+    changed in place, so a call on an unchanged model reads only three values per tensor."""
+    seen = _memo.setdefault(model, {})
     h = hashlib.blake2b(digest_size=16)
-    with torch.no_grad():
-        for n, t in list(model.named_parameters()) + list(model.named_buffers()):
-            h.update(f"{n}|{tuple(t.shape)}|{t.dtype}|".encode())
-            h.update(_digest(t))
-    key = h.hexdigest()
-    _memo[model] = (sig, key)
-    return key
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        sig = _signature(t)
+        if n not in seen or seen[n][0] != sig:
+            seen[n] = (sig, _digest(t))
+        h.update(f"{n}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(seen[n][1])
+    return h.hexdigest()
 
 
 def settings_key(**settings) -> str:
