@@ -125,7 +125,7 @@ class Cache:
     ``<directory>/<weights key>.safetensors``. ``max_texts`` bounds the embeddings kept (oldest
     dropped first)."""
 
-    def __init__(self, directory: str | os.PathLike | None = None, max_texts: int = 200_000):
+    def __init__(self, directory: str | os.PathLike | None = None, max_texts: int = 100_000):
         self.directory = None if directory is None else Path(directory)
         self.max_texts = max_texts
         self.texts: dict[tuple, torch.Tensor] = {}
