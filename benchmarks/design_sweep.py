@@ -50,12 +50,12 @@ def memoise_prototypes():
     cache = {}
 
     @functools.wraps(original)
-    def cached(model, targets, **kw):
-        key = (targets.numpy().tobytes(), json.dumps({k: str(v) if torch.is_tensor(v) else v for k, v in kw.items()
+    def cached(model, texts, **kw):
+        key = (texts.numpy().tobytes(), json.dumps({k: str(v) if torch.is_tensor(v) else v for k, v in kw.items()
                                                       if k != "progress"}, sort_keys=True),
                None if kw.get("classes") is None else kw["classes"].numpy().tobytes())
         if key not in cache:
-            cache[key] = original(model, targets, **kw)
+            cache[key] = original(model, texts, **kw)
         return cache[key]
     directions.protos.synthesize = cached
 

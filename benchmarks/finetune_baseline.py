@@ -32,13 +32,13 @@ def finetune_unlearn(model, tokenizer, request, class_templates, *, n_images: in
     torch.manual_seed(seed)
     T = classifier(model, tokenizer, request.classnames, class_templates)  # d x C, unchanged prompts
     cells = request.forget_cells
-    targets = cell_texts(model, tokenizer, cells, request.templates)
+    texts = cell_texts(model, tokenizer, cells, request.templates)
     per_cell = max(1, n_images // len(cells)) if len(cells) > n_images else n_images
-    protos = synthesize(model, targets, n_per_target=per_cell, steps=synth_steps, stop_prob=0.8,
+    protos = synthesize(model, texts, n_per_text=per_cell, steps=synth_steps, stop_prob=0.8,
                         classes=T.T, seed=seed, progress=False)
     x = normalise_images(model, protos.images).detach()
     labels = torch.tensor([request.classnames.index(c) for c, _ in cells]).repeat_interleave(per_cell)
-    t_txt = targets.repeat_interleave(per_cell, 0)
+    t_txt = texts.repeat_interleave(per_cell, 0)
 
     def forget_acc():
         with torch.no_grad():

@@ -3,7 +3,7 @@
     python benchmarks/lightning_overhead.py --json out/lightning_overhead.json
     python benchmarks/lightning_overhead.py --json /tmp/lo.json --n-per-cell 5 --repeats 2   # a smoke run
 
-One run on the embedded model (``load_embedded()``, or ``--weights``), over the same pre-rendered
+One run on the embedded model (``load_clip("embedded")``, or ``--weights``), over the same pre-rendered
 batches (rendering is not timed):
 
 - ``plain``: the un-edited model, ``encode_image`` + classifier matmul + argmax in a bare loop;
@@ -35,19 +35,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_unlearn import embedded, restore_, zeroshot  # noqa: E402
-from lightning_unlearn.data import World  # noqa: E402
-from lightning_unlearn.data.datasets import WorldDataset  # noqa: E402
+from lightning_unlearn.data import rendered_batches  # noqa: E402
 from lightning_unlearn.module import CLIPUnlearning  # noqa: E402
 
 TARGETS = {"trainer_over_plain": 0.9, "injected_over_folded": 0.97}
-
-
-def rendered_batches(n_per_cell: int, batch_size: int) -> list[tuple[torch.Tensor, ...]]:
-    """``(images, class, domain, colour)`` batches of the test world, rendered once."""
-    ds = WorldDataset(World("test", n_per_cell))
-    items = [ds[i] for i in range(len(ds))]
-    return [(torch.stack([x for x, *_ in chunk]), *(torch.tensor(col) for col in list(zip(*chunk))[1:]))
-            for chunk in (items[i:i + batch_size] for i in range(0, len(items), batch_size))]
 
 
 class Batches(torch.utils.data.Dataset):
@@ -120,7 +111,7 @@ def main(argv=None) -> dict:
     restore_(plain)  # the un-edited model (identity placeholders dropped)
     module.compute_edit()
     folded = module.folded_model()
-    batches = rendered_batches(args.n_per_cell, args.batch_size)
+    batches = rendered_batches("test", args.n_per_cell, batch_size=args.batch_size)
     n_images = sum(len(b[0]) for b in batches)
     T = zeroshot.classifier(plain, module.tokenizer, module.classnames, module.templates)
     T_edit = zeroshot.classifier(module.clip, module.tokenizer, module.classnames, module.templates)

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.unlearning import DOMAIN_SPECIFIC, summary  # noqa: E402
 from lightning_unlearn import ForgetRequest  # noqa: E402
 from lightning_unlearn.data.world import DOMAINS, World  # noqa: E402
-from lightning_unlearn.embedded import load_embedded  # noqa: E402
-from lightning_unlearn.targets import find_site  # noqa: E402
+from lightning_unlearn.load import load_clip  # noqa: E402
+from lightning_unlearn.sites import find_site  # noqa: E402
 from lightning_unlearn.zeroshot import classifier, split_accuracy  # noqa: E402
 
 REQUESTS = ([("domain-specific", {"forget_classes": [c], "forget_domains": [d]}) for c, d in DOMAIN_SPECIFIC]
@@ -118,7 +118,7 @@ def measure(e, y, request, T, Tc) -> dict:
 def run(args) -> dict:
     t_start = time.perf_counter()
     torch.manual_seed(0)
-    emb = load_embedded()
+    emb = load_clip("embedded")
     model, C, D = emb.model, len(emb.classnames), len(emb.domains)
     T = classifier(model, emb.tokenizer, emb.classnames, emb.templates).double()
     Tc = classifier(model, emb.tokenizer, emb.colours, emb.colour_templates).double()

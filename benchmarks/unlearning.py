@@ -13,6 +13,9 @@ Methods: text (text-only nullspace, 2512.14137), regularized (its regularised cl
 multimodal (text + visual prototypes, 2512.14113: the library defaults), finetune (Kravets &
 Namboodiri, benchmarks/finetune_baseline.py), and with --sites both edit sites for multimodal.
 ``--quick`` runs one request per paradigm on fewer images. Accuracies use the held-out test split.
+Every run also records the depth audit (lightning_unlearn.audit) before and after the edit: linear
+probes, k-NN, paraphrased prompts and retrieval on the test split, probes fitted on the val split
+(same images per cell), at the image embedding, the pooled features and the middle block.
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.finetune_baseline import finetune_unlearn  # noqa: E402
 from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
-from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
-from lightning_unlearn.embedded import load_embedded  # noqa: E402
+from lightning_unlearn.audit import audit_features, extract  # noqa: E402
+from lightning_unlearn.data import CLASSES, DOMAINS, QUICK_REQUESTS, rendered_batches  # noqa: E402
+from lightning_unlearn.load import load_clip  # noqa: E402
 from lightning_unlearn.zeroshot import classifier, evaluate, split_accuracy  # noqa: E402
 
 DOMAIN_SPECIFIC = [("star", "sketch"), ("moon", "sketch"), ("heart", "photo"), ("square", "photo"),
@@ -37,19 +41,9 @@ DOMAIN_SPECIFIC = [("star", "sketch"), ("moon", "sketch"), ("heart", "photo"), (
 REQUESTS = ([("global", {"forget_classes": [c]}) for c in CLASSES]
             + [("domain-specific", {"forget_classes": [c], "forget_domains": [d]}) for c, d in DOMAIN_SPECIFIC]
             + [("domain", {"forget_domains": [d]}) for d in DOMAINS])
-QUICK = [("global", {"forget_classes": ["star"]}), ("domain-specific", {"forget_classes": ["star"],
-                                                                       "forget_domains": ["sketch"]}),
-         ("domain", {"forget_domains": ["painting"]})]
+QUICK = list(QUICK_REQUESTS)  # the demo's requests, one per paradigm
 METHODS = {"text": {"method": "text"}, "regularized": {"method": "text", "solver": "regularized"},
            "multimodal": {}}
-
-
-def render_test_set(emb, n_per_cell: int, batch: int = 500):
-    world = World("test", n_per_cell)
-    samples = [world[i] for i in range(len(world))]
-    x = torch.stack([emb.preprocess(s.image) for s in samples])
-    y = torch.tensor([(s.cls, s.domain, s.colour) for s in samples])
-    return [(x[i:i + batch], y[i:i + batch, 0], y[i:i + batch, 1], y[i:i + batch, 2]) for i in range(0, len(x), batch)]
 
 
 def measure(model, emb, batches, request, colour_T) -> dict:
@@ -61,14 +55,23 @@ def measure(model, emb, batches, request, colour_T) -> dict:
 def prepare(n_per_cell: int):
     """The embedded model, the rendered held-out test set and the colour classifier."""
     torch.manual_seed(0)
-    emb = load_embedded()
-    return emb, render_test_set(emb, n_per_cell), classifier(emb.model, emb.tokenizer, emb.colours,
+    emb = load_clip("embedded")
+    return emb, rendered_batches("test", n_per_cell, emb.preprocess), classifier(emb.model, emb.tokenizer, emb.colours,
                                                               emb.colour_templates)
+
+
+def depth(model, emb, request, fit_batches, test_batches, features=None) -> dict:
+    """The depth audit of ``model`` for ``request`` (``features``: the model's (fit, test) features,
+    when already extracted)."""
+    fit, test = features or (extract(model, fit_batches), extract(model, test_batches))
+    return audit_features(model, emb.tokenizer, request, fit, test, templates=emb.templates)
 
 
 def run(args) -> dict:
     emb, batches, colour_T = prepare(args.n_per_cell)
+    fit_batches = rendered_batches("val", args.n_per_cell, emb.preprocess)
     model = emb.model
+    unedited = extract(model, fit_batches), extract(model, batches)  # one extraction for every "before"
     methods = dict(METHODS)
     if args.sites:
         base = UnlearnConfig().site
@@ -83,23 +86,30 @@ def run(args) -> dict:
     for paradigm, kw in requests:
         request = ForgetRequest(emb.classnames, emb.domains, **kw)
         before = measure(model, emb, batches, request, colour_T)
+        audit_before = depth(model, emb, request, fit_batches, batches, unedited)
         for name in names:
             if name == "finetune":
                 edited, info = finetune_unlearn(model, emb.tokenizer, request, emb.templates,
                                                 max_steps=args.finetune_steps)
                 after, seconds, extra = measure(edited, emb, batches, request, colour_T), info["seconds"], info
+                audit_after = depth(edited, emb, request, fit_batches, batches)
             else:
                 u = unlearn_(model, emb.tokenizer, request, progress=False, **methods[name])
                 after, seconds, extra = measure(model, emb, batches, request, colour_T), u.seconds, {
                     "rank": u.ranks.get("image")}
+                audit_after = depth(model, emb, request, fit_batches, batches)
                 restore_(model)
             row = {"paradigm": paradigm, "method": name, "forget": request.describe(),
                    **{f"{k}_before": before[k] for k in before}, **{f"{k}_after": after[k] for k in after},
-                   "edit_seconds": round(seconds, 3), **{k: v for k, v in extra.items() if k != "seconds"}}
+                   "edit_seconds": round(seconds, 3), **{k: v for k, v in extra.items() if k != "seconds"},
+                   "audit_before": audit_before, "audit_after": audit_after}
             runs.append(row)
             print(f"{paradigm:16s} {name:18s} forget {row['forget_acc_before']:.3f}->{row['forget_acc_after']:.3f} "
                   f"retain {row['retain_acc_before']:.3f}->{row['retain_acc_after']:.3f} "
                   f"unrelated {row['unrelated_acc_before']:.3f}->{row['unrelated_acc_after']:.3f} {seconds:.1f}s  "
+                  f"probe {audit_before['probe_balanced_acc']:.2f}->{audit_after['probe_balanced_acc']:.2f} "
+                  f"recall {audit_before['probe_recall']:.2f}->{audit_after['probe_recall']:.2f} "
+                  f"paraphrase {audit_before['paraphrase_acc']:.2f}->{audit_after['paraphrase_acc']:.2f} "
                   f"| {request.describe()}", flush=True)
     return {"runs": runs, "n_per_cell": args.n_per_cell, "quick": args.quick, "defaults": asdict(UnlearnConfig()),
             "overrides": dict(args.set),
@@ -111,8 +121,10 @@ def summary(result: dict) -> tuple[str, dict]:
     for r in result["runs"]:
         rows.setdefault((r["paradigm"], r["method"]), []).append(r)
     lines = ["| paradigm | method | runs | forget after (mean / worst) | retain drop (mean / worst) | "
-             "same class other domains drop | unrelated drop (worst) | edit s (mean) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "same class other domains drop | unrelated drop (worst) | edit s (mean) | "
+             "probe bal. acc raw after (mean / worst) | probe recall after (mean / worst) | "
+             "paraphrase after (mean / worst) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (paradigm, method), rs in rows.items():
         drop = lambda k: [100 * (x[f"{k}_before"] - x[f"{k}_after"]) for x in rs  # noqa: E731
                           if x[f"{k}_before"] is not None]
@@ -123,12 +135,34 @@ def summary(result: dict) -> tuple[str, dict]:
              "same_class_drop_mean": sum(sc) / len(sc) if sc else None,
              "unrelated_drop_worst": max(drop("unrelated_acc")),
              "edit_seconds_mean": sum(x["edit_seconds"] for x in rs) / len(rs)}
+        for key in ("probe_balanced_acc", "probe_recall", "paraphrase_acc"):
+            v = [x["audit_after"][key] for x in rs]
+            s |= {f"{key}_after_mean": sum(v) / len(v), f"{key}_after_worst": max(v)}
         table.append(s | {"paradigm": paradigm, "method": method, "runs": len(rs)})
         lines.append(f"| {paradigm} | {method} | {len(rs)} | {s['forget_after_mean']:.3f} / {s['forget_after_worst']:.3f}"
                      f" | {s['retain_drop_mean']:.2f} / {s['retain_drop_worst']:.2f} | "
                      f"{'-' if s['same_class_drop_mean'] is None else format(s['same_class_drop_mean'], '.2f')} | "
-                     f"{s['unrelated_drop_worst']:.2f} | {s['edit_seconds_mean']:.2f} |")
-    return "\n".join(lines), {"summary": table}
+                     f"{s['unrelated_drop_worst']:.2f} | {s['edit_seconds_mean']:.2f} | "
+                     + " | ".join(f"{s[k + '_after_mean']:.3f} / {s[k + '_after_worst']:.3f}"
+                                  for k in ("probe_balanced_acc", "probe_recall", "paraphrase_acc")) + " |")
+    return "\n".join(lines) + "\n\n" + depth_table(result["runs"]), {"summary": table}
+
+
+DEPTH_KEYS = ("probe_balanced_acc", "probe_balanced_acc_normalised", "probe_recall", "probe_retain_acc",
+              "knn_recall", "paraphrase_acc", "retrieval_precision", "probe_balanced_acc@pooled",
+              "probe_recall@pooled", "probe_balanced_acc@block3", "probe_recall@block3")
+
+
+def depth_table(runs: list[dict]) -> str:
+    """Per run: the depth audit of the forgotten cells, before -> after."""
+    keys = [k for k in DEPTH_KEYS if k in runs[0]["audit_after"]]
+    lines = ["| method | forget | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    for r in runs:
+        b, a = r["audit_before"], r["audit_after"]
+        lines.append(f"| {r['method']} | {r['forget'].split(' (')[0]} | "
+                     + " | ".join(f"{fmt(b[k])} -> {fmt(a[k])}" for k in keys) + " |")
+    return "\n".join(lines)
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -140,7 +174,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--n-per-cell", type=int, default=None, help="test images per cell (100 full, 30 quick)")
+    p.add_argument("--n-per-cell", type=int, default=None, help="test images per cell, and val images per cell for the audit probes (100 full, 30 quick)")
     p.add_argument("--methods", default=None, help="comma list of text,regularized,multimodal,finetune")
     p.add_argument("--sites", action="store_true", help="also run multimodal at the other edit site")
     p.add_argument("--finetune-steps", type=int, default=None, help="step cap of the baseline (default 30)")

@@ -20,18 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_unlearn import embedded, zeroshot  # noqa: E402
-from lightning_unlearn.data import COLOUR_NAMES, World, WorldDataset  # noqa: E402
+from lightning_unlearn.data import COLOUR_NAMES, rendered_batches  # noqa: E402
+from lightning_unlearn.load import load_clip  # noqa: E402
 
 TARGETS = {"accuracy": 0.95, "domain": 0.90, "colour_accuracy": 0.90, "speed_ratio": 0.9}
-
-
-def rendered_batches(world: World, batch_size: int) -> list[tuple[torch.Tensor, ...]]:
-    """``(images, class, domain, colour)`` batches, rendered and normalised once."""
-    ds, batches = WorldDataset(world), []
-    for start in range(0, len(ds), batch_size):
-        images, cls, dom, col = zip(*(ds[i] for i in range(start, min(start + batch_size, len(ds)))))
-        batches.append((torch.stack(images), torch.tensor(cls), torch.tensor(dom), torch.tensor(col)))
-    return batches
 
 
 def best_times(fns: dict, repeats: int) -> tuple[dict, dict]:
@@ -66,10 +58,9 @@ def main(argv=None) -> dict:
     p.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped model)")
     args = p.parse_args(argv)
 
-    emb = embedded.load_embedded(args.weights)
+    emb = load_clip("embedded", args.weights)
     model, tok = emb.model, emb.tokenizer
-    world = World("test", args.n_per_cell)
-    batches = rendered_batches(world, args.batch_size)
+    batches = rendered_batches("test", args.n_per_cell, batch_size=args.batch_size)
     colour_T = zeroshot.classifier(model, tok, COLOUR_NAMES, emb.colour_templates)
     T = zeroshot.classifier(model, tok, emb.classnames, emb.templates)
 
@@ -79,9 +70,9 @@ def main(argv=None) -> dict:
 
     plain_loop(model, T, batches[:1])  # warm-up
     times, results = best_times({"evaluate": evaluate, "plain": lambda: plain_loop(model, T, batches)}, args.repeats)
-    res, n = results["evaluate"], len(world)
+    res, n = results["evaluate"], sum(len(b[1]) for b in batches)
     out = {"model": embedded.MODEL_NAME, "weights": str(args.weights or embedded.WEIGHTS_PATH),
-           "split": world.split, "n_per_cell": args.n_per_cell, "n_images": n,
+           "split": "test", "n_per_cell": args.n_per_cell, "n_images": n,
            "accuracy": res["micro"], "per_domain": res["per_domain"], "colour_accuracy": res["colour_accuracy"],
            "images_per_second": n / times["evaluate"], "plain_images_per_second": n / times["plain"],
            "speed_ratio": times["plain"] / times["evaluate"], "plain_accuracy": results["plain"]}

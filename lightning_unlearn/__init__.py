@@ -6,7 +6,7 @@ The Lightning pieces are imported lazily, so ``import lightning_unlearn`` does n
 """
 from .edit import EditError, ProjectorEdit, UnlearnConfig, Unlearned, edits, fold_, inject_, restore_, unlearn_
 from .request import ForgetRequest, RequestError
-from .targets import UnsupportedModelError
+from .sites import UnsupportedModelError
 
 _LAZY = {"CLIPUnlearning": "module", "NullspaceUnlearning": "callback", "UnlearningAccuracy": "metrics",
          "WorldDataModule": "datamodules", "FolderDataModule": "datamodules"}

@@ -16,7 +16,7 @@ from . import cache, nullspace
 from . import prototypes as protos
 from .prompts import cell_prompts, fill_template
 from .request import ForgetRequest
-from .targets import Site
+from .sites import Site
 from .zeroshot import text_embeddings
 
 
@@ -114,7 +114,7 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
     seconds = 0.0
     for j in range(0, len(todo), per):
         idx = todo[j:j + per]
-        p = protos.synthesize(model, targets[idx], n_per_target=n_prototypes, steps=proto_steps, lr=proto_lr,
+        p = protos.synthesize(model, targets[idx], n_per_text=n_prototypes, steps=proto_steps, lr=proto_lr,
                               seed=seed, classes=classes, keys=[keys[i] for i in idx], progress=progress)
         cols = to_site(model, site, where, images=p.images.flatten(0, 1)).T.reshape(len(idx), n_prototypes, -1)
         seconds += p.seconds
@@ -175,7 +175,7 @@ def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, m
 
 
 @dataclass
-class Targets:
+class Constraints:
     """Directions and where they must go, at the edit site (columns), for the two-sided solver."""
     A: torch.Tensor  # text directions ...
     B: torch.Tensor  # ... and what the edited image embeddings must score against them instead
@@ -184,11 +184,11 @@ class Targets:
     stats: dict = field(default_factory=dict)
 
 
-def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, multimodal: bool,
+def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, multimodal: bool,
                   class_templates, n_prototypes: int, proto_steps: int, proto_lr: float, seed: int,
                   text_weight: float, image_weight: float, margin: float, sink_margin: float,
-                  retain_prompts=(), pre: torch.Tensor | None = None, progress: bool = True) -> Targets:
-    """Targets of the two-sided edit, read as zero-shot scores with the unchanged prompts:
+                  retain_prompts=(), pre: torch.Tensor | None = None, progress: bool = True) -> Constraints:
+    """Constraints of the two-sided edit, read as zero-shot scores with the unchanged prompts:
 
     - every class with no forgotten cell keeps its score on every image (``T_k -> T_k``), and so
       does every prompt in ``retain_prompts`` (other knowledge to keep, e.g. attribute words);
@@ -251,4 +251,4 @@ def build_targets(model, tokenizer, request: ForgetRequest, site: Site, where: s
         wv = image_weight ** 0.5
         V, Vt = V * wv, Vt * wv
         stats |= s | {"n_forget_prototypes": k}
-    return Targets(At, Bt, V, Vt, stats)
+    return Constraints(At, Bt, V, Vt, stats)

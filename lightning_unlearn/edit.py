@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from . import nullspace
-from .directions import build, build_targets
+from .directions import build, build_constraints
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
-from .targets import SITES, TOWERS, Site, find_site
+from .sites import SITES, TOWERS, Site, find_site
+from .state import provenance
 
 METHODS = ("multimodal", "text")
 SOLVERS = ("two-sided", "projector", "regularized")
@@ -39,7 +40,7 @@ class UnlearnConfig:
     ``mu``); ``alpha`` in [0, 1] scales the removal; ``site``: "joint" (d x d after the
     projection) or "pooled" (D x D before it, image tower only). Two-sided only: ``text_first``
     (stage 1, see :func:`compute_map`), ``margin`` and ``sink_margin`` (where forgotten prototypes
-    are sent, see :func:`directions.build_targets`), the weights of text and image constraints."""
+    are sent, see :func:`directions.build_constraints`), the weights of text and image constraints."""
     method: str = "multimodal"
     solver: str = "two-sided"
     alpha: float = 1.0
@@ -128,7 +129,7 @@ class Unlearned:
     seconds: float = 0.0
 
 
-def _targets(site: Site, where: str) -> list[tuple[nn.Module, str, str]]:
+def _edited_tensors(site: Site, where: str) -> list[tuple[nn.Module, str, str]]:
     """(module, tensor name, layout) of every tensor an edit at ``where`` changes."""
     out = [(site.module, site.weight, site.layout)]
     if site.bias is not None and where == "joint":
@@ -144,7 +145,7 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
     if tuple(M.shape) != (n, n):
         raise ValueError(f"the edit has shape {tuple(M.shape)}, but the {tower} projection needs ({n}, {n}) at "
                          f"site {site!r}")
-    for module, name, layout in _targets(s, site):
+    for module, name, layout in _edited_tensors(s, site):
         edit = ProjectorEdit(n, site, layout, info)
         with torch.no_grad():
             edit.P.weight.copy_(M.float())
@@ -218,7 +219,7 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
     directions out of the image embeddings and protects the kept classes (``lam``, ``mu``).
     ``M2`` is the two-sided map of :func:`nullspace.two_sided_map`: kept classes and attribute
     prompts keep their scores, forgotten prompts score like the kept average, and the visual
-    prototypes, read through ``M1``, go where :func:`directions.build_targets` sends them.
+    prototypes, read through ``M1``, go where :func:`directions.build_constraints` sends them.
     """
     common = dict(multimodal=cfg.method == "multimodal", class_templates=cfg.class_templates,
                   n_prototypes=cfg.n_prototypes, proto_steps=cfg.proto_steps, proto_lr=cfg.proto_lr,
@@ -233,7 +234,7 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
                   **(common | {"multimodal": False}))
         M1, _ = solve(d.F, d.R, replace(cfg, solver="regularized", alpha=1.0))
         stats["text_first_rank"] = d.F.shape[1]
-    t = build_targets(model, tokenizer, request, site, cfg.site, text_weight=cfg.text_weight,
+    t = build_constraints(model, tokenizer, request, site, cfg.site, text_weight=cfg.text_weight,
                       image_weight=cfg.image_weight, margin=cfg.margin,
                       sink_margin=cfg.sink_margin, retain_prompts=cfg.retain_prompts,
                       pre=M1, **common)
@@ -269,8 +270,7 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
             maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
     finally:
         model.train(was_training)
-    info = {"request": request.to_dict(), "fingerprint": request.fingerprint(),
-            "config": {k: v for k, v in asdict(cfg).items()}}
+    info = provenance(request, cfg)
     for tower, M in maps.items():
         inject_(model, M, tower, cfg.site, info)
     return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0)

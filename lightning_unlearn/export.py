@@ -5,9 +5,9 @@
   anywhere with ``open_clip.create_model_and_transforms("local-dir:DIR")``, no lightning_unlearn
   needed. The caller's model is left as it is (a deep copy is folded).
 * :func:`save_edit` / :func:`load_edit` / :func:`apply_edit` / :func:`remove_edit`: the edit alone
-  (its d x d maps, the request and config that produced them, and a sha256 fingerprint of the
+  (its d x d maps, the request and config that produced them, and a sha256 digest of the
   projection weights it was computed on), a few hundred KB instead of a whole model. Applying
-  checks the fingerprint, so an edit never lands silently on weights it was not made for.
+  checks that digest, so an edit never lands silently on weights it was not made for.
 
 Every write goes to a temporary file or folder next to the destination and is renamed into place,
 so an interrupted run leaves either the old output or the complete new one, never half of it.
@@ -16,7 +16,6 @@ Loads use safetensors only; nothing here unpickles.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ import shutil
 import tempfile
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -36,7 +35,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .edit import EditError, ProjectorEdit, Unlearned, edits, fold_, inject_, restore_
-from .targets import TOWERS, UnsupportedModelError, find_site
+from .sites import TOWERS, UnsupportedModelError, find_site
+from .state import compare_digests, provenance, weights_digest
 
 FORMAT = "lightning_unlearn.edit"
 VERSION = 1
@@ -51,8 +51,8 @@ class ArtifactError(ValueError):
     """An edit artifact (or model folder) that cannot be read or does not fit."""
 
 
-class FingerprintMismatchError(EditError):
-    """The edit was computed on different projection weights than the model's."""
+class WeightsMismatchError(EditError):
+    """The edit was computed on different projection weights than the model's (their weights digests differ)."""
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -245,6 +245,16 @@ def save_folded(model: nn.Module, model_cfg: dict, out_dir: str | Path, overwrit
     return Path(out_dir)
 
 
+def save_model_and_edit(model: nn.Module, model_cfg: dict, out_dir: str | Path, overwrite: bool = False) -> list[str]:
+    """:func:`save_folded` plus, when ``model`` carries edits, the edit alone (``edit.safetensors`` +
+    ``edit.json``, see :func:`save_edit`) in the same folder, written in one step. Returns the file names."""
+    with staged_dir(out_dir, overwrite) as tmp:
+        write_folded_into(tmp, model, model_cfg)
+        if edits(model):
+            save_edit(model, tmp / EDIT_NAME)
+    return sorted(p.name for p in Path(out_dir).iterdir())
+
+
 def read_local_dir_config(folder: str | Path) -> dict:
     """The parsed ``open_clip_config.json`` of a local-dir model folder (clear errors if absent or bad)."""
     folder = Path(folder)
@@ -265,65 +275,15 @@ def read_local_dir_config(folder: str | Path) -> dict:
     return config
 
 
-# ---------------------------------------------------------------------------------------------- fingerprint
-def _qualified(model: nn.Module) -> dict[int, str]:
-    return {id(m): n for n, m in model.named_modules()}
-
-
-def _original(module: nn.Module, name: str) -> torch.Tensor:
-    """The unedited tensor ``module.<name>`` (under its parametrization if it has one)."""
-    if parametrize.is_parametrized(module, name):
-        return getattr(module.parametrizations, name).original
-    return getattr(module, name)
-
-
-def _sha256(t: torch.Tensor) -> str:
-    data = t.detach().to("cpu", torch.float32).contiguous()
-    return hashlib.sha256(data.numpy().tobytes()).hexdigest()
-
-
-def fingerprint(model: nn.Module) -> dict[str, dict]:
-    """sha256 (of the float32 values) and shape of every tower's unedited projection weight and bias:
-    ``{qualified tensor name: {"tower", "shape", "sha256"}}``."""
-    names = _qualified(model)
-    out = {}
-    for tower in TOWERS:
-        try:
-            site = find_site(model, tower)
-        except UnsupportedModelError:
-            continue
-        for attr in (site.weight, site.bias):
-            if attr is None:
-                continue
-            t = _original(site.module, attr)
-            out[f"{names[id(site.module)]}.{attr}".lstrip(".")] = {
-                "tower": tower, "shape": list(t.shape), "sha256": _sha256(t)}
-    return out
-
-
-def _compare(expected: dict, actual: dict) -> list[str]:
-    problems = []
-    for key, want in expected.items():
-        have = actual.get(key)
-        if have is None:
-            problems.append(f"`{key}` ({want['tower']} projection) is absent from the model")
-        elif have["shape"] != want["shape"]:
-            problems.append(f"`{key}` has shape {tuple(have['shape'])}, the edit was made for {tuple(want['shape'])}")
-        elif have["sha256"] != want["sha256"]:
-            problems.append(f"`{key}` ({want['tower']} projection) has different values "
-                            f"(sha256 {have['sha256'][:12]}..., the edit expects {want['sha256'][:12]}...)")
-    return problems
-
-
 # ---------------------------------------------------------------------------------------------- edit artifact
 @dataclass
 class EditArtifact:
     """A saved edit: ``entries`` in application order, each ``{"tower", "site", "info"}`` with its map
-    in ``maps`` (same order); ``fingerprint`` of the weights it was computed on; ``meta``: the
-    whole JSON metadata."""
+    in ``maps`` (same order); ``weights_digest`` of the weights it was computed on (see
+    :func:`~lightning_unlearn.state.weights_digest`); ``meta``: the whole JSON metadata."""
     maps: list[torch.Tensor]
     entries: list[dict]
-    fingerprint: dict
+    weights_digest: dict
     meta: dict = field(default_factory=dict)
 
     @property
@@ -354,14 +314,12 @@ def _entries_from_model(model: nn.Module) -> tuple[list[torch.Tensor], list[dict
 
 
 def _entries_from_unlearned(u: Unlearned) -> tuple[list[torch.Tensor], list[dict]]:
-    # The same info unlearn_ attaches to the injected edit.
-    info = _plain({"request": u.request.to_dict(), "fingerprint": u.request.fingerprint(),
-                   "config": asdict(u.config)})
+    info = _plain(provenance(u.request, u.config))  # the info unlearn_ attaches to the injected edit
     maps = [u.maps[t].detach().float().cpu().clone() for t in u.maps]
     return maps, [{"tower": t, "site": u.config.site, "info": info} for t in u.maps]
 
 
-def _metadata(entries: list[dict], fp: dict) -> dict:
+def _metadata(entries: list[dict], digest: dict) -> dict:
     from . import __version__
 
     def unique(key):
@@ -372,7 +330,7 @@ def _metadata(entries: list[dict], fp: dict) -> dict:
             "request": unique("request"), "config": unique("config"),
             "site": sites.pop() if len(sites) == 1 else None,
             "edits": [{"tower": e["tower"], "site": e["site"], "info": e["info"]} for e in entries],
-            "fingerprint": {"algorithm": "sha256 of float32 values", "tensors": fp}}
+            "fingerprint": {"algorithm": "sha256 of float32 values", "tensors": digest}}  # the weights digest
 
 
 def save_edit(obj: Unlearned | nn.Module, path: str | Path, *, model: nn.Module | None = None,
@@ -382,13 +340,13 @@ def save_edit(obj: Unlearned | nn.Module, path: str | Path, *, model: nn.Module 
 
     ``obj`` is an edited model (every injected edit is saved, in order) or the :class:`Unlearned`
     that :func:`unlearn_` returned, together with ``model=`` (the model it was computed on, edited
-    or not: its projection weights are fingerprinted). Returns ``path``.
+    or not: its projection weights are digested). Returns ``path``.
     """
     path = Path(path)
     if isinstance(obj, Unlearned):
         if model is None:
             raise TypeError("save_edit(unlearned, path) needs `model=`: the model the edit was computed on, "
-                            "whose projection weights are fingerprinted so the edit is only re-applied to them")
+                            "whose projection weights are digested so the edit is only re-applied to them")
         maps, entries = _entries_from_unlearned(obj)
     elif isinstance(obj, nn.Module):
         if model is not None and model is not obj:
@@ -404,7 +362,7 @@ def save_edit(obj: Unlearned | nn.Module, path: str | Path, *, model: nn.Module 
         raise ValueError(f"give the edit a .safetensors path, not {path} (its metadata goes to a .json next to it)")
     check_output(path, overwrite, folder=False)
     check_output(sidecar, overwrite, folder=False)
-    meta = _metadata(entries, fingerprint(model))
+    meta = _metadata(entries, weights_digest(model))
     tensors = {f"maps.{i}": m.contiguous() for i, m in enumerate(maps)}
     with staged_file(path, overwrite) as tmp:
         save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(meta)})
@@ -428,7 +386,7 @@ def load_edit(path: str | Path) -> EditArtifact:
         raise ArtifactError(f"{path} is a safetensors file but not a lightning_unlearn edit (no {FORMAT!r} metadata)")
     try:
         meta = json.loads(header[FORMAT])
-        entries, fp = meta["edits"], meta["fingerprint"]["tensors"]
+        entries, digest = meta["edits"], meta["fingerprint"]["tensors"]
         version = meta["version"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ArtifactError(f"{path} has damaged edit metadata ({type(e).__name__}: {e})") from e
@@ -442,7 +400,7 @@ def load_edit(path: str | Path) -> EditArtifact:
             raise ArtifactError(f"{path} is damaged: edit {i} ({e.get('tower')!r}) has "
                                 + ("no map" if m is None else f"a map of shape {tuple(m.shape)}"))
         maps.append(m)
-    return EditArtifact(maps, entries, fp, meta)
+    return EditArtifact(maps, entries, digest, meta)
 
 
 def apply_edit(model: nn.Module, artifact: EditArtifact | str | Path, *, compose: bool = False,
@@ -457,11 +415,11 @@ def apply_edit(model: nn.Module, artifact: EditArtifact | str | Path, *, compose
         raise EditError(f"the model already carries {len(existing)} edit(s); call remove_edit(model) first or pass "
                         "compose=True to stack this one on top")
     if check:
-        problems = _compare(artifact.fingerprint, fingerprint(model))
+        problems = compare_digests(artifact.weights_digest, weights_digest(model))
         if problems:
             reqs = "; ".join(f"classes {r.get('forget_classes')} domains {r.get('forget_domains')}"
                              for r in artifact.requests) or "unknown request"
-            raise FingerprintMismatchError(
+            raise WeightsMismatchError(
                 "this edit was computed on different weights than this model's: " + "; ".join(problems)
                 + f". Apply it to the model it was made from (edit for: {reqs}), or recompute it with unlearn_ "
                 "on this model")

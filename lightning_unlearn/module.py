@@ -2,7 +2,7 @@
 
 Structure is made in ``__init__``: the frozen projector layers are injected as identity maps, so a
 checkpoint's keys always match. Values are made in ``setup`` for every stage, once: the edit is
-computed only if the persistent ``edit_fingerprint`` buffer does not already record this request
+computed only if the persistent ``computed_edit_id`` buffer does not already record this request
 and config (after ``load_from_checkpoint`` it does, so nothing is recomputed). With
 ``trainer.test(module, ckpt_path=...)`` on a fresh module, Lightning runs ``setup`` before it reads
 the checkpoint, so the edit is computed once and then replaced by the checkpoint's (a checkpoint of
@@ -25,26 +25,16 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from . import embedded, zeroshot
-from .callback import (carried_fingerprints, check_strategy, compute_edit_, config_dict, edit_fingerprint,
-                       make_config, make_request, tower_edits)
 from .edit import EditError, UnlearnConfig, edits, fold_, inject_, restore_
+from .integration import carried_edit_ids, check_strategy, compute_edit_, make_config, make_request, tower_edits
+from .load import load_clip, model_cfg_of
 from .metrics import UnlearningAccuracy
 from .prompts import CLASS_TEMPLATES, fill_template, validate_templates
 from .request import ForgetRequest, RequestError, as_names
-from .targets import find_site
+from .sites import find_site
+from .state import EDIT_ID_LEN, config_dict, edit_id, edit_id_from_tensor, edit_id_tensor
 
 STAGES = ("fit", "validate", "test", "predict")
-_FP_LEN = 16
-
-
-def _encode(fp: str) -> torch.Tensor:
-    return torch.tensor(list(fp.encode().ljust(_FP_LEN, b"\0")[:_FP_LEN]), dtype=torch.uint8)
-
-
-def _decode(t: torch.Tensor) -> str:
-    return bytes(t.tolist()).rstrip(b"\0").decode(errors="replace")
-
-
 class CLIPUnlearning(LightningModule):
     """Zero-shot evaluation (and optional fine-tuning) of an open_clip model with a class / domain
     forgotten by the training-free nullspace edit.
@@ -57,7 +47,7 @@ class CLIPUnlearning(LightningModule):
             request's names, else the embedded world's (for the embedded model and ``arch="world-clip"``).
         arch: an open_clip model name (``"ViT-B-32"``, ``"world-clip"``) or ``"local-dir:/path"``;
             with ``weights``, a local weights file. Neither (and no ``model``): the embedded model
-            (:func:`lightning_unlearn.embedded.load_embedded`).
+            (:func:`lightning_unlearn.load.load_clip`).
         model, tokenizer: an open_clip model object (and its tokenizer) instead of ``arch``. The
             object is not saved in the hyper-parameters, so ``load_from_checkpoint`` then needs
             ``model=`` (an un-edited model of the same architecture; the checkpoint's weights replace
@@ -75,6 +65,9 @@ class CLIPUnlearning(LightningModule):
     colours, ``unrelated_accuracy``. ``predict_step`` returns ``{"pred", "scores"}`` (and the labels
     when the batch has them).
     """
+
+    #: Tells :class:`~lightning_unlearn.callback.NullspaceUnlearning` not to add a second edit.
+    computes_own_edit = True
 
     def __init__(
         self,
@@ -148,10 +141,11 @@ class CLIPUnlearning(LightningModule):
             self.test_unrelated = MeanMetric(nan_strategy="disable")
 
         # --- the model and its frozen projector layers (built last: every cheap check first) --
-        clip, preprocess, tokenizer = self._build_model(model, tokenizer, arch, weights)
+        clip, preprocess, tokenizer, self.model_config = self._build_model(model, tokenizer, arch, weights)
         self.clip, self.preprocess, self.tokenizer = clip, preprocess, tokenizer
-        self.fingerprint = edit_fingerprint(request, self.config)
-        self.register_buffer("edit_fingerprint", torch.zeros(_FP_LEN, dtype=torch.uint8))
+        self.edit_id = edit_id(request, self.config)
+        self.register_buffer("computed_edit_id", torch.zeros(EDIT_ID_LEN, dtype=torch.uint8))
+        self._register_load_state_dict_pre_hook(_rename_old_buffer)
         self._adopt_or_inject(clip)
         self.clip.requires_grad_(False)
         self.trainable = self._unfreeze(trainable)
@@ -201,25 +195,22 @@ class CLIPUnlearning(LightningModule):
 
     @staticmethod
     def _build_model(model, tokenizer, arch, weights):
-        """(model, preprocess, tokenizer) from an object, an architecture name, or the embedded default."""
+        """(model, preprocess, tokenizer, model config) from an object, an architecture name, or the
+        embedded default; the model config (``{"arch", "model_cfg"}``) is None for an object without ``arch``."""
         import open_clip
         if model is not None:
             if tokenizer is None:
                 tokenizer = open_clip.get_tokenizer(arch)
-            return model, None, tokenizer
-        if arch is None:
-            e = embedded.load_embedded(weights)
-            return e.model, e.preprocess, tokenizer or e.tokenizer
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights)
-        model.eval()
-        return model, preprocess, tokenizer or open_clip.get_tokenizer(arch)
+            return model, None, tokenizer, None if arch is None else {"arch": arch, "model_cfg": model_cfg_of(arch)}
+        loaded = load_clip(arch, weights)
+        return loaded.model, loaded.preprocess, tokenizer or loaded.tokenizer, loaded.model_config
 
     def _adopt_or_inject(self, clip: nn.Module) -> None:
-        carried = carried_fingerprints(clip)
+        carried = carried_edit_ids(clip)
         if carried:
-            n_targets = sum(len(v) for v in tower_edits(clip, self.config).values())
-            if set(carried) == {self.fingerprint} and len(carried) == n_targets:
-                self.edit_fingerprint.copy_(_encode(self.fingerprint))  # the model already carries exactly this edit
+            n_edited = sum(len(v) for v in tower_edits(clip, self.config).values())
+            if set(carried) == {self.edit_id} and len(carried) == n_edited:
+                self.computed_edit_id.copy_(edit_id_tensor(self.edit_id))  # the model already carries exactly this edit
                 return
             raise EditError(f"`model` already carries {len(carried)} edit(s) ({sorted(n for n, _ in edits(clip))}) "
                             "that are not this request's; pass an un-edited model: restore_(model) drops them, "
@@ -251,7 +242,7 @@ class CLIPUnlearning(LightningModule):
     @property
     def computed(self) -> bool:
         """Whether the injected layers hold this request's edit (not the identity placeholders)."""
-        return _decode(self.edit_fingerprint) == self.fingerprint
+        return edit_id_from_tensor(self.computed_edit_id) == self.edit_id
 
     def compute_edit(self, strategy: Any = None):
         """Compute and inject the edit unless already done (returns the :class:`Unlearned`, or None)."""
@@ -260,7 +251,7 @@ class CLIPUnlearning(LightningModule):
         restore_(self.clip)  # drop the identity placeholders; unlearn_ injects the same structure
         result = compute_edit_(self.clip, self.tokenizer, self.request, self.config, strategy=strategy,
                                progress=self.progress)
-        self.edit_fingerprint.copy_(_encode(self.fingerprint).to(self.edit_fingerprint.device))
+        self.computed_edit_id.copy_(edit_id_tensor(self.edit_id).to(self.computed_edit_id.device))
         rank_zero_info(f"CLIPUnlearning: {self.request.describe()}; edited {list(result.maps)} ({self.config.method}, "
                        f"{self.config.solver}, ranks {result.ranks}, {result.seconds:.2f} s)")
         return result
@@ -291,16 +282,22 @@ class CLIPUnlearning(LightningModule):
             return
         self.compute_edit(strategy)
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        theirs = checkpoint.get("state_dict", {}).get("edit_fingerprint")
-        if theirs is not None and _decode(theirs):
-            self._check_fingerprint(_decode(theirs))
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["clip_model_config"] = self.model_config
 
-    def _check_fingerprint(self, theirs: str) -> None:
-        if theirs != self.fingerprint:
-            raise RequestError(f"the checkpoint holds an edit with fingerprint {theirs}, but this CLIPUnlearning has "
-                               f"{self.request.describe()} with config {self.config.method!r} (fingerprint "
-                               f"{self.fingerprint}); load it with CLIPUnlearning.load_from_checkpoint(path), which "
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.model_config is None and isinstance(checkpoint.get("clip_model_config"), dict):
+            self.model_config = checkpoint["clip_model_config"]
+        state = checkpoint.get("state_dict", {})
+        theirs = state.get("computed_edit_id", state.get("edit_fingerprint"))  # older checkpoints: edit_fingerprint
+        if theirs is not None and edit_id_from_tensor(theirs):
+            self._check_edit_id(edit_id_from_tensor(theirs))
+
+    def _check_edit_id(self, theirs: str) -> None:
+        if theirs != self.edit_id:
+            raise RequestError(f"the checkpoint holds an edit with edit id {theirs}, but this CLIPUnlearning has "
+                               f"{self.request.describe()} with config {self.config.method!r} (edit id "
+                               f"{self.edit_id}); load it with CLIPUnlearning.load_from_checkpoint(path), which "
                                "restores its request and config, or pass the same ones")
 
     def _check_data(self, trainer) -> None:
@@ -422,4 +419,67 @@ class CLIPUnlearning(LightningModule):
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 
 
-__all__ = ["CLIPUnlearning", "STAGES"]
+_EXPORT_HINT = ("a CLIPUnlearning checkpoint holds only tensors and plain values, so this one was written by "
+                "another module (or with objects in its hyper-parameters)")
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, model: str | None = None,
+                      overwrite: bool = False) -> list[str]:
+    """Write a Lightning checkpoint of :class:`CLIPUnlearning` as a folded open_clip ``local-dir:``
+    folder (plus ``edit.safetensors`` when the model carries edits). The architecture is the one the
+    module recorded (``model_config``), or ``model`` (a name or ``local-dir:DIR``) where it recorded
+    none. The checkpoint is read with ``weights_only=True``. Returns the written file names."""
+    import pickle
+
+    from .export import ArtifactError, check_output, describe_key_mismatch, save_model_and_edit
+    from .load import keys_from_torch_error, unpickling_error
+    ckpt, out = Path(checkpoint), Path(out_dir)
+    check_output(out, overwrite)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} does not exist" if not ckpt.exists()
+                                else f"checkpoint {ckpt} is not a file")
+    try:
+        raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise unpickling_error(ckpt, e, _EXPORT_HINT) from e
+    except Exception as e:  # noqa: BLE001 - zipfile / EOF / OS errors: unreadable
+        raise ValueError(f"cannot read checkpoint {ckpt} ({type(e).__name__}: {e})") from e
+    if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict):
+        raise ValueError(f"{ckpt} is not a Lightning checkpoint (no 'state_dict' entry); for plain open_clip weights "
+                         f"use load_clip(NAME, pretrained='{ckpt}') (`lightning-unlearn unlearn --model NAME "
+                         f"--pretrained {ckpt}`)")
+    del raw
+    try:
+        module = CLIPUnlearning.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise unpickling_error(ckpt, e, _EXPORT_HINT) from e
+    except RuntimeError as e:
+        missing, unexpected, shapes = keys_from_torch_error(str(e))
+        if missing or unexpected or shapes:
+            raise ValueError(f"{ckpt} does not match CLIPUnlearning: "
+                             + describe_key_mismatch(missing, unexpected, shapes)) from e
+        raise ValueError(f"cannot restore CLIPUnlearning from {ckpt}: {str(e).splitlines()[0]}") from e
+    except Exception as e:  # noqa: BLE001 - hyperparameters that no longer fit the class, ...
+        raise ValueError(f"cannot restore CLIPUnlearning from {ckpt}: {type(e).__name__}: {e}") from e
+    if model is not None:
+        model_cfg = model_cfg_of(model)
+    elif module.model_config is not None:
+        model_cfg = module.model_config["model_cfg"]
+    else:
+        raise ValueError(f"{ckpt} records no model config (the module was built from a model object without "
+                         "`arch`); pass the architecture: `model`= a name or 'local-dir:DIR' (--model)")
+    if not module.computed:
+        raise ValueError(f"{ckpt} holds no computed edit (the module was saved before `compute_edit()` or a stage ran)")
+    try:
+        return save_model_and_edit(module.clip, model_cfg, out, overwrite)
+    except ArtifactError as e:
+        raise ArtifactError(f"{ckpt}: {e}") from e
+
+
+def _rename_old_buffer(state_dict, prefix, *args) -> None:
+    """Checkpoints written before the buffer was renamed hold ``edit_fingerprint``: load it as ``computed_edit_id``."""
+    if prefix + "edit_fingerprint" in state_dict and prefix + "computed_edit_id" not in state_dict:
+        state_dict[prefix + "computed_edit_id"] = state_dict.pop(prefix + "edit_fingerprint")
+
+
+__all__ = ["CLIPUnlearning", "STAGES", "export_checkpoint"]

@@ -1,10 +1,10 @@
 """Visual prototypes synthesised from the model itself (no data): model inversion towards a text.
 
 Images start from noise and follow Adam on the pixels to maximise ``cos(f(x), t)`` for their
-target text embedding ``t``, with random jitter, an occasional blur, pixel clamping and an L2
-penalty. Each image stops as soon as it is classified as its own target with high confidence
+text embedding ``t``, with random jitter, an occasional blur, pixel clamping and an L2
+penalty. Each image stops as soon as it is classified as its own text with high confidence
 and leaves the batch, so the cost is the sum of the steps each image needs. An image depends only
-on its own target, its key and the seed (its noise is drawn from ``(seed, key, index)``, the jitter
+on its own text, its key and the seed (its noise is drawn from ``(seed, key, index)``, the jitter
 from ``seed``), not on the other images of the batch: prototypes can be cached per cell.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 @dataclass
 class Prototypes:
     images: torch.Tensor  # k x n x 3 x H x W, pixels in [0, 1]
-    cos: torch.Tensor  # k x n: final cosine with the target text
+    cos: torch.Tensor  # k x n: final cosine with its text
     steps: torch.Tensor  # k x n: steps each image ran before it stopped
     seconds: float
 
@@ -44,34 +44,34 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
 
 
 def _noise(key: str, seed: int, n: int, size: int) -> torch.Tensor:
-    """The starting images of one target: a function of (seed, key) only."""
+    """The starting images of one text: a function of (seed, key) only."""
     s = int.from_bytes(hashlib.blake2b(f"{seed}|{key}".encode(), digest_size=8).digest(), "little") >> 1
     g = torch.Generator().manual_seed(s)
     return (0.5 + 0.1 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
 
 
-def synthesize(model, targets: torch.Tensor, n_per_target: int = 4, steps: int = 60, lr: float = 0.05,
+def synthesize(model, texts: torch.Tensor, n_per_text: int = 4, steps: int = 60, lr: float = 0.05,
                seed: int = 0, l2: float = 1e-3, blur_every: int = 10, stop_prob: float = 0.9, check_every: int = 10,
                classes: torch.Tensor | None = None, keys=None, progress: bool = True) -> Prototypes:
-    """Synthesise ``n_per_target`` images for every row of ``targets`` (k x d, normalised text
-    embeddings), in one batch. ``classes`` (m x d, default ``targets``) is the label space of the
-    early stop: an image stops once its own target (its nearest class) has probability >
-    ``stop_prob`` under ``softmax(100 cos)`` (checked every ``check_every`` steps), or after ``steps``. ``keys`` (k strings, default the
-    row numbers) name the targets for the starting noise. Deterministic for a ``seed``."""
-    if n_per_target < 1 or steps < 1:
-        raise ValueError(f"`n_per_target`={n_per_target} and `steps`={steps} must be >= 1")
-    k = targets.shape[0]
+    """Synthesise ``n_per_text`` images for every row of ``texts`` (k x d, normalised text
+    embeddings), in one batch. ``classes`` (m x d, default ``texts``) is the label space of the
+    early stop: an image stops once its own text's nearest class has probability >
+    ``stop_prob`` under ``softmax(100 cos)`` (checked every ``check_every`` steps), or after
+    ``steps``. ``keys`` (k strings, default the row numbers) name the texts for the starting noise. Deterministic for a ``seed``."""
+    if n_per_text < 1 or steps < 1:
+        raise ValueError(f"`n_per_text`={n_per_text} and `steps`={steps} must be >= 1")
+    k = texts.shape[0]
     keys = [str(i) for i in range(k)] if keys is None else list(keys)
     if len(keys) != k:
-        raise ValueError(f"{len(keys)} `keys` for {k} targets; give one key per target row")
+        raise ValueError(f"{len(keys)} `keys` for {k} texts; give one key per row of `texts`")
     t0 = time.perf_counter()
     size, mean, std = model_io(model)
     p = next(model.parameters())
     g = torch.Generator().manual_seed(seed)
-    x = torch.cat([_noise(key, seed, n_per_target, size) for key in keys]).to(p.device)
-    t = F.normalize(targets.float(), dim=-1).to(p.device).repeat_interleave(n_per_target, 0)
-    C = F.normalize((targets if classes is None else classes).float(), dim=-1).to(p.device)
-    own = torch.arange(k, device=p.device).repeat_interleave(n_per_target) if classes is None else \
+    x = torch.cat([_noise(key, seed, n_per_text, size) for key in keys]).to(p.device)
+    t = F.normalize(texts.float(), dim=-1).to(p.device).repeat_interleave(n_per_text, 0)
+    C = F.normalize((texts if classes is None else classes).float(), dim=-1).to(p.device)
+    own = torch.arange(k, device=p.device).repeat_interleave(n_per_text) if classes is None else \
         (t @ C.T).argmax(-1)
     mean, std = mean.to(p.device), std.to(p.device)
     m1, m2 = torch.zeros_like(x), torch.zeros_like(x)  # Adam moments (betas 0.9, 0.999), per image
@@ -112,8 +112,8 @@ def synthesize(model, targets: torch.Tensor, n_per_target: int = 4, steps: int =
         for q, r in zip(model.parameters(), requires):
             q.requires_grad_(r)
         model.train(was_training)
-    images = x.view(k, n_per_target, 3, size, size)
-    return Prototypes(images, cos.view(k, n_per_target).cpu(), ran.view(k, n_per_target),
+    images = x.view(k, n_per_text, 3, size, size)
+    return Prototypes(images, cos.view(k, n_per_text).cpu(), ran.view(k, n_per_text),
                       time.perf_counter() - t0)
 
 

@@ -5,6 +5,7 @@ import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 from .prompts import CELL_TEMPLATES, validate_templates
@@ -122,7 +123,7 @@ class ForgetRequest:
     def from_dict(cls, d: dict) -> "ForgetRequest":
         return cls(**d)
 
-    def fingerprint(self) -> str:
+    def digest(self) -> str:
         """A short stable hash of the request (names, forget sets and templates)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
@@ -131,3 +132,28 @@ class ForgetRequest:
                 "domain-specific": f"classes {list(self.forget_classes or [])} in domains {list(self.forget_domains or [])}",
                 "domain": f"every class in domains {list(self.forget_domains or [])}"}[self.paradigm]
         return f"{self.paradigm}: forget {what} ({len(self._cells)} cells, {len(self.retain_cells)} retained)"
+
+
+def read_names(value: str | None, what: str) -> tuple[str, ...] | None:
+    """Names from a comma-separated list, or ``@file`` with one name per line (blank lines and ``#``
+    comments skipped); ``what`` names the value in errors (``ValueError``)."""
+    if value is None:
+        return None
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise ValueError(f"{what}: names file {path} does not exist" if not path.exists()
+                             else f"{what}: {path} is not a file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{what}: cannot read names file {path}: {e}") from e
+        names = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        if not names:
+            raise ValueError(f"{what}: names file {path} is empty; put one name per line")
+        return tuple(names)
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"{what} is empty; give a comma-separated list such as 'cat,dog', or @file with one name "
+                         "per line")
+    return tuple(names)

@@ -80,8 +80,18 @@ def evaluate(model, tokenizer, classnames: Sequence[str], templates: Sequence[st
     ``loader`` yields ``(images, class_idx, domain_idx)`` batches (extra label columns are ignored
     unless ``extra`` maps a name to ``(classifier, label_of_batch)``). Returns
     ``{"cells": {(c, d): acc}, "correct", "total" (C x D tensors), "micro", "macro", "per_domain"}``.
+    The model runs in eval mode; every submodule's train / eval mode is restored on return.
     """
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
+    try:
+        return _evaluate(model, tokenizer, classnames, templates, loader, domains, progress, extra)
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _evaluate(model, tokenizer, classnames, templates, loader, domains, progress, extra) -> dict:
     T = classifier(model, tokenizer, classnames, templates)
     correct = torch.zeros(len(classnames), len(domains), dtype=torch.long)
     total = torch.zeros_like(correct)

@@ -23,7 +23,7 @@ from lightning_unlearn import (EditError, ForgetRequest, RequestError, UnlearnCo
                                embedded, fold_, inject_, prototypes, restore_, unlearn_)
 from lightning_unlearn import cache, directions, zeroshot
 from lightning_unlearn.directions import cell_texts, class_texts
-from lightning_unlearn.targets import find_site
+from lightning_unlearn.sites import find_site
 
 torch.set_num_threads(1)
 
@@ -192,6 +192,29 @@ def test_tower_types_are_the_ones_claimed(registered):
     assert kinds["lu-test-timm-vit"] is TimmModel and kinds["lu-test-timm-mlp"] is TimmModel
     assert type(cached("lu-test-custom-text").model).__name__ == "CustomTextCLIP"
     assert type(cached("lu-test-custom-text").model.text.text_projection) is nn.Linear
+
+
+@pytest.mark.parametrize("zoo", ["world-clip"], indirect=True)
+@pytest.mark.parametrize("private", ["_embeds", "_pool"])
+def test_a_vit_without_open_clips_private_pooling_is_refused_clearly(zoo, private, monkeypatch):
+    monkeypatch.setattr(VisionTransformer, private, None)
+    with pytest.raises(UnsupportedModelError, match=rf"no \['{private}'\].*open_clip_torch>=3,<4"):
+        find_site(zoo.model, "image")
+    with pytest.raises(UnsupportedModelError, match=private):
+        unlearn_(zoo.model, zoo.tokenizer, req(), method="text", **FAST)
+    assert not edits(zoo.model)
+
+
+@pytest.mark.parametrize("zoo", ["world-clip"], indirect=True)
+def test_zero_shot_evaluation_restores_every_train_and_eval_mode(zoo):
+    zoo.model.train()
+    zoo.model.visual.eval()  # a mixed state: the text tower training, the image tower not
+    before = {n: m.training for n, m in zoo.model.named_modules()}
+    batch = (zoo.images, torch.tensor([0, 1, 2]), torch.tensor([0, 1, 0]))
+    res = zeroshot.evaluate(zoo.model, zoo.tokenizer, CLASSES, ["a {c}."], [batch], DOMAINS, progress=False)
+    assert int(res["total"].sum()) == 3
+    assert {n: m.training for n, m in zoo.model.named_modules()} == before
+    zoo.model.eval()
 
 
 # --------------------------------------------------------------------------- restore
@@ -418,7 +441,7 @@ def test_valid_requests():
     assert r.kept_classes == tuple(c for c in CLASSES if c != "dog")
     assert ForgetRequest(CLASSES, DOMAINS, forget_domains=["sketch"]).paradigm == "domain"
     assert ForgetRequest(CLASSES, DOMAINS, forget_domains=["sketch"]).kept_classes == ()
-    assert ForgetRequest.from_dict(r.to_dict()) == r and ForgetRequest.from_dict(r.to_dict()).fingerprint() == r.fingerprint()
+    assert ForgetRequest.from_dict(r.to_dict()) == r and ForgetRequest.from_dict(r.to_dict()).digest() == r.digest()
     assert ForgetRequest("cat,dog", "photo,sketch", forget_classes="dog").classnames == ("cat", "dog")
 
 
@@ -532,7 +555,7 @@ def test_prototypes_beat_noise_and_are_deterministic(zoo):
     model, tok = zoo.model, zoo.tokenizer
     cells = [("dog", "photo"), ("cat", "sketch"), ("bird", "photo"), ("cat", "photo")]
     T = cell_texts(model, tok, cells, TEMPLATES)
-    p = prototypes.synthesize(model, T[:2], n_per_target=2, steps=30, seed=0, classes=T, progress=False)
+    p = prototypes.synthesize(model, T[:2], n_per_text=2, steps=30, seed=0, classes=T, progress=False)
     assert p.images.shape == (2, 2, 3, 32, 32) and 0 <= float(p.images.min()) and float(p.images.max()) <= 1
     # the noise the optimisation starts from (same recipe and seed as synthesize)
     size, mean, std = prototypes.model_io(model)
@@ -546,16 +569,16 @@ def test_prototypes_beat_noise_and_are_deterministic(zoo):
     margin = float(p.cos.mean() - noise_cos.mean())
     assert margin > PROTO_MARGIN, f"prototype cos {float(p.cos.mean()):.3f} vs noise {float(noise_cos.mean()):.3f}"
     assert bool((p.cos.flatten() > noise_cos).all())
-    again = prototypes.synthesize(model, T[:2], n_per_target=2, steps=30, seed=0, classes=T, progress=False)
+    again = prototypes.synthesize(model, T[:2], n_per_text=2, steps=30, seed=0, classes=T, progress=False)
     assert torch.equal(again.images, p.images) and torch.equal(again.cos, p.cos)
-    other = prototypes.synthesize(model, T[:2], n_per_target=2, steps=30, seed=1, classes=T, progress=False)
+    other = prototypes.synthesize(model, T[:2], n_per_text=2, steps=30, seed=1, classes=T, progress=False)
     assert not torch.equal(other.images, p.images)
     assert all(q.requires_grad for q in model.parameters())  # synthesize hands the model back as it was
 
 
 def test_prototype_arguments_are_validated(registered):
-    with pytest.raises(ValueError, match=r"`n_per_target`=0 and `steps`=5 must be >= 1"):
-        prototypes.synthesize(None, torch.zeros(1, 4), n_per_target=0, steps=5)
+    with pytest.raises(ValueError, match=r"`n_per_text`=0 and `steps`=5 must be >= 1"):
+        prototypes.synthesize(None, torch.zeros(1, 4), n_per_text=0, steps=5)
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -1,5 +1,5 @@
 """Saving edits: the folded open_clip folder (loads with open_clip, same outputs), the edit artifact
-(apply / remove round trip, fingerprint check), atomic writes and bad input. Runs on a snapshot of
+(apply / remove round trip, weights digest check), atomic writes and bad input. Runs on a snapshot of
 the embedded model's weights, with the fast text-only method."""
 import copy
 import json
@@ -15,8 +15,9 @@ from safetensors.torch import load_file, save_file
 from lightning_unlearn import EditError, ForgetRequest, edits, embedded, unlearn_
 from lightning_unlearn import export as ex
 from lightning_unlearn.data import World
-from lightning_unlearn.export import (ArtifactError, FingerprintMismatchError, apply_edit, fingerprint, load_edit,
+from lightning_unlearn.export import (ArtifactError, WeightsMismatchError, apply_edit, load_edit,
                                       remove_edit, save_edit, save_folded)
+from lightning_unlearn.state import weights_digest
 
 FORGET = dict(forget_classes=["star"])  # global: the text-only method changes the model for it
 
@@ -169,8 +170,8 @@ def test_edit_artifact_applies_to_the_original_and_removes_bit_identically(tmp_p
     assert art.meta["request"] == result.request.to_dict() and art.meta["site"] == "joint"
     assert art.meta["config"]["method"] == "text"
     assert [e["tower"] for e in art.entries] == ["image"]
-    assert set(art.fingerprint) == {"visual.proj", "text_projection"}
-    assert art.fingerprint == fingerprint(base.model)
+    assert set(art.weights_digest) == {"visual.proj", "text_projection"}
+    assert art.weights_digest == weights_digest(base.model)
     torch.testing.assert_close(art.maps[0], result.maps["image"], rtol=0, atol=0)
 
     fresh = copy.deepcopy(base.model)
@@ -188,14 +189,14 @@ def test_edit_artifact_applies_to_the_original_and_removes_bit_identically(tmp_p
     assert art2.meta == art.meta and torch.equal(art2.maps[0], art.maps[0])
 
 
-def test_fingerprint_mismatch_names_the_tensor_and_leaves_the_model_alone(tmp_path, base, edited):
+def test_weights_digest_mismatch_names_the_tensor_and_leaves_the_model_alone(tmp_path, base, edited):
     model, _ = edited
     path = save_edit(model, tmp_path / "edit.safetensors")
     for key in ["visual.proj", "text_projection"]:
         other = copy.deepcopy(base.model)
         with torch.no_grad():
             other.state_dict()[key][0, 0] += 1e-3
-        with pytest.raises(FingerprintMismatchError, match=rf"`{key}` .*different values.*sha256") as info:
+        with pytest.raises(WeightsMismatchError, match=rf"`{key}` .*different values.*sha256") as info:
             apply_edit(other, path)
         assert "star" in str(info.value)
         assert not edits(other)

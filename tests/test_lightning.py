@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import lightning_unlearn.callback as callback_mod
+import lightning_unlearn.integration as integration_mod
 from lightning_unlearn import ForgetRequest, RequestError, edits, embedded, zeroshot
-from lightning_unlearn.callback import NullspaceUnlearning, UnsupportedStrategyError, check_strategy, compute_edit_
+from lightning_unlearn.callback import NullspaceUnlearning
+from lightning_unlearn.integration import UnsupportedStrategyError, check_strategy, compute_edit_
 from lightning_unlearn.data import CLASSES, DOMAINS, World
 from lightning_unlearn.edit import UnlearnConfig
 from lightning_unlearn.metrics import UnlearningAccuracy
@@ -94,12 +95,12 @@ def loader():
 def counter(monkeypatch):
     """Counts calls of the engine's unlearn_ made through the Lightning layer."""
     calls = []
-    real = callback_mod.unlearn_
+    real = integration_mod.unlearn_
 
     def counting(*args, **kwargs):
         calls.append(args[2])
         return real(*args, **kwargs)
-    monkeypatch.setattr(callback_mod, "unlearn_", counting)
+    monkeypatch.setattr(integration_mod, "unlearn_", counting)
     return calls
 
 
@@ -117,7 +118,7 @@ def test_structure_is_made_in_init_and_hparams_are_plain_data():
     module = make_module()
     keys = set(module.state_dict())
     assert {"clip.visual.parametrizations.proj.original", "clip.visual.parametrizations.proj.0.P.weight",
-            "edit_fingerprint"} <= keys
+            "computed_edit_id"} <= keys
     assert not module.computed and torch.equal(projector(module.clip), torch.eye(128))
     assert not any(p.requires_grad for p in module.parameters())
     hp = dict(module.hparams)
@@ -180,7 +181,7 @@ def test_checkpoint_of_another_request_is_refused(loader, tmp_path):
     trainer.test(module, loader, verbose=False)
     trainer.save_checkpoint(tmp_path / "star.ckpt")
     other = make_module(forget_classes=["heart"])
-    with pytest.raises(RequestError, match=r"fingerprint .*load_from_checkpoint"):
+    with pytest.raises(RequestError, match=r"edit id .*load_from_checkpoint"):
         trainer.test(other, loader, ckpt_path=tmp_path / "star.ckpt", verbose=False, weights_only=True)
 
 
@@ -264,7 +265,7 @@ def test_callback_on_a_users_module_finds_the_model_and_matches_the_module(loade
     module = make_module()
     L.Trainer(**QUIET).test(module, loader, verbose=False)
     assert torch.equal(projector(user.clip), projector(module.clip))  # the same edit as CLIPUnlearning's
-    assert cb.state_dict()["fingerprint"] == cb.fingerprint and cb.state_dict()["request"] == request.to_dict()
+    assert cb.state_dict()["edit_id"] == cb.edit_id and cb.state_dict()["request"] == request.to_dict()
     assert 0.0 <= out["test/forget_accuracy"] <= 1.0
 
 
@@ -326,7 +327,7 @@ def test_callback_validates_its_arguments_eagerly():
         NullspaceUnlearning(request, method="fast")
     with pytest.raises(TypeError, match="`tokenizer` must be callable"):
         NullspaceUnlearning(request, tokenizer="open_clip")
-    assert NullspaceUnlearning(request.to_dict()).fingerprint == NullspaceUnlearning(request).fingerprint
+    assert NullspaceUnlearning(request.to_dict()).edit_id == NullspaceUnlearning(request).edit_id
 
 
 def test_unsupported_strategies_are_refused_with_a_fix():

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import open_clip
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
@@ -43,6 +44,16 @@ class WorldDataset(Dataset):
         s = self.world[i]
         return self.transform(s.image), s.cls, s.domain, s.colour
 
+
+
+def rendered_batches(split: str, n_per_cell: int, transform: Callable | None = None, batch_size: int = 500,
+                     progress: bool = False) -> list[tuple[torch.Tensor, ...]]:
+    """``(images, class, domain, colour)`` batches of the world's ``split``, rendered once."""
+    from tqdm.auto import tqdm
+    ds = WorldDataset(World(split, n_per_cell), transform)
+    items = [ds[i] for i in tqdm(range(len(ds)), desc=f"render {split} world", disable=not progress, leave=False)]
+    return [(torch.stack([x for x, *_ in chunk]), *(torch.tensor(col) for col in list(zip(*chunk))[1:]))
+            for chunk in (items[i:i + batch_size] for i in range(0, len(items), batch_size))]
 
 def write_world(world: World, root: str | Path) -> Path:
     """Save every image of ``world`` as ``root/<domain>/<class>/<n>.png`` (``n``: index within the

@@ -17,6 +17,13 @@ from PIL import Image, ImageDraw, ImageFilter
 
 CLASSES = ("circle", "square", "triangle", "star", "cross", "heart", "arrow", "moon", "diamond", "hexagon")
 DOMAINS = ("photo", "sketch", "cartoon", "painting")
+#: One fixed request per paradigm (``ForgetRequest`` keyword arguments): the demo's requests and the
+#: benchmarks' ``--quick`` set.
+QUICK_REQUESTS = (
+    ("global", {"forget_classes": ["star"]}),  # "star" in every domain
+    ("domain-specific", {"forget_classes": ["star"], "forget_domains": ["sketch"]}),  # only sketched stars
+    ("domain", {"forget_domains": ["painting"]}),  # every class in the painting domain
+)
 COLOURS = {
     "red": (220, 30, 30),
     "green": (30, 170, 50),

@@ -19,6 +19,8 @@ from torch import nn
 
 SITES = ("joint", "pooled")
 TOWERS = ("image", "text")
+#: open_clip private methods the ViT site relies on (checked, so a future open_clip fails clearly).
+_VIT_PRIVATE = ("_embeds", "_pool")
 
 
 class UnsupportedModelError(TypeError):
@@ -59,7 +61,14 @@ def _linear_site(linear: nn.Linear, owner: nn.Module) -> Site:
 def _vit(visual: VisionTransformer) -> Site:
     if visual.proj is None:
         raise UnsupportedModelError("this VisionTransformer has no projection (`proj` is None); nothing to edit")
-    # The pooled features before `pooled @ proj`, as in VisionTransformer.forward (open_clip 3.x).
+    # The pooled features before `pooled @ proj`, as in VisionTransformer.forward: open_clip 3.x's
+    # private `_embeds` / `_pool` (pyproject pins open_clip_torch < 4).
+    missing = [m for m in _VIT_PRIVATE if not callable(getattr(visual, m, None))]
+    if missing:
+        import open_clip
+        raise UnsupportedModelError(
+            f"open_clip {open_clip.__version__}'s VisionTransformer has no {missing}, which lightning_unlearn reads "
+            "for the pooled image features (they exist in open_clip 3.x); install open_clip_torch>=3,<4")
     return Site(visual, "proj", None, "param", lambda x: visual._pool(visual.transformer(visual._embeds(x)))[0])
 
 

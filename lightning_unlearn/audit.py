@@ -1,0 +1,368 @@
+"""Depth audit: does the model still *represent* the forgotten cells, not only fail to name them?
+
+Zero-shot accuracy reads one direction per class. An edit can zero it while every other linear
+read-out of the class survives. The audit looks for the class where a user of the model could:
+
+* ``probe_balanced_acc``: a binary linear probe "forgotten cells vs the rest", fitted on image
+  features of a *fit* split and scored on a held-out *test* split (balanced accuracy, chance 0.5);
+  on the raw ``encode_image`` output and (``probe_balanced_acc_normalised``) on the L2-normalised one;
+* ``probe_recall`` / ``probe_retain_acc``: a multi-class linear probe over all classes, accuracy on
+  the forgotten / retained test cells (chance ``1 / C``);
+* ``knn_recall`` / ``knn_retain_acc``: k-nearest neighbours (cosine, fit split as memory);
+* ``paraphrase_acc``: zero-shot accuracy on the forgotten cells with prompts the edit never saw
+  (colour-qualified "a photo of a red {c}." per colour, and :data:`PARAPHRASE_TEMPLATES`): the mean
+  over these classifiers (``paraphrase_acc_max``: the one that recovers the most);
+* ``retrieval_precision``: text -> image precision at ``k`` among all test images, per forgotten
+  class (class prompts, ``k`` = its forgotten test images) when it is forgotten in every domain,
+  else per forgotten cell (the request's cell prompts, ``k`` = the cell's test images);
+* ``zeroshot_acc`` / ``zeroshot_retain_acc``: the plain zero-shot numbers, for reference.
+
+The probe and k-NN metrics are also computed inside the tower: at the pooled features (the input
+of the image projection) and at the output of intermediate blocks (token mean of a transformer
+block, spatial mean of a ResNet stage), keyed ``<metric>@<layer>`` (``probe_recall@pooled``,
+``probe_balanced_acc@block3``). Features are extracted once per model state, in one pass.
+
+Probes are multinomial logistic regressions on standardised features (weight decay, full-batch
+L-BFGS, float64: deterministic); the binary probe weights both sides equally. For a before / after
+comparison, extract the unedited model's features once and call :func:`audit_features` per request,
+or use :func:`compare` on two audits.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .prompts import CLASS_TEMPLATES, fill_template
+from .request import ForgetRequest
+from .sites import find_site
+from .zeroshot import classifier, text_embeddings
+
+#: Class templates outside the library's prompt lists (the edit never saw them).
+PARAPHRASE_TEMPLATES = ("a picture of a {c}.", "an image of the {c}.", "a close-up photo of the {c}.",
+                        "a rendering of a {c}.", "there is a {c} in this image.")
+#: Colour words of the colour-qualified paraphrases "a photo of a <colour> {c}.".
+PARAPHRASE_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
+#: Default layers: the raw image embedding, the projection input, the middle block ("block:mid").
+LAYERS = ("output", "pooled", "block:mid")
+#: Which way each metric should move after unlearning (False: lower means more forgotten).
+HIGHER_IS_BETTER = {"probe_balanced_acc": False, "probe_balanced_acc_normalised": False, "probe_recall": False,
+                    "probe_retain_acc": True, "knn_recall": False, "knn_retain_acc": True, "paraphrase_acc": False,
+                    "paraphrase_acc_max": False, "paraphrase_retain_acc": True, "retrieval_precision": False,
+                    "zeroshot_acc": False, "zeroshot_retain_acc": True}
+
+
+class AuditError(ValueError):
+    """Input the audit cannot score; the message says what and how to fix it."""
+
+
+@dataclass
+class Features:
+    """Image features of one model state: ``layers[name]`` is ``(N, width)`` float32 on CPU;
+    ``cls`` / ``dom`` are the ``(N,)`` class and domain indices."""
+    layers: dict[str, torch.Tensor]
+    cls: torch.Tensor
+    dom: torch.Tensor
+
+    def subset(self, idx: torch.Tensor) -> "Features":
+        return Features({k: v[idx] for k, v in self.layers.items()}, self.cls[idx], self.dom[idx])
+
+    def __len__(self) -> int:
+        return len(self.cls)
+
+
+# ---------------------------------------------------------------------------------------------- features
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The image tower's residual blocks (ViT) or stages (ResNet), input to output."""
+    visual = model.visual
+    for path in ("transformer.resblocks", "trunk.blocks", "trunk.stages"):
+        owner = visual
+        for name in path.split("."):
+            owner = getattr(owner, name, None)
+        if owner is not None:
+            return list(owner)
+    stages = [getattr(visual, f"layer{i}", None) for i in range(1, 5)]
+    if all(s is not None for s in stages):
+        return stages
+    raise AuditError(f"cannot find the blocks of an image tower of type {type(visual).__name__}; "
+                     "audit only layers=('output', 'pooled')")
+
+
+def resolve_layers(model: nn.Module, layers: Sequence[str] = LAYERS) -> tuple[str, ...]:
+    """``layers`` with ``block:mid`` / negative block indices made explicit (``block:3``)."""
+    out = []
+    for name in layers:
+        m = re.fullmatch(r"block:(-?\d+|mid)", name)
+        if name in ("output", "pooled"):
+            out.append(name)
+        elif m:
+            n = len(blocks(model))
+            i = n // 2 if m[1] == "mid" else int(m[1])
+            if not -n <= i < n:
+                raise AuditError(f"layer {name!r}: the image tower has {n} blocks; use block:0 .. block:{n - 1}")
+            out.append(f"block:{i % n}")
+        else:
+            raise AuditError(f"unknown layer {name!r}; use 'output', 'pooled' or 'block:<index>' / 'block:mid'")
+    return tuple(dict.fromkeys(out))
+
+
+def _summary(x: torch.Tensor) -> torch.Tensor:
+    """One vector per image from a block's output: token mean (N, L, D) or spatial mean (N, C, H, W)."""
+    x = x[0] if isinstance(x, tuple) else x
+    return x.mean(1) if x.dim() == 3 else x.mean((2, 3)) if x.dim() == 4 else x
+
+
+def _project(site, pooled: torch.Tensor) -> torch.Tensor:
+    W = getattr(site.module, site.weight)
+    if site.layout == "param":
+        return pooled @ W
+    return F.linear(pooled, W, getattr(site.module, site.bias) if site.bias else None)
+
+
+@torch.no_grad()
+def extract(model: nn.Module, batches: Iterable, layers: Sequence[str] = LAYERS) -> Features:
+    """Features of every image in ``batches`` (``(images, class_idx, domain_idx, ...)``) at ``layers``,
+    in one forward pass per batch. ``output`` is ``encode_image`` (unnormalised)."""
+    model.eval()
+    layers = resolve_layers(model, layers)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    site = find_site(model, "image")
+    tower = blocks(model) if any(name.startswith("block:") for name in layers) else []
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [tower[int(name[6:])].register_forward_hook(
+        lambda m, a, out, name=name: captured.__setitem__(name, _summary(out)))
+        for name in layers if name.startswith("block:")]
+    feats = {name: [] for name in layers}
+    cls, dom = [], []
+    checked = False
+    try:
+        for batch in batches:
+            x = batch[0].to(device, dtype)
+            pooled = site.pooled(x)
+            output = _project(site, pooled)
+            if not checked:  # the shortcut output = projection(pooled) must be encode_image itself
+                checked = True
+                exact = torch.allclose(output, model.encode_image(x), rtol=1e-4, atol=1e-5)
+            if not exact:
+                output = model.encode_image(x)
+            for name in layers:
+                v = {"output": output, "pooled": pooled}.get(name, captured.get(name))
+                feats[name].append(v.float().cpu())
+            cls.append(torch.as_tensor(batch[1]).long())
+            dom.append(torch.as_tensor(batch[2]).long())
+    finally:
+        for h in hooks:
+            h.remove()
+    if not cls:
+        raise AuditError("no images: the batches are empty")
+    return Features({k: torch.cat(v) for k, v in feats.items()}, torch.cat(cls), torch.cat(dom))
+
+
+# ---------------------------------------------------------------------------------------------- probes
+def fit_probe(X: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float = 1e-3,
+              balanced: bool = False, max_iter: int = 200):
+    """A multinomial logistic regression on standardised ``X``; returns ``predict(X) -> labels``.
+
+    Minimises the (class-balanced if ``balanced``) cross-entropy plus ``weight_decay / 2 * |W|^2``
+    with full-batch L-BFGS in float64, from zero: deterministic."""
+    X = X.double()
+    mu, sd = X.mean(0), X.std(0).clamp_min(1e-8)
+    Z = (X - mu) / sd
+    counts = torch.bincount(y, minlength=n_classes).double()
+    w = (1.0 / (n_classes * counts.clamp_min(1)))[y] if balanced else torch.full((len(y),), 1.0 / len(y),
+                                                                                  dtype=torch.float64)
+    W = torch.zeros(Z.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = (F.cross_entropy(Z @ W + b, y, reduction="none") * w).sum() + 0.5 * weight_decay * W.pow(2).sum()
+        loss.backward()
+        return loss
+    with torch.enable_grad():
+        opt.step(closure)
+    W, b = W.detach(), b.detach()
+    return lambda X: (((X.double() - mu) / sd) @ W + b).argmax(-1)
+
+
+def balanced_accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean per-class recall over the classes present in ``target``."""
+    recalls = [float((pred[target == c] == c).double().mean()) for c in target.unique()]
+    return sum(recalls) / len(recalls)
+
+
+def knn_predict(memory: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, n_classes: int,
+                k: int = 10) -> torch.Tensor:
+    """Majority vote of the ``k`` cosine-nearest ``memory`` rows (ties: the larger summed similarity)."""
+    sim = F.normalize(query.double(), dim=-1) @ F.normalize(memory.double(), dim=-1).T
+    top, idx = sim.topk(min(k, len(memory)), dim=-1)
+    votes = torch.zeros(len(query), n_classes, dtype=torch.float64)
+    votes.scatter_add_(1, labels[idx], 1 + 1e-3 * top)
+    return votes.argmax(-1)
+
+
+def _acc(pred, target, mask) -> float | None:
+    return float((pred[mask] == target[mask]).double().mean()) if mask.any() else None
+
+
+def probe_metrics(fit_x, fit: Features, test_x, test: Features, forget: torch.Tensor, n_classes: int,
+                  k: int = 10, weight_decay: float = 1e-3) -> dict:
+    """Binary probe, multi-class probe and k-NN on one layer; ``forget`` is the C x D cell mask."""
+    f_fit, f_test = forget[fit.cls, fit.dom], forget[test.cls, test.dom]
+    binary = fit_probe(fit_x, f_fit.long(), 2, weight_decay, balanced=True)
+    multi = fit_probe(fit_x, fit.cls, n_classes, weight_decay)(test_x)
+    knn = knn_predict(fit_x, fit.cls, test_x, n_classes, k)
+    return {"probe_balanced_acc": balanced_accuracy(binary(test_x), f_test.long()),
+            "probe_recall": _acc(multi, test.cls, f_test), "probe_retain_acc": _acc(multi, test.cls, ~f_test),
+            "knn_recall": _acc(knn, test.cls, f_test), "knn_retain_acc": _acc(knn, test.cls, ~f_test)}
+
+
+# ---------------------------------------------------------------------------------------------- text side
+def _zero_shot(h: torch.Tensor, T: torch.Tensor, test: Features, f_test: torch.Tensor) -> tuple:
+    pred = (F.normalize(h, dim=-1) @ T.cpu().float()).argmax(-1)
+    return _acc(pred, test.cls, f_test), _acc(pred, test.cls, ~f_test)
+
+
+def retrieval_precision(model, tokenizer, request: ForgetRequest, h: torch.Tensor, test: Features,
+                        classnames: Sequence[str], domains: Sequence[str], T: torch.Tensor) -> float:
+    """Text -> image precision at k over all test images (see the module docstring)."""
+    h = F.normalize(h, dim=-1)
+    queries, relevant = [], []
+    for c in dict.fromkeys(c for c, _ in request.forget_cells):
+        i = classnames.index(c)
+        forgotten = [d for cc, d in request.forget_cells if cc == c]
+        if len(forgotten) == len(request.domains):
+            queries.append(T[:, i].cpu().float())
+            relevant.append(test.cls == i)
+        else:
+            for d in forgotten:
+                prompts = [fill_template(t, c=c, d=d) for t in request.templates]
+                queries.append(F.normalize(text_embeddings(model, tokenizer, prompts).mean(0), dim=-1).cpu())
+                relevant.append((test.cls == i) & (test.dom == domains.index(d)))
+    hits = total = 0
+    for q, rel in zip(queries, relevant):
+        k = int(rel.sum())
+        if k:
+            hits += int(rel[(h @ q).topk(k).indices].sum())
+            total += k
+    return hits / total if total else None
+
+
+# ---------------------------------------------------------------------------------------------- audit
+def audit_features(model, tokenizer, request: ForgetRequest, fit: Features, test: Features, *,
+                   classnames: Sequence[str] | None = None, domains: Sequence[str] | None = None,
+                   templates: Sequence[str] = CLASS_TEMPLATES,
+                   paraphrase_templates: Sequence[str] = PARAPHRASE_TEMPLATES,
+                   colours: Sequence[str] = PARAPHRASE_COLOURS, k: int = 10, weight_decay: float = 1e-3) -> dict:
+    """The audit (see the module docstring) from features already extracted by :func:`extract`
+    from the model in its current state; ``model`` / ``tokenizer`` give the text side.
+    Returns a flat dict of floats (None where a set is empty)."""
+    from .metrics import forget_mask
+    classnames = tuple(request.classnames if classnames is None else classnames)
+    domains = tuple(request.domains if domains is None else domains)
+    forget = forget_mask(request, classnames, domains)
+    C = len(classnames)
+    _check(fit, test, forget, C, len(domains))
+    out = {"n_fit": len(fit), "n_test": len(test), "n_forget_test": int(forget[test.cls, test.dom].sum())}
+    for name in test.layers:
+        m = probe_metrics(fit.layers[name], fit, test.layers[name], test, forget, C, k, weight_decay)
+        out |= {(key if name == "output" else f"{key}@{name.replace(':', '')}"): v for key, v in m.items()}
+        if name == "output":
+            nf, nt = F.normalize(fit.layers[name], dim=-1), F.normalize(test.layers[name], dim=-1)
+            out["probe_balanced_acc_normalised"] = probe_metrics(
+                nf, fit, nt, test, forget, C, k, weight_decay)["probe_balanced_acc"]
+    if "output" not in test.layers:
+        return out
+    h, f_test = test.layers["output"], forget[test.cls, test.dom]
+    T = classifier(model, tokenizer, classnames, templates)
+    out["zeroshot_acc"], out["zeroshot_retain_acc"] = _zero_shot(h, T, test, f_test)
+    para = [[f"a photo of a {colour} {{c}}."] for colour in colours] + [[t] for t in paraphrase_templates]
+    accs = [_zero_shot(h, classifier(model, tokenizer, classnames, t), test, f_test) for t in para]
+    out["paraphrase_acc"] = sum(a for a, _ in accs) / len(accs)
+    out["paraphrase_acc_max"] = max(a for a, _ in accs)
+    out["paraphrase_retain_acc"] = sum(r for _, r in accs) / len(accs)
+    out["retrieval_precision"] = retrieval_precision(model, tokenizer, request, h, test, classnames, domains, T)
+    return out
+
+
+def _check(fit: Features, test: Features, forget: torch.Tensor, C: int, D: int) -> None:
+    for what, f in (("fit", fit), ("test", test)):
+        if len(f) and (int(f.cls.max()) >= C or int(f.dom.max()) >= D or int(f.cls.min()) < 0 or int(f.dom.min()) < 0):
+            raise AuditError(f"the {what} split has labels outside {C} classes x {D} domains; pass the data's "
+                             "`classnames` / `domains` in label-index order")
+        f_mask = forget[f.cls, f.dom]
+        if not f_mask.any() or f_mask.all():
+            raise AuditError(f"the {what} split has {int(f_mask.sum())} images of forgotten cells out of {len(f)}; "
+                             "the audit needs images of both forgotten and retained cells in both splits")
+        if len(f.cls.unique()) < 2:
+            raise AuditError(f"the {what} split has images of a single class; the probes need at least two")
+
+
+def audit(model, tokenizer, request: ForgetRequest, fit_batches: Iterable, test_batches: Iterable, *,
+          layers: Sequence[str] = LAYERS, **kwargs) -> dict:
+    """Extract features of ``fit_batches`` and ``test_batches`` (``(images, class_idx, domain_idx, ...)``)
+    at ``layers`` and return :func:`audit_features` (keyword arguments are passed on)."""
+    return audit_features(model, tokenizer, request, extract(model, fit_batches, layers),
+                          extract(model, test_batches, layers), **kwargs)
+
+
+def compare(before: dict, after: dict) -> dict:
+    """``{key}_before``, ``{key}_after`` and ``{key}_delta`` (after - before) for every shared key."""
+    out = {}
+    for key in before:
+        if key in after:
+            b, a = before[key], after[key]
+            out |= {f"{key}_before": b, f"{key}_after": a,
+                    f"{key}_delta": None if a is None or b is None else a - b}
+    return out
+
+
+def split_cells(cls: torch.Tensor, dom: torch.Tensor, classnames: Sequence[str] | None = None,
+                domains: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic stratified half split of a labelled image set: within every (class, domain)
+    cell, in data order, images 0, 2, 4, ... go to the fit split and 1, 3, 5, ... to the test split.
+    Every cell present needs at least two images. Returns the (sorted) fit and test indices."""
+    cls, dom = torch.as_tensor(cls).long(), torch.as_tensor(dom).long()
+    key = cls * (int(dom.max()) + 1) + dom
+    fit, test = [], []
+    for cell in key.unique():
+        idx = (key == cell).nonzero().flatten()
+        if len(idx) < 2:
+            c, d = int(cls[idx[0]]), int(dom[idx[0]])
+            name = (classnames[c] if classnames else c, domains[d] if domains else d)
+            raise AuditError(f"cell (class, domain) = {name} has {len(idx)} image; the audit needs at least 2 images "
+                             "per cell (half fit the probes, half score them); add images to that cell or run "
+                             "without the audit")
+        fit.append(idx[0::2])
+        test.append(idx[1::2])
+    return torch.cat(fit).sort().values, torch.cat(test).sort().values
+
+
+def audit_dataset(model, tokenizer, request: ForgetRequest, dataset, *, batch_size: int = 256, num_workers: int = 0,
+                  layers: Sequence[str] = LAYERS, **kwargs) -> dict:
+    """The audit on one labelled dataset (items ``(image, class_idx, domain_idx, ...)``, with
+    ``classnames`` / ``domains`` attributes when the request's names are not in label order), split
+    by :func:`split_cells`: features are extracted once, half of each cell fits the probes."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    kwargs.setdefault("classnames", getattr(dataset, "classnames", None))
+    kwargs.setdefault("domains", getattr(dataset, "domains", None))
+    feats = extract(model, loader, layers)
+    fit, test = split_cells(feats.cls, feats.dom, kwargs["classnames"], kwargs["domains"])
+    return audit_features(model, tokenizer, request, feats.subset(fit), feats.subset(test), **kwargs)
+
+
+def format_audit(result: dict, before: dict | None = None) -> str:
+    """A text table of an audit (metric, value; with ``before``: before -> after)."""
+    rows = [(k, v) for k, v in result.items() if not k.startswith("n_")]
+    width = max(len(k) for k, _ in rows)
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [f"{'metric'.ljust(width)}  " + ("before -> after" if before else "value")]
+    for k, v in rows:
+        lines.append(f"{k.ljust(width)}  " + (f"{fmt(before.get(k))} -> {fmt(v)}" if before else fmt(v)))
+    return "\n".join(lines)

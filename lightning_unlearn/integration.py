@@ -1,0 +1,140 @@
+"""What the callback and ``CLIPUnlearning`` share, without Lightning: config and request coercion,
+finding the open_clip model on a module, strategy checks, and computing the edit on a strategy's
+device (rank 0's maps broadcast to every rank).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .edit import ProjectorEdit, UnlearnConfig, Unlearned, edits, unlearn_
+from .request import ForgetRequest
+from .sites import find_site
+from .state import info_edit_id
+
+#: Strategies that shard or flatten parameters: the parametrized projection cannot live there.
+SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
+
+
+class UnsupportedStrategyError(ValueError):
+    """The Trainer's strategy cannot carry a parametrized edit."""
+
+
+def make_config(config: UnlearnConfig | Mapping | None = None, **overrides) -> UnlearnConfig:
+    """An :class:`UnlearnConfig` from a config, a dict of its fields, or ``None`` (defaults), with
+    ``overrides``; unknown field names raise a ``ValueError`` listing the valid ones."""
+    if config is None:
+        config = UnlearnConfig()
+    elif isinstance(config, Mapping):
+        overrides = {**config, **overrides}
+        config = UnlearnConfig()
+    elif not isinstance(config, UnlearnConfig):
+        raise TypeError(f"`config` must be an UnlearnConfig, a dict of its fields or None, got {type(config).__name__}")
+    fields = [f.name for f in dataclasses.fields(UnlearnConfig)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        hints = {u: difflib.get_close_matches(u, fields, n=1) for u in unknown}
+        hint = "; ".join(f"{u!r} -> did you mean {h[0]!r}?" for u, h in hints.items() if h)
+        raise ValueError(f"unknown UnlearnConfig field(s) {unknown}{' (' + hint + ')' if hint else ''}; "
+                         f"valid fields are {fields}")
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def make_request(request: ForgetRequest | Mapping) -> ForgetRequest:
+    if isinstance(request, ForgetRequest):
+        return request
+    if isinstance(request, Mapping):
+        return ForgetRequest.from_dict(dict(request))
+    raise TypeError(f"`request` must be a ForgetRequest or a dict from ForgetRequest.to_dict(), "
+                    f"got {type(request).__name__}")
+
+
+def carried_edit_ids(model: nn.Module) -> list[str | None]:
+    """The :func:`~lightning_unlearn.state.edit_id` of every edit ``model`` carries, in application order."""
+    return [info_edit_id(e.info) for _, e in edits(model)]
+
+
+def find_clip(module: nn.Module, attr: str | None = None) -> tuple[str, nn.Module]:
+    """(attribute path, model) of the open_clip model held by ``module``: the one at ``attr``
+    (e.g. ``"clip"`` or ``"backbone.model"``), else the only CLIP / CustomTextCLIP among its
+    submodules (``module`` itself counts, with path ``""``)."""
+    from open_clip.model import CLIP, CustomTextCLIP
+    found = [(name, m) for name, m in module.named_modules() if isinstance(m, (CLIP, CustomTextCLIP))]
+    names = [n or "<the module itself>" for n, _ in found]
+    owner = type(module).__name__
+    if attr is not None:
+        obj = module
+        for i, part in enumerate(attr.split(".")):
+            if not hasattr(obj, part):
+                where = ".".join(attr.split(".")[:i]) or owner
+                raise ValueError(f"`model_attr`={attr!r}: {where} has no attribute {part!r}; open_clip models found "
+                                 f"in {owner}: {names or 'none'}")
+            obj = getattr(obj, part)
+        if not isinstance(obj, (CLIP, CustomTextCLIP)):
+            raise TypeError(f"`model_attr`={attr!r} is a {type(obj).__name__}, not an open_clip CLIP or "
+                            f"CustomTextCLIP; open_clip models found in {owner}: {names or 'none'}")
+        return attr, obj
+    if not found:
+        raise ValueError(f"no open_clip model (CLIP or CustomTextCLIP) found in {owner}: keep one as an attribute "
+                         "(e.g. `self.clip = open_clip.create_model(...)`) or pass `model_attr='path.to.model'`")
+    if len(found) > 1:
+        raise ValueError(f"{len(found)} open_clip models found in {owner}: {names}; pass `model_attr=` one of them")
+    return found[0]
+
+
+def check_strategy(strategy: Any, who: str, allow_fork: bool = False) -> None:
+    """Raise :class:`UnsupportedStrategyError` for strategies that cannot carry the edit."""
+    kinds = {c.__name__ for c in type(strategy).__mro__}
+    sharded = sorted(kinds & set(SHARDED_STRATEGIES))
+    if sharded:
+        raise UnsupportedStrategyError(
+            f"{who} does not support `strategy`={type(strategy).__name__}: sharded strategies (FSDP, DeepSpeed, "
+            "model parallel) flatten or partition the projection weight that the edit parametrizes. Use "
+            "strategy='ddp' (or a single device); the edit is a small frozen d x d map, the model is not sharded")
+    launcher = getattr(strategy, "launcher", None)
+    method = getattr(launcher, "_start_method", None)
+    if type(launcher).__name__ == "_MultiProcessingLauncher" and (method != "fork" or not allow_fork):
+        name = {"spawn": "ddp_spawn", "fork": "ddp_fork / ddp_notebook"}.get(method, f"start method {method!r}")
+        why = ("pickles the LightningModule into each process, and torch parametrized modules (the injected edit) "
+               "cannot be pickled" if method != "fork" else
+               "edits the model in forked processes and loads rank 0's weights back into the main process's "
+               "un-edited model, which cannot receive them")
+        raise UnsupportedStrategyError(f"{who} does not support `strategy`={name!r}: it {why}. Use strategy='ddp', "
+                                       "which launches each rank as a subprocess running your script")
+
+
+def tower_edits(model: nn.Module, config: UnlearnConfig) -> dict[str, list[ProjectorEdit]]:
+    """The last injected edit of every tensor each tower's edit changes (weight, and bias at "joint")."""
+    out = {}
+    for tower in config.towers:
+        site = find_site(model, tower)
+        names = [site.weight] + ([site.bias] if site.bias is not None and config.site == "joint" else [])
+        out[tower] = [getattr(site.module.parametrizations, n)[-1] for n in names
+                      if parametrize.is_parametrized(site.module, n)]
+    return out
+
+
+def compute_edit_(model: nn.Module, tokenizer: Callable, request: ForgetRequest, config: UnlearnConfig, *,
+                  strategy: Any = None, compose: bool = False, progress: bool = False) -> Unlearned:
+    """:func:`unlearn_` on the strategy's device; under a multi-process strategy every rank computes
+    (same seed) and then takes rank 0's maps, so all ranks carry bit-identical projectors."""
+    if strategy is not None:
+        model.to(strategy.root_device)
+    result = unlearn_(model, tokenizer, request, config, compose=compose, progress=progress)
+    if strategy is not None and getattr(strategy, "world_size", 1) > 1:
+        maps = strategy.broadcast({k: v.detach().cpu() for k, v in result.maps.items()}, src=0)
+        with torch.no_grad():
+            for tower, tower_maps in tower_edits(model, config).items():
+                for e in tower_maps:
+                    e.P.weight.copy_(maps[tower].to(e.P.weight))
+        result.maps = maps
+    return result
+
+
+def edit_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [e.P.weight for _, e in edits(model)]
