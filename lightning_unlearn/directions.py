@@ -100,32 +100,36 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
                       progress: bool = True) -> tuple[torch.Tensor, dict]:
     """Site columns (n x k * n_prototypes, target-major) of the prototypes of ``targets`` (k x d,
     named by ``keys``) with the early stop over ``classes`` (named by ``label_key``), and their
-    statistics. Prototypes already in the current :mod:`cache`'s bank for this model are reused;
-    the others are synthesised in batches of cells and added to it."""
+    statistics. Cells are synthesised in batches (bounded memory); a batch already in the current
+    :mod:`cache`'s bank for this model (same cells, label space, seed and settings) is reused."""
     store = cache.current()
     bank = None if store is None else store.bank(cache.weights_key(model))
     settings = dict(labels=label_key, seed=seed, n=n_prototypes, steps=proto_steps, lr=proto_lr, where=where,
                     site=site.weight, dims=site.dims)
-    names = [cache.settings_key(cell=k, **settings) for k in keys]
-    found = {i: bank.get(nm) for i, nm in enumerate(names)} if bank is not None else {}
-    todo = [i for i in range(len(keys)) if found.get(i) is None]
     size = protos.model_io(model)[0]
     per = max(1, CHUNK_224 * 224 ** 2 // (size ** 2 * n_prototypes))  # cells per batch
-    seconds = 0.0
-    for j in range(0, len(todo), per):
-        idx = todo[j:j + per]
+    found, seconds, todo = {}, 0.0, 0
+    for j in range(0, len(keys), per):  # a batch's early stop depends on all its cells: keyed together
+        idx = list(range(j, min(j + per, len(keys))))
+        batch = cache.settings_key(cells=[keys[i] for i in idx])
+        names = [cache.settings_key(cell=keys[i], batch=batch, **settings) for i in idx]
+        hits = [bank.get(nm) for nm in names] if bank is not None else [None] * len(idx)
+        if all(h is not None for h in hits):
+            found.update(zip(idx, hits))
+            continue
+        todo += len(idx)
         p = protos.synthesize(model, targets[idx], n_per_text=n_prototypes, steps=proto_steps, lr=proto_lr,
                               seed=seed, classes=classes, keys=[keys[i] for i in idx], progress=progress)
         cols = to_site(model, site, where, images=p.images.flatten(0, 1)).T.reshape(len(idx), n_prototypes, -1)
         seconds += p.seconds
-        for r, i in enumerate(idx):
+        for r, (i, nm) in enumerate(zip(idx, names)):
             found[i] = torch.cat([cols[r], p.cos[r, :, None], p.steps[r, :, None].float()], 1)
             if bank is not None:
-                bank.put(names[i], found[i])
+                bank.put(nm, found[i])
     rows = torch.cat([found[i] for i in range(len(keys))])  # k * n_prototypes x (n + 2)
     stats = {"n_prototypes": rows.shape[0], "prototype_cos": float(rows[:, -2].mean()),
              "prototype_steps": int(rows[:, -1].max()), "prototype_image_steps": int(rows[:, -1].sum()),
-             "prototypes_reused": (len(keys) - len(todo)) * n_prototypes, "prototype_seconds": round(seconds, 3)}
+             "prototypes_reused": (len(keys) - todo) * n_prototypes, "prototype_seconds": round(seconds, 3)}
     return rows[:, :-2].T.contiguous(), stats
 
 

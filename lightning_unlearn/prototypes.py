@@ -2,10 +2,9 @@
 
 Images start from noise and follow Adam on the pixels to maximise ``cos(f(x), t)`` for their
 text embedding ``t``, with random jitter, an occasional blur, pixel clamping and an L2
-penalty. Each image stops as soon as it is classified as its own text with high confidence
-and leaves the batch, so the cost is the sum of the steps each image needs. An image depends only
-on its own text, its key and the seed (its noise is drawn from ``(seed, key, index)``, the jitter
-from ``seed``), not on the other images of the batch: prototypes can be cached per cell.
+penalty, stopping early once every image is classified as its own text with high confidence
+(optionally each image on its own). An image's starting noise is drawn from ``(seed, key)`` and the
+jitter from ``seed``: with the per-image stop an image depends only on its own text, key and seed.
 """
 from __future__ import annotations
 
@@ -52,12 +51,14 @@ def _noise(key: str, seed: int, n: int, size: int) -> torch.Tensor:
 
 def synthesize(model, texts: torch.Tensor, n_per_text: int = 4, steps: int = 60, lr: float = 0.05,
                seed: int = 0, l2: float = 1e-3, blur_every: int = 10, stop_prob: float = 0.9, check_every: int = 10,
-               classes: torch.Tensor | None = None, keys=None, progress: bool = True) -> Prototypes:
+               classes: torch.Tensor | None = None, keys=None, per_image: bool = False,
+               progress: bool = True) -> Prototypes:
     """Synthesise ``n_per_text`` images for every row of ``texts`` (k x d, normalised text
     embeddings), in one batch. ``classes`` (m x d, default ``texts``) is the label space of the
-    early stop: an image stops once its own text's nearest class has probability >
+    early stop: the batch stops once every image's own class (its text's nearest class) has probability >
     ``stop_prob`` under ``softmax(100 cos)`` (checked every ``check_every`` steps), or after
-    ``steps``. ``keys`` (k strings, default the row numbers) name the texts for the starting noise. Deterministic for a ``seed``."""
+    ``steps``; with ``per_image`` each image leaves the batch at its own first such check (fewer
+    steps, but weaker prototypes: measured on whole-domain requests, off by default). ``keys`` (k strings, default the row numbers) name the texts for the starting noise. Deterministic for a ``seed``."""
     if n_per_text < 1 or steps < 1:
         raise ValueError(f"`n_per_text`={n_per_text} and `steps`={steps} must be >= 1")
     k = texts.shape[0]
@@ -101,8 +102,9 @@ def synthesize(model, texts: torch.Tensor, n_per_text: int = 4, steps: int = 60,
                 x[active] = xa.clamp(0, 1)
                 if stop_prob < 1 and step % check_every == 0:  # read on this step's (jittered) forward
                     done = (100 * h @ C.T).softmax(-1).gather(1, own[active, None]).squeeze(1) > stop_prob
-                    ran[active[done].cpu()] = step
-                    active = active[~done]
+                    if per_image or bool(done.all()):
+                        ran[active[done].cpu()] = step
+                        active = active[~done]
                     if not len(active):
                         break
         with torch.no_grad():

@@ -93,13 +93,15 @@ def test_prompt_cache_is_per_model_and_nests(two, monkeypatch):
             pass
 
 
-def test_prototypes_do_not_depend_on_their_batch(two):
+def test_prototypes_stopped_per_image_do_not_depend_on_their_batch(two):
     model, _, tok = two
     T = directions.cell_texts(model, tok, [("dog", "photo"), ("cat", "sketch"), ("bird", "photo")], ["a {d} of a {c}."])
-    both = prototypes.synthesize(model, T[:2], n_per_text=2, steps=5, classes=T, keys=["x", "y"], progress=False)
-    alone = prototypes.synthesize(model, T[1:2], n_per_text=2, steps=5, classes=T, keys=["y"], progress=False)
+    both = prototypes.synthesize(model, T[:2], n_per_text=2, steps=5, classes=T, keys=["x", "y"], per_image=True,
+                                 progress=False)
+    alone = prototypes.synthesize(model, T[1:2], n_per_text=2, steps=5, classes=T, keys=["y"], per_image=True, progress=False)
     torch.testing.assert_close(alone.images[0], both.images[1], atol=1e-5, rtol=0)
-    other = prototypes.synthesize(model, T[1:2], n_per_text=2, steps=5, classes=T, keys=["y"], seed=1, progress=False)
+    other = prototypes.synthesize(model, T[1:2], n_per_text=2, steps=5, classes=T, keys=["y"], seed=1, per_image=True,
+                                  progress=False)
     assert not torch.allclose(other.images, alone.images)
     assert both.steps.shape == (2, 2) and int(both.steps.max()) <= 5
 
