@@ -6,13 +6,14 @@ The Lightning pieces are imported lazily, so ``import lightning_unlearn`` does n
 """
 from .edit import EditError, ProjectorEdit, UnlearnConfig, Unlearned, edits, fold_, inject_, restore_, unlearn_
 from .request import ForgetRequest, RequestError
+from .encoders import hf_tokenizer
 from .sites import UnsupportedModelError
 
 _LAZY = {"CLIPUnlearning": "module", "NullspaceUnlearning": "callback", "UnlearningAccuracy": "metrics",
          "WorldDataModule": "datamodules", "FolderDataModule": "datamodules"}
 
 __all__ = ["ForgetRequest", "RequestError", "UnlearnConfig", "Unlearned", "unlearn_", "fold_", "restore_",
-           "inject_", "edits", "ProjectorEdit", "EditError", "UnsupportedModelError", *_LAZY]
+           "inject_", "edits", "ProjectorEdit", "EditError", "UnsupportedModelError", "hf_tokenizer", *_LAZY]
 __version__ = "0.1.0"
 
 

@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 
 from . import cache, nullspace
 from . import prototypes as protos
+from .encoders import encode_image
 from .prompts import cell_prompts, fill_template
 from .request import ForgetRequest
 from .sites import Site
@@ -60,8 +61,7 @@ def _edited_range(model, site: Site, where: str) -> torch.Tensor | None:
     there: it then keeps the earlier requests forgotten (with an alpha=1 projector, range(C) is
     span(U_f) complement and this is C itself). The "pooled" site reads through the edited weight
     already, and text-tower embeddings come from the edited tower."""
-    if where != "joint" or not parametrize.is_parametrized(site.module, site.weight) or \
-            not any(m is site.module for m in model.visual.modules()):
+    if where != "joint" or not parametrize.is_parametrized(site.module, site.weight) or site.tower != "image":
         return None
     C = torch.eye(site.dims[1], dtype=torch.float64)
     for e in getattr(site.module.parametrizations, site.weight):  # in application order
@@ -84,7 +84,7 @@ def to_site(model, site: Site, where: str, text: torch.Tensor | None = None,
     if images is not None and len(images):
         with torch.no_grad():
             x = protos.normalise_images(model, images)
-            feats = model.encode_image(x) if where == "joint" else site.pooled(x)
+            feats = encode_image(model, x) if where == "joint" else site.pooled(x)
         cols.append(F.normalize(feats.float(), dim=-1).T.cpu())
     n = site.dims[1] if where == "joint" else site.dims[0]
     return torch.cat(cols, 1) if cols else torch.zeros(n, 0)

@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import nullspace
+from . import deep, nullspace
 from .directions import build, build_constraints
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
-from .sites import SITES, TOWERS, Site, find_site
+from .sites import SITES, TOWERS, EditLinear, Site, find_site, uninstall_
 from .state import provenance
 
 METHODS = ("multimodal", "text")
 SOLVERS = ("two-sided", "projector", "regularized")
+DEPTHS = ("shallow", "deep")
 PROTECT = ("none", "classes", "cells")
 
 
@@ -40,7 +42,9 @@ class UnlearnConfig:
     ``mu``); ``alpha`` in [0, 1] scales the removal; ``site``: "joint" (d x d after the
     projection) or "pooled" (D x D before it, image tower only). Two-sided only: ``text_first``
     (stage 1, see :func:`compute_map`), ``margin`` and ``sink_margin`` (where forgotten prototypes
-    are sent, see :func:`directions.build_constraints`), the weights of text and image constraints."""
+    are sent, see :func:`directions.build_constraints`), the weights of text and image constraints.
+    ``depth``: "shallow" (the surface edit alone) or "deep" (the surface edit after the output eraser
+    of :func:`deep.output_eraser`, from ``deep_prototypes`` prototypes per cell; joint site only)."""
     method: str = "multimodal"
     solver: str = "two-sided"
     alpha: float = 1.0
@@ -63,10 +67,13 @@ class UnlearnConfig:
     proto_lr: float = 0.05
     class_templates: tuple = CLASS_TEMPLATES
     seed: int = 0
+    depth: str = "shallow"
+    deep_prototypes: int = 1
 
     def __post_init__(self):
         for name, value, allowed in [("method", self.method, METHODS), ("solver", self.solver, SOLVERS),
-                                     ("site", self.site, SITES), ("protect", self.protect, PROTECT)]:
+                                     ("site", self.site, SITES), ("protect", self.protect, PROTECT),
+                                     ("depth", self.depth, DEPTHS)]:
             if value not in allowed:
                 raise ValueError(f"`{name}`={value!r} is not one of {allowed}")
         if not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
@@ -82,6 +89,11 @@ class UnlearnConfig:
         if not self.margin >= 0 or not self.sink_margin >= 0:
             raise ValueError(f"`margin`={self.margin} and `sink_margin`={self.sink_margin} must be >= 0 (how far past "
                              "the sink forgotten prototypes are sent; defaults 0.75 and 0.25)")
+        if self.depth == "deep" and (self.site != "joint" or "image" not in towers):
+            raise ValueError(f"`depth`='deep' erases at the image output: it needs site='joint' and the image tower, "
+                             f"got site={self.site!r}, towers={towers}")
+        if self.deep_prototypes < 1:
+            raise ValueError(f"`deep_prototypes`={self.deep_prototypes} must be >= 1 (prototypes per cell of the eraser)")
         if self.n_prototypes < 1 or self.proto_steps < 1:
             raise ValueError(f"`n_prototypes`={self.n_prototypes} and `proto_steps`={self.proto_steps} must be >= 1")
 
@@ -101,7 +113,8 @@ class ProjectorEdit(nn.Module):
 
     def forward(self, W: torch.Tensor) -> torch.Tensor:
         M = self.P.weight.float()
-        with torch.autocast(device_type=W.device.type, enabled=False):
+        meta = W.device.type == "meta"  # shapes only (autocast has no meta device)
+        with nullcontext() if meta else torch.autocast(device_type=W.device.type, enabled=False):
             Wf = W.float()
             if self.layout == "bias":
                 out = M @ Wf
@@ -145,6 +158,8 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
     if tuple(M.shape) != (n, n):
         raise ValueError(f"the edit has shape {tuple(M.shape)}, but the {tower} projection needs ({n}, {n}) at "
                          f"site {site!r}")
+    if s.slot is not None and s.slot.installed is None:  # a tower with no projection: add the layer
+        s.slot.install(s.module)
     for module, name, layout in _edited_tensors(s, site):
         edit = ProjectorEdit(n, site, layout, info)
         with torch.no_grad():
@@ -177,24 +192,29 @@ def _remove(module: nn.Module, name: str, leave_parametrized: bool) -> None:
 
 
 def restore_(model: nn.Module) -> nn.Module:
-    """Remove every injected edit: the state_dict is then bit-identical to the original."""
+    """Remove every injected edit (and every layer an edit installed): the state_dict is then
+    bit-identical to the original."""
     for module, name in _parametrized(model):
         _remove(module, name, leave_parametrized=False)
+    uninstall_(model)
     return model
 
 
 def fold_(model: nn.Module) -> dict[str, torch.Tensor]:
     """Merge every injected edit into its projection weight: a plain open_clip model with the
     original state_dict keys and no inference overhead. Returns the original weights by key, the
-    only way back (``model.load_state_dict(originals, strict=False)``)."""
+    only way back (``model.load_state_dict(originals, strict=False)``). A layer an edit installed on
+    a tower with no projection stays, as a plain ``nn.Linear`` holding the edit."""
     names = {id(m): n for n, m in model.named_modules()}
     originals = {}
     for module, name in _parametrized(model):
         key = f"{names[id(module)]}.{name}".lstrip(".")
-        originals[key] = getattr(module.parametrizations, name).original.detach().clone()
+        if not isinstance(module, EditLinear):  # an installed layer has no original
+            originals[key] = getattr(module.parametrizations, name).original.detach().clone()
         requires_grad = getattr(module.parametrizations, name).original.requires_grad
         _remove(module, name, leave_parametrized=True)
         getattr(module, name).requires_grad_(requires_grad)
+    uninstall_(model, plain=True)
     return originals
 
 
@@ -246,9 +266,12 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
 
 
 def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: UnlearnConfig | None = None, *,
-             compose: bool = False, progress: bool = True, **overrides) -> Unlearned:
+             compose: bool = False, progress: bool = True, evidence: dict | None = None, **overrides) -> Unlearned:
     """Compute the edit for ``request`` and inject it in place (see :class:`UnlearnConfig` for the
     options; keyword ``overrides`` replace config fields, e.g. ``alpha=0.5``).
+
+    ``evidence`` (``depth="deep"`` only): ``{(class, domain): preprocessed images (N, 3, H, W)}`` for
+    forgotten cells; the eraser then reads those cells' mean output from real images instead of prototypes.
 
     An already edited model raises unless ``compose=True``: the new edit is then computed on the
     edited model and appended, so both requests stay forgotten; :func:`restore_` undoes all.
@@ -256,21 +279,33 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     if not isinstance(request, ForgetRequest):
         raise TypeError(f"`request` must be a ForgetRequest, got {type(request).__name__}")
     cfg = replace(config or UnlearnConfig(), **overrides)
+    if evidence is not None and cfg.depth != "deep":
+        raise ValueError("`evidence` is read by the deep mode only; pass depth='deep' with it (or drop evidence)")
     existing = edits(model)
     if existing and not compose:
         raise EditError(f"the model already carries {len(existing)} edit(s) ({sorted({n for n, _ in existing})}); "
                         "pass compose=True to add this request on top, or call restore_(model) first")
     t0 = time.perf_counter()
     sites = {tower: find_site(model, tower) for tower in cfg.towers}  # fail early on unsupported models
+    deep.check_evidence(evidence, request, model)  # and on bad evidence
     maps, ranks, stats = {}, {}, {}
     was_training = model.training
     model.eval()
     try:
         for tower, site in sites.items():  # prompts and prototypes go through cache.current()
             maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
+        if cfg.depth == "deep":  # erase first, on the raw output: M = M_surface E
+            E, deep_stats = deep.output_eraser(
+                model, tokenizer, request, n_prototypes=cfg.deep_prototypes, proto_steps=cfg.proto_steps,
+                proto_lr=cfg.proto_lr, seed=cfg.seed, class_templates=cfg.class_templates, evidence=evidence,
+                progress=progress)
+            maps["image"] = (maps["image"].double() @ E.double()).float()
+            stats["image"] |= deep_stats
     finally:
         model.train(was_training)
     info = provenance(request, cfg)
+    if evidence is not None:
+        info["evidence"] = stats["image"]["evidence_images"]
     for tower, M in maps.items():
         inject_(model, M, tower, cfg.site, info)
     return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0)

@@ -35,7 +35,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .edit import EditError, ProjectorEdit, Unlearned, edits, fold_, inject_, restore_
-from .sites import TOWERS, UnsupportedModelError, find_site
+from .encoders import hf_kind
+from .sites import TOWERS, UnsupportedModelError, find_site, folded_config
 from .state import compare_digests, provenance, weights_digest
 
 FORMAT = "lightning_unlearn.edit"
@@ -212,6 +213,7 @@ def write_folded_into(folder: str | Path, model: nn.Module, model_cfg: dict,
         raise ArtifactError("`model_cfg` must be an open_clip model config dict with 'vision_cfg' and 'text_cfg' "
                             f"(from open_clip.get_model_config(name)); got {got}")
     folder = Path(folder)
+    model_cfg = folded_config(model, model_cfg)  # a layer an edit installed becomes an open_clip projection
     provenance = [dict(e.info, tensor=name) for name, e in edits(model) if e.layout != "bias"]
     folded = copy.deepcopy(model)
     fold_(folded)
@@ -239,9 +241,34 @@ def save_folded(model: nn.Module, model_cfg: dict, out_dir: str | Path, overwrit
 
     >>> # save_folded(model, open_clip.get_model_config("ViT-B-32"), "vit-b32-no-dogs")
     >>> # open_clip.create_model_and_transforms("local-dir:vit-b32-no-dogs")
+
+    A transformers model (``model_cfg=None``) is written by :func:`save_pretrained_folded`.
     """
+    if hf_kind(model):
+        if model_cfg is not None:
+            raise ValueError("a transformers model carries its own config: pass model_cfg=None")
+        return save_pretrained_folded(model, out_dir, overwrite)
     with staged_dir(out_dir, overwrite) as tmp:
         write_folded_into(tmp, model, model_cfg, preprocess_cfg)
+    return Path(out_dir)
+
+
+def save_pretrained_folded(model: nn.Module, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write a transformers ``CLIPModel`` / ``SiglipModel`` with its edits folded in, by
+    ``save_pretrained``: the folder loads with ``<Class>.from_pretrained(out_dir)``, no
+    lightning_unlearn needed. A tower whose edit sits in a layer the architecture does not have
+    (the vision tower of ``SiglipModel``) raises: ``from_pretrained`` would drop that layer."""
+    for tower in TOWERS:
+        site = find_site(model, tower)
+        if site.slot is not None and site.slot.installed is not None and site.slot.folded_cfg is None:
+            raise ArtifactError(f"the {tower} edit of this {type(model).__name__} lives in a layer its architecture "
+                                "does not have (no projection on that tower), so from_pretrained would drop it: save "
+                                "the edit with save_edit and re-apply it with apply_edit after from_pretrained, or "
+                                "edit the other tower (towers=('text',))")
+    with staged_dir(out_dir, overwrite) as tmp:
+        folded = copy.deepcopy(model)
+        fold_(folded)
+        folded.save_pretrained(str(tmp))
     return Path(out_dir)
 
 

@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 
 from .edit import ProjectorEdit, UnlearnConfig, Unlearned, edits, unlearn_
 from .request import ForgetRequest
-from .sites import find_site
+from .sites import find_site, is_clip
 from .state import info_edit_id
 
 #: Strategies that shard or flatten parameters: the parametrized projection cannot live there.
@@ -60,11 +60,11 @@ def carried_edit_ids(model: nn.Module) -> list[str | None]:
 
 
 def find_clip(module: nn.Module, attr: str | None = None) -> tuple[str, nn.Module]:
-    """(attribute path, model) of the open_clip model held by ``module``: the one at ``attr``
-    (e.g. ``"clip"`` or ``"backbone.model"``), else the only CLIP / CustomTextCLIP among its
-    submodules (``module`` itself counts, with path ``""``)."""
-    from open_clip.model import CLIP, CustomTextCLIP
-    found = [(name, m) for name, m in module.named_modules() if isinstance(m, (CLIP, CustomTextCLIP))]
+    """(attribute path, model) of the CLIP model held by ``module``: the one at ``attr`` (e.g.
+    ``"clip"`` or ``"backbone.model"``), else the only CLIP model among its submodules (open_clip
+    CLIP / CustomTextCLIP / CoCa, transformers CLIPModel / SiglipModel; ``module`` itself counts,
+    with path ``""``)."""
+    found = [(name, m) for name, m in module.named_modules() if is_clip(m)]
     names = [n or "<the module itself>" for n, _ in found]
     owner = type(module).__name__
     if attr is not None:
@@ -75,12 +75,14 @@ def find_clip(module: nn.Module, attr: str | None = None) -> tuple[str, nn.Modul
                 raise ValueError(f"`model_attr`={attr!r}: {where} has no attribute {part!r}; open_clip models found "
                                  f"in {owner}: {names or 'none'}")
             obj = getattr(obj, part)
-        if not isinstance(obj, (CLIP, CustomTextCLIP)):
-            raise TypeError(f"`model_attr`={attr!r} is a {type(obj).__name__}, not an open_clip CLIP or "
-                            f"CustomTextCLIP; open_clip models found in {owner}: {names or 'none'}")
+        if not is_clip(obj):
+            raise TypeError(f"`model_attr`={attr!r} is a {type(obj).__name__}, not a CLIP model (open_clip CLIP, "
+                            f"CustomTextCLIP, CoCa; transformers CLIPModel, SiglipModel); CLIP models found in "
+                            f"{owner}: {names or 'none'}")
         return attr, obj
     if not found:
-        raise ValueError(f"no open_clip model (CLIP or CustomTextCLIP) found in {owner}: keep one as an attribute "
+        raise ValueError(f"no CLIP model (open_clip CLIP / CustomTextCLIP / CoCa, transformers CLIPModel / "
+                         f"SiglipModel) found in {owner}: keep one as an attribute "
                          "(e.g. `self.clip = open_clip.create_model(...)`) or pass `model_attr='path.to.model'`")
     if len(found) > 1:
         raise ValueError(f"{len(found)} open_clip models found in {owner}: {names}; pass `model_attr=` one of them")

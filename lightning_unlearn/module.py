@@ -31,7 +31,8 @@ from .load import load_clip, model_cfg_of
 from .metrics import UnlearningAccuracy
 from .prompts import CLASS_TEMPLATES, fill_template, validate_templates
 from .request import ForgetRequest, RequestError, as_names
-from .sites import find_site
+from .encoders import encode_image, encode_text, to_device, tokenize
+from .sites import find_site, is_clip
 from .state import EDIT_ID_LEN, config_dict, edit_id, edit_id_from_tensor, edit_id_tensor
 
 STAGES = ("fit", "validate", "test", "predict")
@@ -164,13 +165,13 @@ class CLIPUnlearning(LightningModule):
     @staticmethod
     def _check_source(model, tokenizer, arch, weights) -> None:
         """Cheap checks of where the model comes from, before anything is loaded."""
-        from open_clip.model import CLIP, CustomTextCLIP
         if tokenizer is not None and not callable(tokenizer):
             raise TypeError(f"`tokenizer` must be callable (open_clip.get_tokenizer(<name>)), got "
                             f"{type(tokenizer).__name__}")
         if model is not None:
-            if not isinstance(model, (CLIP, CustomTextCLIP)):
-                raise TypeError(f"`model` must be an open_clip CLIP or CustomTextCLIP, got {type(model).__name__}")
+            if not is_clip(model):
+                raise TypeError(f"`model` must be an open_clip CLIP / CustomTextCLIP / CoCa or a transformers "
+                                f"CLIPModel / SiglipModel, got {type(model).__name__}")
             if weights is not None:
                 raise ValueError("give either `model` or `weights`, not both (load the weights into the model first)")
             if tokenizer is None and arch is None:
@@ -333,7 +334,7 @@ class CLIPUnlearning(LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised image embeddings (float32)."""
-        return F.normalize(self.clip.encode_image(images).float(), dim=-1)
+        return F.normalize(encode_image(self.clip, images).float(), dim=-1)
 
     def on_validation_start(self) -> None:
         self._classifiers.pop("validate", None)  # the text tower may have changed during fit
@@ -399,8 +400,8 @@ class CLIPUnlearning(LightningModule):
             return self._classifiers["fit"][0]
         if self._tokens is None:
             texts = [fill_template(t, c=c) for c in self.classnames for t in self.templates]
-            self._tokens = self.tokenizer(texts)
-        emb = F.normalize(self.clip.encode_text(self._tokens.to(self.device)).float(), dim=-1)
+            self._tokens = tokenize(self.tokenizer, texts, "cpu")
+        emb = F.normalize(encode_text(self.clip, to_device(self._tokens, self.device)).float(), dim=-1)
         emb = emb.view(len(self.classnames), len(self.templates), -1).mean(1)
         return F.normalize(emb, dim=-1).T
 

@@ -110,3 +110,27 @@ def two_sided_map(A: torch.Tensor, B: torch.Tensor, V: torch.Tensor, Vt: torch.T
     C = eye + A @ B.T + Vt @ V.T
     X = (Up.T @ C @ Uq) / (lp[:, None] + lq.clamp(min=0)[None, :])
     return Up @ X @ Uq.T
+
+
+def oblique_eraser(U: torch.Tensor, S: torch.Tensor | None = None, ridge: float = 1e-3) -> torch.Tensor:
+    """The rank-k concept eraser ``E = I - U (V^T U)^-1 V^T``, ``V = S^-1 U`` (LEACE's closed form for a
+    concept whose class-conditional mean differences span ``U``, n x k; Belrose et al. 2023).
+
+    ``E`` is a projection (``E E = E``) with ``E U = 0``: any two distributions whose means differ by
+    a vector in span(U) have equal means after it, so no linear probe separates them by their means.
+    ``S`` (n x n, the covariance of the data) picks the reading directions that change the data least
+    in the Mahalanobis sense, regularised by ``ridge`` times its mean eigenvalue; ``S=None`` gives
+    the orthogonal projector ``I - Q Q^T`` onto the complement of span(U).
+    """
+    U = orth(_check(U, "U"))
+    n = U.shape[0]
+    eye = torch.eye(n, dtype=U.dtype)
+    if U.shape[1] == 0:
+        return eye
+    if S is None:
+        return eye - U @ U.T
+    S = _check(S, "S", n)
+    if S.shape != (n, n):
+        raise ValueError(f"`S` has shape {tuple(S.shape)}, expected ({n}, {n})")
+    V = torch.linalg.solve(S + ridge * torch.trace(S) / n * eye, U)
+    return eye - U @ torch.linalg.solve(V.T @ U, V.T)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .encoders import encode_image, image_io
+
 
 @dataclass
 class Prototypes:
@@ -25,15 +27,7 @@ class Prototypes:
     seconds: float
 
 
-def model_io(model) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(image size, mean, std) of an open_clip model's visual preprocessing."""
-    visual = model.visual
-    size = getattr(visual, "image_size", 224)
-    size = size[0] if isinstance(size, (tuple, list)) else int(size)
-    cfg = getattr(visual, "preprocess_cfg", {}) or {}
-    mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))).view(1, 3, 1, 1)
-    return size, mean, std
+model_io = image_io  # (image size, mean, std) of the model's image preprocessing
 
 
 def _blur(x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +82,7 @@ def synthesize(model, texts: torch.Tensor, n_per_text: int = 4, steps: int = 60,
         for step in tqdm(range(1, steps + 1), desc="prototypes", disable=not progress, leave=False):
             dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=g))
             xa = x[active].requires_grad_(True)
-            h = F.normalize(model.encode_image(((torch.roll(xa, (dx, dy), (2, 3)) - mean) / std).to(p.dtype)).float(),
+            h = F.normalize(encode_image(model, ((torch.roll(xa, (dx, dy), (2, 3)) - mean) / std).to(p.dtype)).float(),
                             dim=-1)
             loss = -(h * t[active]).sum() + l2 * ((xa - 0.5) ** 2).sum()
             grad, = torch.autograd.grad(loss, xa)
@@ -108,7 +102,7 @@ def synthesize(model, texts: torch.Tensor, n_per_text: int = 4, steps: int = 60,
                     if not len(active):
                         break
         with torch.no_grad():
-            h = F.normalize(model.encode_image(((x - mean) / std).to(p.dtype)).float(), dim=-1)
+            h = F.normalize(encode_image(model, ((x - mean) / std).to(p.dtype)).float(), dim=-1)
             cos = (h * t).sum(-1)
     finally:
         for q, r in zip(model.parameters(), requires):

@@ -113,6 +113,8 @@ def weights_digest(model: nn.Module) -> dict[str, dict]:
             site = find_site(model, tower)
         except UnsupportedModelError:
             continue
+        if site.slot is not None:  # a layer the edit installs: not a weight of the model
+            continue
         for attr in (site.weight, site.bias):
             if attr is None:
                 continue

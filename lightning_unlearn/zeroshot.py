@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .encoders import encode_image, encode_text, tokenize
 from .prompts import fill_template
 
 
@@ -46,10 +47,10 @@ def text_embeddings(model, tokenizer, texts: Sequence[str], batch_size: int = 25
     prompts sorted by length in batches cut to their longest prompt (no padding to the full
     context: identical embeddings, a fraction of the cost for short prompts)."""
     device = next(model.parameters()).device
-    tokens = tokenizer(list(texts)).to(device)
+    tokens = tokenize(tokenizer, list(texts), device)
     if not _short_context(model):
-        out = [model.encode_text(tokens[i:i + batch_size]).float() for i in range(0, len(tokens), batch_size)]
-        return F.normalize(torch.cat(out), dim=-1) if out else torch.zeros(0, 0)
+        out = [encode_text(model, tokens[i:i + batch_size]).float() for i in range(0, len(texts), batch_size)]
+        return F.normalize(torch.cat(out), dim=-1)
     order = (tokens != 0).sum(-1).argsort(stable=True)
     out = torch.cat([_encode_short(model, tokens[order[i:i + batch_size]]).float()
                      for i in range(0, len(tokens), batch_size)])
@@ -69,7 +70,7 @@ def classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence[
 def image_embeddings(model, images: torch.Tensor) -> torch.Tensor:
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    return F.normalize(model.encode_image(images.to(device, dtype)).float(), dim=-1)
+    return F.normalize(encode_image(model, images.to(device, dtype)).float(), dim=-1)
 
 
 def evaluate(model, tokenizer, classnames: Sequence[str], templates: Sequence[str], loader: Iterable,

@@ -291,12 +291,12 @@ def test_callback_finds_the_model_by_path_and_names_the_candidates():
 
     with pytest.raises(ValueError, match=r"2 open_clip models found in Nested: \['backbone.model', 'teacher'\]"):
         NullspaceUnlearning(request, method="text").setup(trainer, Nested(2), "test")
-    with pytest.raises(ValueError, match=r"no open_clip model .* found in LightningModule.*`model_attr="):
+    with pytest.raises(ValueError, match=r"no CLIP model .* found in LightningModule.*`model_attr="):
         NullspaceUnlearning(request).setup(trainer, L.LightningModule(), "test")
     with pytest.raises(ValueError, match=r"`model_attr`='backbone.clip': backbone has no attribute 'clip'.*"
                                          r"\['backbone.model'\]"):
         NullspaceUnlearning(request, model_attr="backbone.clip").setup(trainer, Nested(), "test")
-    with pytest.raises(TypeError, match=r"`model_attr`='backbone' is a Module, not an open_clip"):
+    with pytest.raises(TypeError, match=r"`model_attr`='backbone' is a Module, not a CLIP model"):
         NullspaceUnlearning(request, model_attr="backbone").setup(trainer, Nested(), "test")
     module = Nested()
     del module.tokenizer

@@ -1,0 +1,234 @@
+"""The deep mode: the output eraser's math, its round trips (inject == fold, restore, export, edit
+artifact, Lightning checkpoint), evidence validation, and the depth it reaches on the embedded model
+(one request per paradigm, on cached embeddings: see benchmarks/deep_sweep.py)."""
+import copy
+
+import lightning as L
+import open_clip
+import pytest
+import torch
+
+from benchmarks.deep_sweep import data, encode, measure
+from lightning_unlearn import ForgetRequest, edits, embedded, fold_, nullspace, restore_, unlearn_
+from lightning_unlearn import deep
+from lightning_unlearn.export import apply_edit, load_edit, remove_edit, save_edit, save_folded
+from lightning_unlearn.module import CLIPUnlearning
+
+torch.set_num_threads(1)
+FAST_DEEP = dict(depth="deep", proto_steps=3, n_prototypes=1, class_templates=("a {c}.",), progress=False)
+
+
+# --------------------------------------------------------------------------- the eraser's math
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_eraser_is_a_projection_that_equalises_the_class_means(whiten):
+    g = torch.Generator().manual_seed(0)
+    n, m = 12, 400
+    A = torch.randn(n, n, generator=g, dtype=torch.float64)
+    X0 = torch.randn(m, n, generator=g, dtype=torch.float64) @ A.T
+    shift = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    X1 = X0[torch.randperm(m, generator=g)] + shift[:, 0] + 0.5 * shift[:, 1]  # the same cloud, shifted
+    S = torch.cov(torch.cat([X0, X1]).T) if whiten else None
+    E = nullspace.oblique_eraser(shift, S)
+    torch.testing.assert_close(E @ E, E)
+    torch.testing.assert_close(E @ shift, torch.zeros_like(shift))
+    gap = (X1 @ E.T).mean(0) - (X0 @ E.T).mean(0)
+    assert gap.norm() < 1e-9 * shift.norm(), "the class-conditional means must be equal after the eraser"
+    assert torch.linalg.matrix_rank(torch.eye(n, dtype=E.dtype) - E) == 2
+    if not whiten:
+        torch.testing.assert_close(E, E.T)  # the orthogonal projector
+    else:  # LEACE's choice changes the data less (in the Mahalanobis metric) than the orthogonal one
+        def cost(M):
+            D = torch.cat([X0, X1]) @ (torch.eye(n, dtype=M.dtype) - M).T
+            return float((D @ torch.linalg.solve(S, D.T)).trace())
+        assert cost(E) <= cost(nullspace.oblique_eraser(shift)) + 1e-9
+
+
+def test_eraser_bad_input_and_empty_span():
+    assert torch.equal(nullspace.oblique_eraser(torch.zeros(5, 0)), torch.eye(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="dimension 4, expected 5"):
+        nullspace.oblique_eraser(torch.ones(5, 1), torch.eye(4))
+    with pytest.raises(ValueError, match="NaN"):
+        nullspace.oblique_eraser(torch.full((5, 1), float("nan")))
+
+
+def test_eraser_groups_by_class_or_by_domain():
+    classes, domains = ["a", "b", "c"], ["x", "y"]
+    g = torch.Generator().manual_seed(1)
+    means = {(c, d): torch.randn(6, generator=g, dtype=torch.float64) for c in classes for d in domains}
+    rest = lambda r: torch.stack([means[c] for c in r.retain_cells]).mean(0)  # noqa: E731
+    r = ForgetRequest(classes, domains, forget_classes=["a", "b"])
+    E = deep.eraser(means, r)
+    assert torch.linalg.matrix_rank(torch.eye(6, dtype=E.dtype) - E) == 2  # one direction per forgotten class
+    for c in ["a", "b"]:
+        u = (means[(c, "x")] + means[(c, "y")]) / 2 - rest(r)
+        assert (E @ u).norm() < 1e-9 * u.norm()
+    r = ForgetRequest(classes, domains, forget_domains=["x"])
+    E = deep.eraser(means, r)
+    u = torch.stack([means[(c, "x")] for c in classes]).mean(0) - rest(r)
+    assert torch.linalg.matrix_rank(torch.eye(6, dtype=E.dtype) - E) == 1 and (E @ u).norm() < 1e-9 * u.norm()
+
+
+# --------------------------------------------------------------------------- round trips on the embedded model
+
+
+@pytest.fixture(scope="module")
+def emb():
+    return embedded.load_embedded()
+
+
+@pytest.fixture(scope="module")
+def deep_edited(emb):
+    model = copy.deepcopy(emb.model)
+    request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
+    u = unlearn_(model, emb.tokenizer, request, **FAST_DEEP)
+    return model, u
+
+
+@pytest.fixture(scope="module")
+def inputs(emb):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(6, 3, 32, 32, generator=g), emb.tokenizer(["a sketch of a star.", "a moon."])
+
+
+def outs(model, inputs):
+    with torch.no_grad():
+        return model.eval().encode_image(inputs[0]), model.encode_text(inputs[1])
+
+
+def test_deep_edit_is_the_surface_map_after_a_rank_one_eraser(emb, deep_edited):
+    model, u = deep_edited
+    (name, edit), = edits(model)
+    assert name == "visual.proj" and u.stats["image"]["eraser_rank"] == 1
+    M = edit.P.weight.double()
+    assert torch.linalg.matrix_rank(M, rtol=1e-5) == M.shape[0] - 1  # the shallow map is full rank
+    shallow = copy.deepcopy(emb.model)
+    request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
+    Ms = unlearn_(shallow, emb.tokenizer, request, **(FAST_DEEP | {"depth": "shallow"})).maps["image"].double()
+    E = torch.linalg.lstsq(Ms, M).solution  # M = Ms E
+    torch.testing.assert_close(E @ E, E, atol=1e-4, rtol=0)
+    assert edit.info["config"]["depth"] == "deep"
+
+
+def test_deep_edit_folds_restores_and_exports(emb, deep_edited, inputs, tmp_path):
+    model, u = deep_edited
+    edited = outs(model, inputs)
+    folded = copy.deepcopy(model)
+    originals = fold_(folded)
+    assert not edits(folded) and set(folded.state_dict()) == set(emb.model.state_dict())
+    for a, b in zip(outs(folded, inputs), edited):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    folded.load_state_dict(originals, strict=False)
+    for k, v in emb.model.state_dict().items():
+        assert torch.equal(folded.state_dict()[k], v)
+
+    out = save_folded(model, open_clip.get_model_config(embedded.register()), tmp_path / "folded")
+    loaded, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    for a, b in zip(outs(loaded, inputs), edited):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+    path = save_edit(model, tmp_path / "deep.safetensors")
+    fresh = copy.deepcopy(emb.model)
+    apply_edit(fresh, load_edit(path))
+    for a, b in zip(outs(fresh, inputs), edited):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    remove_edit(fresh)
+    for k, v in emb.model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+
+    restored = restore_(copy.deepcopy(model))
+    for k, v in emb.model.state_dict().items():
+        assert torch.equal(restored.state_dict()[k], v), k
+
+
+def test_deep_edit_survives_a_lightning_checkpoint(emb, inputs, tmp_path):
+    module = CLIPUnlearning(model=copy.deepcopy(emb.model), arch=embedded.MODEL_NAME, forget_classes=["star"],
+                            unlearn={k: v for k, v in FAST_DEEP.items() if k != "progress"})
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    module.compute_edit()
+    trainer.strategy.connect(module)
+    ckpt = tmp_path / "deep.ckpt"
+    trainer.save_checkpoint(ckpt)
+    reloaded = CLIPUnlearning.load_from_checkpoint(ckpt, weights_only=True)
+    assert reloaded.computed
+    for a, b in zip(outs(reloaded.clip, inputs), outs(module.clip, inputs)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    (_, edit), = edits(reloaded.clip)
+    assert edit.info["config"]["depth"] == "deep"
+
+
+def test_evidence_is_validated(emb):
+    model = copy.deepcopy(emb.model)
+    request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"], forget_domains=["sketch"])
+    good = torch.zeros(5, 3, 32, 32)
+    with pytest.raises(ValueError, match="depth='deep'"):
+        unlearn_(model, emb.tokenizer, request, evidence={("star", "sketch"): good}, progress=False)
+    with pytest.raises(ValueError, match=r"\('star', 'photo'\) is not a forgotten cell"):
+        unlearn_(model, emb.tokenizer, request, evidence={("star", "photo"): good}, **FAST_DEEP)
+    with pytest.raises(ValueError, match=r"\(N >= 1, 3, 32, 32\), got \(5, 3, 16, 16\)"):
+        unlearn_(model, emb.tokenizer, request, evidence={("star", "sketch"): torch.zeros(5, 3, 16, 16)}, **FAST_DEEP)
+    with pytest.raises(TypeError, match="must be a dict"):
+        unlearn_(model, emb.tokenizer, request, evidence=[good], **FAST_DEEP)
+    with pytest.raises(ValueError, match="site='joint'"):
+        unlearn_(model, emb.tokenizer, request, depth="deep", site="pooled", progress=False)
+    with pytest.raises(ValueError, match="`depth`='medium'"):
+        unlearn_(model, emb.tokenizer, request, depth="medium", progress=False)
+    assert not edits(model)
+
+
+# --------------------------------------------------------------------------- depth reached (cached embeddings)
+
+REQUESTS = {"global": dict(forget_classes=["star"]),
+            "domain-specific": dict(forget_classes=["star"], forget_domains=["sketch"]),
+            "domain": dict(forget_domains=["painting"])}
+
+
+@pytest.fixture(scope="module")
+def depth(emb):
+    """Embeddings of 10 val / 10 test images per cell and 5 evidence images, and the deep mode's
+    cell means from prototypes (its defaults), real val images ("oracle") and evidence."""
+    from lightning_unlearn import UnlearnConfig
+    torch.manual_seed(0)
+    D = data(emb, 10)
+    cfg = UnlearnConfig(depth="deep")
+    request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
+    proto, _ = deep.cell_means(emb.model, emb.tokenizer, request, n_prototypes=cfg.deep_prototypes,
+                               proto_steps=cfg.proto_steps, proto_lr=cfg.proto_lr, seed=cfg.seed,
+                               class_templates=cfg.class_templates, progress=False)
+    H = {k: encode(emb.model, D[f"x{k}"]) for k in "vte"}
+
+    def means(split):
+        y = D[f"y{split}"]
+        return {(c, d): H[split][(y[:, 0] == emb.classnames.index(c)) & (y[:, 1] == emb.domains.index(d))].mean(0)
+                for c, d in proto}
+    return D, H, {"deep": proto, "oracle": means("v"), "evidence": means("e")}
+
+
+def run(emb, depth, paradigm, variant):
+    D, H, means = depth
+    request = ForgetRequest(emb.classnames, emb.domains, **REQUESTS[paradigm])
+    m = means["deep"] | ({c: means["evidence"][c] for c in request.forget_cells} if variant == "evidence" else {})
+    m = means["oracle"] if variant == "oracle" else m
+    E = torch.eye(H["v"].shape[1], dtype=torch.float64) if variant == "none" else deep.eraser(m, request)
+    return measure(H["v"] @ E.T, D["yv"], H["t"] @ E.T, D["yt"], request, D["T"], D["Tc"])
+
+
+@pytest.mark.parametrize("paradigm", list(REQUESTS))
+def test_the_eraser_is_harmless_and_reaches_chance_with_the_true_means(emb, depth, paradigm):
+    none = run(emb, depth, paradigm, "none")
+    assert none["probe_bal_raw"] > 0.95  # the class is linearly readable before any edit
+    for variant in ["deep", "evidence"]:
+        r = run(emb, depth, paradigm, variant)
+        assert 100 * (none["zs_retain"] - r["zs_retain"]) <= 1.0
+        assert 100 * (none["colour"] - r["colour"]) <= 1.0
+        assert 100 * (none["probe_retain_acc"] - r["probe_retain_acc"]) <= 2.0
+    if paradigm != "domain":  # a whole domain is 10 classes: one mean direction does not hide it
+        assert run(emb, depth, paradigm, "oracle")["probe_bal_raw"] <= 0.60
+
+
+@pytest.mark.xfail(strict=True, reason="not reached: prototype and evidence means miss the real class gap "
+                                       "(README, 'Depth: deep mode')")
+def test_global_probe_target_with_five_evidence_images(emb, depth):
+    assert run(emb, depth, "global", "evidence")["probe_bal_raw"] <= 0.60
