@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import deep, nullspace
-from .directions import build, build_constraints, prompt_cache
+from .directions import build, build_constraints
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
 from .sites import SITES, TOWERS, EditLinear, Site, find_site, uninstall_
@@ -399,16 +399,15 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     was_training = model.training
     model.eval()
     try:
-        with prompt_cache():
-            for tower, site in sites.items():
-                maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
-            if cfg.depth == "deep":  # erase first, on the raw output: M = M_surface E
-                E, deep_stats = deep.output_eraser(
-                    model, tokenizer, request, n_prototypes=cfg.deep_prototypes, proto_steps=cfg.proto_steps,
-                    proto_lr=cfg.proto_lr, seed=cfg.seed, class_templates=cfg.class_templates, evidence=evidence,
-                    progress=progress)
-                maps["image"] = (maps["image"].double() @ E.double()).float()
-                stats["image"] |= deep_stats
+        for tower, site in sites.items():  # prompts and prototypes go through cache.current()
+            maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
+        if cfg.depth == "deep":  # erase first, on the raw output: M = M_surface E
+            E, deep_stats = deep.output_eraser(
+                model, tokenizer, request, n_prototypes=cfg.deep_prototypes, proto_steps=cfg.proto_steps,
+                proto_lr=cfg.proto_lr, seed=cfg.seed, class_templates=cfg.class_templates, evidence=evidence,
+                progress=progress)
+            maps["image"] = (maps["image"].double() @ E.double()).float()
+            stats["image"] |= deep_stats
     finally:
         model.train(was_training)
     info = provenance(request, cfg)

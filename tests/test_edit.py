@@ -21,7 +21,7 @@ from torch import nn
 
 from lightning_unlearn import (EditError, ForgetRequest, RequestError, UnlearnConfig, UnsupportedModelError, edits,
                                embedded, fold_, inject_, prototypes, restore_, unlearn_)
-from lightning_unlearn import directions, zeroshot
+from lightning_unlearn import cache, directions, zeroshot
 from lightning_unlearn.directions import cell_texts, class_texts
 from lightning_unlearn.edit import edit_modules, remove_edit_, unlearned
 from lightning_unlearn.sites import find_site
@@ -486,17 +486,20 @@ def test_bad_configs_raise_helpful_errors(kwargs, match):
 @pytest.mark.parametrize("zoo", ["world-clip"], indirect=True)
 def test_prompt_cache_encodes_each_prompt_once_and_changes_nothing(zoo, monkeypatch):
     texts = ["a photo of a dog.", "a sketch of a cat.", "a photo of a dog."]
-    plain = directions.encode(zoo.model, zoo.tokenizer, texts)
+    with cache.use(None):
+        plain = directions.encode(zoo.model, zoo.tokenizer, texts)
     calls = []
     original = zoo.model.encode_text
     monkeypatch.setattr(zoo.model, "encode_text", lambda t, **kw: calls.append(len(t)) or original(t, **kw))
-    with directions.prompt_cache():
+    monkeypatch.setattr(zeroshot, "_short_context", lambda m: False)  # count through encode_text
+    with cache.use(cache.Cache()):
         first = directions.encode(zoo.model, zoo.tokenizer, texts)
         again = directions.encode(zoo.model, zoo.tokenizer, texts[:2])
     assert calls == [2]  # two distinct prompts, encoded once
     torch.testing.assert_close(first, plain, atol=1e-6, rtol=0)
     torch.testing.assert_close(again, plain[:2], atol=1e-6, rtol=0)
-    directions.encode(zoo.model, zoo.tokenizer, texts[:1])  # closed: no cache any more
+    with cache.use(None):
+        directions.encode(zoo.model, zoo.tokenizer, texts[:1])  # no cache: encoded again
     assert calls == [2, 1]
 
 
@@ -569,8 +572,7 @@ def test_prototypes_beat_noise_and_are_deterministic(zoo):
     assert p.images.shape == (2, 2, 3, 32, 32) and 0 <= float(p.images.min()) and float(p.images.max()) <= 1
     # the noise the optimisation starts from (same recipe and seed as synthesize)
     size, mean, std = prototypes.model_io(model)
-    g = torch.Generator().manual_seed(0)
-    noise = (0.5 + 0.1 * torch.randn(4, 3, size, size, generator=g)).clamp(0, 1)
+    noise = torch.cat([prototypes._noise(key, 0, 2, size) for key in ("0", "1")])
     with torch.no_grad():
         h0 = Fn.normalize(model.encode_image((noise - mean) / std), dim=-1)
         h = Fn.normalize(model.encode_image(prototypes.normalise_images(model, p.images)), dim=-1)
