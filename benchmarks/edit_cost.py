@@ -1,20 +1,32 @@
-"""Cost of one edit: ``unlearn_`` on a randomly initialised open_clip model on CPU.
+"""Cost of one edit, cold and warm, per stage: ``unlearn_`` on a randomly initialised open_clip model on CPU.
 
-    python benchmarks/edit_cost.py --json out/edit_cost.json                  # ViT-B-32, text + multimodal
-    python benchmarks/edit_cost.py --json /tmp/e.json --methods text --repeats 3
+    python benchmarks/edit_cost.py --json out/edit_cost.json                        # ViT-B-32, 10 x 4
+    python benchmarks/edit_cost.py --json out/big.json --classes 345 --domains 6 --methods text
+    python benchmarks/edit_cost.py --json out/law.json --sizes 10x4 50x6 100x6 --methods multimodal \
+        --paradigms domain                                                           # growth law
+    python benchmarks/edit_cost.py --json out/old.json --root /path/to/other/checkout  # same runs, other code
 
-The request is one class x 4 domains (10 class names, domains photo / sketch / cartoon /
-painting, ``forget_classes=[one]``), computed with the library defaults (only ``progress=False``).
-Every (arch, method) run happens in a fresh subprocess, so its peak RSS
-(``getrusage(RUSAGE_SELF).ru_maxrss``, model included) is its own. ``edit_seconds`` is the first,
-cold call; with ``--repeats`` > 1 the edit is restored and recomputed, and the fastest call is
-``edit_seconds_best``. Targets: text <= 1 s, multimodal <= 60 s, peak RSS <= 3000 MB. The
-machine's load average is recorded: timings on a busy machine are upper bounds.
+Label space: ``--classes`` class names (the 10 below, then "object 11", ...) x ``--domains``
+domains (photo, sketch, cartoon, painting, clipart, infograph, ...). Requests (``--paradigms``):
+global (forget the first class in every domain), domain-specific (the first class in the first
+domain), domain (the whole first domain). Library defaults, only ``progress=False``.
+
+Each (arch, size, paradigm, method) runs in a fresh subprocess: a cold edit (nothing cached), then
+the edit is restored and the same request computed again, warm (prompt embeddings and prototypes
+come from the in-memory cache). Each is one run in the JSON with ``arch``, ``method``,
+``edit_seconds``, ``peak_rss_mb`` (``ru_maxrss`` of the process so far, model included),
+``classes``, ``domains``, ``paradigm``, ``warm`` and ``stages`` ({stage: seconds}: prompt encoding,
+prototype synthesis, solve, inject, other). With runs at >= 3 sizes the growth law
+``seconds = a * cells^b`` is fitted per (method, paradigm, warm) and printed. Targets (2 CPU cores):
+10 x 4: text <= 1 s, multimodal cold <= 60 s, warm <= 2 s; 345 x 6: global text <= 30 s, whole
+domain multimodal cold <= 900 s, warm <= 10 s; peak RSS <= 3000 MB. The load average is recorded:
+timings on a busy machine are upper bounds.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -22,26 +34,63 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+ROOT = Path(__file__).resolve().parents[1]
 CLASSNAMES = ["dog", "cat", "horse", "elephant", "giraffe", "guitar", "house", "person", "car", "bird"]
-DOMAINS = ["photo", "sketch", "cartoon", "painting"]
-FORGET = ["dog"]
-TARGETS = {"text": 1.0, "multimodal": 60.0, "peak_rss_mb": 3000.0}
+DOMAINS = ["photo", "sketch", "cartoon", "painting", "clipart", "infograph", "quickdraw", "real"]
+PARADIGMS = {"global": lambda c, d: {"forget_classes": c[:1]},
+             "domain-specific": lambda c, d: {"forget_classes": c[:1], "forget_domains": d[:1]},
+             "domain": lambda c, d: {"forget_domains": d[:1]}}
+TARGETS = {"10x4": {"text": 1.0, "multimodal": 60.0, "warm": 2.0},
+           "345x6": {"text": 30.0, "multimodal": 900.0, "warm": 10.0}, "peak_rss_mb": 3000.0}
+#: (module, function) -> stage; functions missing in a checkout are skipped
+STAGES = [("lightning_unlearn.directions", "encode", "prompts"),
+          ("lightning_unlearn.directions", "prototype_columns", "prototypes"),
+          ("lightning_unlearn.prototypes", "synthesize", "prototypes"),
+          ("lightning_unlearn.nullspace", "two_sided_map", "solve"),
+          ("lightning_unlearn.edit", "solve", "solve"),
+          ("lightning_unlearn.edit", "inject_", "inject")]
 
 
-def _rss_mb() -> float:
-    """Current resident set size (MB)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+def label_space(classes: int, domains: int) -> tuple[list[str], list[str]]:
+    if not 1 <= domains <= len(DOMAINS) or classes < 2:
+        raise SystemExit(f"--classes {classes} --domains {domains}: need >= 2 classes and 1..{len(DOMAINS)} domains")
+    names = CLASSNAMES[:classes] + [f"object {i + 1}" for i in range(len(CLASSNAMES), classes)]
+    return names, DOMAINS[:domains]
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
-def child(arch: str, method: str, image_size: int | None, repeats: int) -> dict:
-    """One run, in this (fresh) process."""
+def _instrument(clock: dict) -> None:
+    """Wrap each stage function so that its (outermost) calls add their time to ``clock``."""
+    import importlib
+    depth = [0]
+    for module, name, stage in STAGES:
+        mod = importlib.import_module(module)
+        fn = getattr(mod, name, None)
+        if fn is None:
+            continue
+
+        def timed(*a, _fn=fn, _stage=stage, **kw):
+            if depth[0]:
+                return _fn(*a, **kw)
+            depth[0] += 1
+            t = time.perf_counter()
+            try:
+                return _fn(*a, **kw)
+            finally:
+                depth[0] -= 1
+                clock[_stage] = clock.get(_stage, 0.0) + time.perf_counter() - t
+        setattr(mod, name, timed)
+        for other in ("lightning_unlearn.directions", "lightning_unlearn.edit"):  # names imported elsewhere
+            o = importlib.import_module(other)
+            if getattr(o, name, None) is fn:
+                setattr(o, name, timed)
+
+
+def child(arch: str, method: str, paradigm: str, classes: int, domains: int, image_size: int | None) -> list[dict]:
+    """The cold and the warm run, in this (fresh) process."""
     import open_clip
     import torch
 
@@ -51,76 +100,101 @@ def child(arch: str, method: str, image_size: int | None, repeats: int) -> dict:
         embedded.register()
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    kwargs = {"force_image_size": image_size} if image_size else {}
-    model = open_clip.create_model(arch, **kwargs).eval()
+    model = open_clip.create_model(arch, **({"force_image_size": image_size} if image_size else {})).eval()
     tokenizer = open_clip.get_tokenizer(arch)
     load_seconds = time.perf_counter() - t0
-    request = ForgetRequest(CLASSNAMES, DOMAINS, forget_classes=FORGET)
-    rss_before = _rss_mb()
-    times, result = [], None
-    for i in range(repeats):
-        if i:
+    names, doms = label_space(classes, domains)
+    request = ForgetRequest(names, doms, **PARADIGMS[paradigm](names, doms))
+    clock: dict = {}
+    _instrument(clock)
+    runs = []
+    for warm in (False, True):
+        if warm:
             restore_(model)
+        clock.clear()
         start = time.perf_counter()
         result = unlearn_(model, tokenizer, request, method=method, progress=False)
-        times.append(time.perf_counter() - start)
-    size = model.visual.image_size
-    stats = {tower: dict(s) for tower, s in result.stats.items()}
-    run = {
-        "arch": arch, "method": method, "edit_seconds": round(times[0], 3), "edit_seconds_best": round(min(times), 3),
-        "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_before_edit_mb": round(rss_before, 1),
-        "load_seconds": round(load_seconds, 3), "repeats": repeats,
-        "image_size": size[0] if isinstance(size, (tuple, list)) else size,
-        "solver": result.config.solver, "towers": list(result.config.towers), "site": result.config.site,
-        "n_prototypes": result.config.n_prototypes, "proto_steps": result.config.proto_steps,
-        "ranks": result.ranks, "stats": stats,
-        "n_forget_cells": len(request.forget_cells), "n_retain_cells": len(request.retain_cells),
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "open_clip": open_clip.__version__,
-    }
-    steps = sum(s.get("prototype_steps", 0) for s in stats.values())
-    if steps:
-        seconds = sum(s.get("prototype_seconds", 0.0) for s in stats.values())
-        run["prototype_seconds_per_step"] = round(seconds / steps, 3)
-        run["prototype_images"] = sum(s.get("n_prototypes", 0) for s in stats.values())
-    return run
+        seconds = time.perf_counter() - start
+        stages = {k: round(v, 3) for k, v in clock.items()}
+        stages["other"] = round(seconds - sum(clock.values()), 3)
+        size = model.visual.image_size
+        runs.append({
+            "arch": arch, "method": method, "edit_seconds": round(seconds, 3), "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "classes": classes, "domains": domains, "cells": classes * domains, "paradigm": paradigm, "warm": warm,
+            "stages": stages, "load_seconds": round(load_seconds, 3),
+            "image_size": size[0] if isinstance(size, (tuple, list)) else size,
+            "solver": result.config.solver, "n_prototypes": result.config.n_prototypes,
+            "proto_steps": result.config.proto_steps, "ranks": result.ranks,
+            "stats": {tower: dict(s) for tower, s in result.stats.items()},
+            "n_forget_cells": len(request.forget_cells), "n_retain_cells": len(request.retain_cells),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "open_clip": open_clip.__version__})
+    return runs
 
 
-def spawn(arch: str, method: str, image_size: int | None, repeats: int, timeout: float | None) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", arch, method, "--repeats", str(repeats)]
-    if image_size:
-        cmd += ["--image-size", str(image_size)]
+def spawn(args, arch, method, paradigm, classes, domains) -> list[dict]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", arch, method, paradigm, str(classes),
+           str(domains)] + (["--image-size", str(args.image_size)] if args.image_size else [])
+    env = dict(os.environ, PYTHONPATH=str(args.root or ROOT))
+    head = {"arch": arch, "method": method, "paradigm": paradigm, "classes": classes, "domains": domains,
+            "cells": classes * domains}
     start = time.perf_counter()
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:
-        return {"arch": arch, "method": method, "error": f"timed out after {timeout} s"}
+        return [head | {"warm": False, "error": f"timed out after {args.timeout} s"}]
     if out.returncode:
-        return {"arch": arch, "method": method, "error": out.stderr.strip().splitlines()[-1:] or [f"exit {out.returncode}"]}
-    run = json.loads(out.stdout.strip().splitlines()[-1])
-    run["process_seconds"] = round(time.perf_counter() - start, 3)
-    return run
+        return [head | {"warm": False, "error": (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]}]
+    runs = json.loads(out.stdout.strip().splitlines()[-1])
+    for r in runs:
+        r["process_seconds"] = round(time.perf_counter() - start, 3)
+    return runs
 
 
 def verdicts(run: dict) -> dict:
-    if "error" in run:
+    size = f"{run['classes']}x{run['domains']}"
+    if "error" in run or size not in TARGETS:
         return {}
-    return {"time_ok": run["edit_seconds"] <= TARGETS[run["method"]],
-            "rss_ok": run["peak_rss_mb"] <= TARGETS["peak_rss_mb"]}
+    t = TARGETS[size]
+    limit = t["warm"] if run["warm"] else t.get(run["method"]) if size == "10x4" else \
+        t["text"] if (run["method"], run["paradigm"]) == ("text", "global") else \
+        t["multimodal"] if (run["method"], run["paradigm"]) == ("multimodal", "domain") else None
+    out = {"rss_ok": run["peak_rss_mb"] <= TARGETS["peak_rss_mb"]}
+    return out | ({} if limit is None else {"time_ok": run["edit_seconds"] <= limit, "target_s": limit})
+
+
+def growth(runs: list[dict]) -> list[dict]:
+    """Least-squares fit of ``log seconds = log a + b log cells`` per (method, paradigm, warm)."""
+    groups: dict = {}
+    for r in runs:
+        if "error" not in r:
+            groups.setdefault((r["arch"], r["method"], r["paradigm"], r["warm"]), {})[r["cells"]] = r["edit_seconds"]
+    laws = []
+    for (arch, method, paradigm, warm), pts in groups.items():
+        if len(pts) < 3:
+            continue
+        xs, ys = [math.log(c) for c in pts], [math.log(max(s, 1e-6)) for s in pts.values()]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        a = math.exp(my - b * mx)
+        laws.append({"arch": arch, "method": method, "paradigm": paradigm, "warm": warm, "a": a, "b": b,
+                     "cells_measured": sorted(pts), "extrapolated_seconds_345x6": round(a * 2070 ** b, 1)})
+    return laws
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| arch | method | solver | edit s (cold) | edit s (best) | target s | peak RSS MB | RSS before edit MB "
-             "| s / prototype step | prototype steps | ok |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arch | size | paradigm | method | cold/warm | edit s | prompts s | prototypes s | solve s | inject s "
+             "| other s | peak RSS MB | target s | ok |", "|" + "---|" * 14]
     for r in runs:
+        head = f"| {r['arch']} | {r['classes']}x{r['domains']} | {r['paradigm']} | {r['method']} | "
         if "error" in r:
-            lines.append(f"| {r['arch']} | {r['method']} | error: {r['error']} |||||||||")
+            lines.append(head + f"error: {r['error']} |||||||||")
             continue
-        steps = sum(s.get("prototype_steps", 0) for s in r["stats"].values()) or "-"
-        ok = "yes" if all(r["verdicts"].values()) else "NO (" + ", ".join(k for k, v in r["verdicts"].items() if not v) + ")"
-        lines.append(f"| {r['arch']} | {r['method']} | {r['solver']} | {r['edit_seconds']:.3f} | "
-                     f"{r['edit_seconds_best']:.3f} | {TARGETS[r['method']]:g} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['rss_before_edit_mb']:.0f} | {r.get('prototype_seconds_per_step', '-')} | {steps} | {ok} |")
+        s, v = r["stages"], r["verdicts"]
+        ok = "-" if not v else "yes" if all(x for k, x in v.items() if k.endswith("_ok")) else "NO"
+        lines.append(head + f"{'warm' if r['warm'] else 'cold'} | {r['edit_seconds']:.2f} | "
+                     + " | ".join(f"{s.get(k, 0.0):.2f}" for k in ("prompts", "prototypes", "solve", "inject", "other"))
+                     + f" | {r['peak_rss_mb']:.0f} | {v.get('target_s', '-')} | {ok} |")
     return "\n".join(lines)
 
 
@@ -129,31 +203,44 @@ def main(argv=None):
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--archs", nargs="+", default=["ViT-B-32"])
     ap.add_argument("--methods", nargs="+", default=["text", "multimodal"], choices=["text", "multimodal"])
+    ap.add_argument("--paradigms", nargs="+", default=["global"], choices=list(PARADIGMS))
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--domains", type=int, default=4)
+    ap.add_argument("--sizes", nargs="+", default=None, metavar="CxD", help="several sizes, e.g. 10x4 50x6 100x6")
     ap.add_argument("--image-size", type=int, default=None, help="force the image size (default: the model's, 224)")
-    ap.add_argument("--repeats", type=int, default=None, help="edits per run (default: 3 for text, 1 for multimodal)")
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per run before giving up")
-    ap.add_argument("--child", nargs=2, metavar=("ARCH", "METHOD"), help=argparse.SUPPRESS)
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per subprocess before giving up")
+    ap.add_argument("--root", type=Path, default=None, help="import lightning_unlearn from this checkout")
+    ap.add_argument("--child", nargs=5, metavar=("ARCH", "METHOD", "PARADIGM", "C", "D"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(child(*args.child, args.image_size, args.repeats or 1)))
+        arch, method, paradigm, c, d = args.child
+        print(json.dumps(child(arch, method, paradigm, int(c), int(d), args.image_size)))
         return
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes] if args.sizes else \
+        [(args.classes, args.domains)]
+    for c, d in sizes:
+        label_space(c, d)
     env = {"loadavg_start": os.getloadavg(), "cpu_count": os.cpu_count(),
-           "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "root": str(args.root or ROOT)}
     runs = []
     for arch in args.archs:
-        for method in args.methods:
-            repeats = args.repeats or (3 if method == "text" else 1)
-            print(f"running {arch} / {method} ...", file=sys.stderr, flush=True)
-            run = spawn(arch, method, args.image_size, repeats, args.timeout)
-            run["verdicts"] = verdicts(run)
-            runs.append(run)
+        for c, d in sizes:
+            for paradigm in args.paradigms:
+                for method in args.methods:
+                    print(f"running {arch} / {c}x{d} / {paradigm} / {method} ...", file=sys.stderr, flush=True)
+                    for run in spawn(args, arch, method, paradigm, c, d):
+                        run["verdicts"] = verdicts(run)
+                        runs.append(run)
     env["loadavg_end"] = os.getloadavg()
-    result = {"runs": runs, "targets": TARGETS, "request": {"classnames": CLASSNAMES, "domains": DOMAINS,
-                                                            "forget_classes": FORGET}, "machine": env}
+    result = {"runs": runs, "growth": growth(runs), "targets": TARGETS, "machine": env}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps(result, indent=1))
     print(table(runs))
+    for law in result["growth"]:
+        print(f"growth {law['arch']} {law['method']} {law['paradigm']} {'warm' if law['warm'] else 'cold'}: "
+              f"seconds = {law['a']:.3g} * cells^{law['b']:.2f} (measured at {law['cells_measured']} cells; "
+              f"EXTRAPOLATED to 345x6 = 2070 cells: {law['extrapolated_seconds_345x6']} s)")
     print(f"\nload average {env['loadavg_start']} -> {env['loadavg_end']} on {env['cpu_count']} CPUs "
           f"(OMP_NUM_THREADS={env['omp_num_threads']})")
 

@@ -5,13 +5,18 @@
 
 Requests (fixed before any result was seen):
   global           every class, one at a time (10 runs);
-  domain-specific  8 (class, domain) pairs, two per domain: (star, sketch), (moon, sketch),
-                   (heart, photo), (square, photo), (circle, cartoon), (cross, cartoon),
-                   (arrow, painting), (hexagon, painting);
-  domain           every domain, one at a time (4 runs).
+  domain-specific  every (class, domain) cell, one at a time (40 runs);
+  domain           every domain, one at a time (4 runs);
+  multi-class      (star, heart) in (sketch, cartoon) [domain-specific, 4 cells];
+                   (triangle, moon, hexagon) globally [global]; sketch and painting at once [domain];
+  composed         forget circle, then cross with ``compose=True`` on the edited model, scored as
+                   the union (circle and cross globally) [global].
 Methods: text (text-only nullspace, 2512.14137), regularized (its regularised closed form),
 multimodal (text + visual prototypes, 2512.14113: the library defaults), finetune (Kravets &
-Namboodiri, benchmarks/finetune_baseline.py), and with --sites both edit sites for multimodal.
+Namboodiri, benchmarks/finetune_baseline.py; ``--finetune-recipe official|tuned``), and with
+--sites both edit sites for multimodal. The fine-tuning baseline costs minutes per request on a
+CPU: ``--finetune-on`` picks the requests it runs on (default: the quick requests); its time to
+criterion is compared with the multimodal edit time of the same request in the same run.
 ``--quick`` runs one request per paradigm on fewer images. Accuracies use the held-out test split.
 Every run also records the depth audit (lightning_unlearn.audit) before and after the edit: linear
 probes, k-NN, paraphrased prompts and retrieval on the test split, probes fitted on the val split
@@ -29,19 +34,29 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.finetune_baseline import finetune_unlearn  # noqa: E402
+from benchmarks.finetune_baseline import Recipe, finetune_unlearn  # noqa: E402
 from lightning_unlearn import EditError, ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
 from lightning_unlearn.audit import audit_features, extract  # noqa: E402
 from lightning_unlearn.data import CLASSES, DOMAINS, QUICK_REQUESTS, rendered_batches  # noqa: E402
 from lightning_unlearn.load import load_clip  # noqa: E402
 from lightning_unlearn.zeroshot import classifier, evaluate, split_accuracy  # noqa: E402
 
-DOMAIN_SPECIFIC = [("star", "sketch"), ("moon", "sketch"), ("heart", "photo"), ("square", "photo"),
-                   ("circle", "cartoon"), ("cross", "cartoon"), ("arrow", "painting"), ("hexagon", "painting")]
-REQUESTS = ([("global", {"forget_classes": [c]}) for c in CLASSES]
-            + [("domain-specific", {"forget_classes": [c], "forget_domains": [d]}) for c, d in DOMAIN_SPECIFIC]
-            + [("domain", {"forget_domains": [d]}) for d in DOMAINS])
+SINGLE = ([("global", {"forget_classes": [c]}) for c in CLASSES]
+          + [("domain-specific", {"forget_classes": [c], "forget_domains": [d]}) for c in CLASSES for d in DOMAINS]
+          + [("domain", {"forget_domains": [d]}) for d in DOMAINS])
+MULTI = [("domain-specific", {"forget_classes": ["star", "heart"], "forget_domains": ["sketch", "cartoon"]}),
+         ("global", {"forget_classes": ["triangle", "moon", "hexagon"]}),
+         ("domain", {"forget_domains": ["sketch", "painting"]})]
+#: (paradigm of the union, the requests applied one after the other, the union they add up to)
+COMPOSED = [("global", [{"forget_classes": ["circle"]}, {"forget_classes": ["cross"]}],
+             {"forget_classes": ["circle", "cross"]})]
+REQUESTS = ([("single", p, [kw], kw) for p, kw in SINGLE] + [("multi", p, [kw], kw) for p, kw in MULTI]
+            + [("composed", p, steps, union) for p, steps, union in COMPOSED])
 QUICK = list(QUICK_REQUESTS)  # the demo's requests, one per paradigm
+QUICK_RUNS = [("single", p, [kw], kw) for p, kw in QUICK]
+DOMAIN_SPECIFIC = [(c, d) for c in CLASSES for d in DOMAINS]
+#: The baseline tuned for the embedded model on the val split (benchmarks/finetune_sweep.py).
+TUNED = Recipe(lr=1e-2, steps_per_epoch=1)
 METHODS = {"text": {"method": "text"}, "regularized": {"method": "text", "solver": "regularized"},
            "multimodal": {}}
 
@@ -52,11 +67,11 @@ def measure(model, emb, batches, request, colour_T) -> dict:
     return split_accuracy(res["correct"], res["total"], request) | {"unrelated_acc": res["colour_accuracy"]}
 
 
-def prepare(n_per_cell: int):
-    """The embedded model, the rendered held-out test set and the colour classifier."""
+def prepare(n_per_cell: int, split: str = "test"):
+    """The embedded model, the rendered held-out test set (or ``split``) and the colour classifier."""
     torch.manual_seed(0)
     emb = load_clip("embedded")
-    return emb, rendered_batches("test", n_per_cell, emb.preprocess), classifier(emb.model, emb.tokenizer, emb.colours,
+    return emb, rendered_batches(split, n_per_cell, emb.preprocess), classifier(emb.model, emb.tokenizer, emb.colours,
                                                               emb.colour_templates)
 
 
@@ -79,37 +94,46 @@ def run(args) -> dict:
         methods[f"multimodal-{other}"] = {"site": other}
     if args.set:  # e.g. --set margin=1.0: every multimodal run with that config override
         methods["multimodal"] = dict(args.set)
-    requests = [r for r in (QUICK if args.quick else REQUESTS) if not args.paradigms or r[0] in args.paradigms]
+    requests = [r for r in (QUICK_RUNS if args.quick else REQUESTS)
+                if not args.paradigms or r[1] in args.paradigms or r[0] in args.paradigms]
     names = args.methods.split(",") if args.methods else list(methods) + ["finetune"]
+    finetune_on = {json.dumps(r[3], sort_keys=True)
+                   for r in (QUICK_RUNS if args.finetune_on == "quick" else requests)}
+    recipe = {"official": Recipe(), "tuned": TUNED}[args.finetune_recipe]
     runs = []
     t_start = time.perf_counter()
-    for paradigm, kw in requests:
-        request = ForgetRequest(emb.classnames, emb.domains, **kw)
+    for kind, paradigm, steps, union in requests:
+        request = ForgetRequest(emb.classnames, emb.domains, **union)
+        parts = [ForgetRequest(emb.classnames, emb.domains, **kw) for kw in steps]
         before = measure(model, emb, batches, request, colour_T)
         audit_before = depth(model, emb, request, fit_batches, batches, unedited)
         for name in names:
             if name == "finetune":
-                edited, info = finetune_unlearn(model, emb.tokenizer, request, emb.templates,
-                                                max_steps=args.finetune_steps)
+                if kind != "single" or json.dumps(union, sort_keys=True) not in finetune_on:
+                    continue
+                edited, info = finetune_unlearn(model, emb.tokenizer, request, emb.templates, recipe)
                 after, seconds, extra = measure(edited, emb, batches, request, colour_T), info["seconds"], info
                 audit_after = depth(edited, emb, request, fit_batches, batches)
             else:
+                seconds, ranks = 0.0, []
                 try:
-                    u = unlearn_(model, emb.tokenizer, request, progress=False, **methods[name])
+                    for i, part in enumerate(parts):
+                        u = unlearn_(model, emb.tokenizer, part, progress=False, compose=i > 0, **methods[name])
+                        seconds, ranks = seconds + u.seconds, ranks + [u.ranks.get("image")]
                 except (ValueError, EditError) as e:  # refused (text-only two-sided on whole domains): no edit
                     after, seconds, extra, audit_after = before, 0.0, {"refused": str(e)}, audit_before
                 else:
-                    after, seconds, extra = measure(model, emb, batches, request, colour_T), u.seconds, {
-                        "rank": u.ranks.get("image")}
+                    after, extra = measure(model, emb, batches, request, colour_T), {"rank": ranks}
                     audit_after = depth(model, emb, request, fit_batches, batches)
-                    restore_(model)
-            row = {"paradigm": paradigm, "method": name, "forget": request.describe(),
+                restore_(model)
+            row = {"set": kind, "paradigm": paradigm, "method": name, "forget": request.describe(),
+                   "steps": [ForgetRequest(emb.classnames, emb.domains, **kw).describe() for kw in steps],
                    **{f"{k}_before": before[k] for k in before}, **{f"{k}_after": after[k] for k in after},
                    "edit_seconds": round(seconds, 3), **{k: v for k, v in extra.items() if k != "seconds"},
                    "audit_before": audit_before, "audit_after": audit_after}
             runs.append(row)
-            print(f"{paradigm:16s} {name:18s} forget {row['forget_acc_before']:.3f}->{row['forget_acc_after']:.3f} "
-                  f"retain {row['retain_acc_before']:.3f}->{row['retain_acc_after']:.3f} "
+            print(f"{kind:8s} {paradigm:16s} {name:18s} forget {row['forget_acc_before']:.3f}->"
+                  f"{row['forget_acc_after']:.3f} retain {row['retain_acc_before']:.3f}->{row['retain_acc_after']:.3f} "
                   f"unrelated {row['unrelated_acc_before']:.3f}->{row['unrelated_acc_after']:.3f} {seconds:.1f}s  "
                   f"probe {audit_before['probe_balanced_acc']:.2f}->{audit_after['probe_balanced_acc']:.2f} "
                   f"recall {audit_before['probe_recall']:.2f}->{audit_after['probe_recall']:.2f} "
@@ -121,35 +145,47 @@ def run(args) -> dict:
 
 
 def summary(result: dict) -> tuple[str, dict]:
+    """Per (request set, paradigm, method): forget accuracy after, drops in points (mean / worst),
+    edit time; for the fine-tuning baseline also its time to criterion over the multimodal edit
+    time of the same requests in the same run."""
     rows, table = {}, []
     for r in result["runs"]:
-        rows.setdefault((r["paradigm"], r["method"]), []).append(r)
-    lines = ["| paradigm | method | runs | forget after (mean / worst) | retain drop (mean / worst) | "
-             "same class other domains drop | unrelated drop (worst) | edit s (mean) | "
-             "probe bal. acc raw after (mean / worst) | probe recall after (mean / worst) | "
-             "paraphrase after (mean / worst) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (paradigm, method), rs in rows.items():
+        rows.setdefault((r.get("set", "single"), r["paradigm"], r["method"]), []).append(r)
+    edit_s = {r["forget"]: r["edit_seconds"] for r in result["runs"] if r["method"] == "multimodal"}
+    audit = ("probe_balanced_acc", "probe_recall", "paraphrase_acc")
+    lines = ["| requests | paradigm | method | runs | forget after (mean / worst) | retain drop (mean / worst) | "
+             "same class other domains drop (mean / worst) | colour drop (worst) | edit s (mean) | "
+             "finetune time / edit time | probe bal. acc raw after (mean / worst) | "
+             "probe recall after (mean / worst) | paraphrase after (mean / worst) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (kind, paradigm, method), rs in rows.items():
         drop = lambda k: [100 * (x[f"{k}_before"] - x[f"{k}_after"]) for x in rs  # noqa: E731
                           if x[f"{k}_before"] is not None]
         fa = [x["forget_acc_after"] for x in rs]
         sc = drop("same_class_other_domains_acc")
+        ratio = None
+        if method == "finetune" and all(x["forget"] in edit_s for x in rs):
+            ratio = sum(x["edit_seconds"] for x in rs) / sum(edit_s[x["forget"]] for x in rs)
         s = {"forget_after_mean": sum(fa) / len(fa), "forget_after_worst": max(fa),
              "retain_drop_mean": sum(drop("retain_acc")) / len(rs), "retain_drop_worst": max(drop("retain_acc")),
              "same_class_drop_mean": sum(sc) / len(sc) if sc else None,
+             "same_class_drop_worst": max(sc) if sc else None,
              "unrelated_drop_worst": max(drop("unrelated_acc")),
-             "edit_seconds_mean": sum(x["edit_seconds"] for x in rs) / len(rs)}
-        for key in ("probe_balanced_acc", "probe_recall", "paraphrase_acc"):
-            v = [x["audit_after"][key] for x in rs]
-            s |= {f"{key}_after_mean": sum(v) / len(v), f"{key}_after_worst": max(v)}
-        table.append(s | {"paradigm": paradigm, "method": method, "runs": len(rs)})
-        lines.append(f"| {paradigm} | {method} | {len(rs)} | {s['forget_after_mean']:.3f} / {s['forget_after_worst']:.3f}"
-                     f" | {s['retain_drop_mean']:.2f} / {s['retain_drop_worst']:.2f} | "
-                     f"{'-' if s['same_class_drop_mean'] is None else format(s['same_class_drop_mean'], '.2f')} | "
-                     f"{s['unrelated_drop_worst']:.2f} | {s['edit_seconds_mean']:.2f} | "
-                     + " | ".join(f"{s[k + '_after_mean']:.3f} / {s[k + '_after_worst']:.3f}"
-                                  for k in ("probe_balanced_acc", "probe_recall", "paraphrase_acc")) + " |")
-    return "\n".join(lines) + "\n\n" + depth_table(result["runs"]), {"summary": table}
+             "edit_seconds_mean": sum(x["edit_seconds"] for x in rs) / len(rs), "time_ratio": ratio,
+             "converged": [x.get("converged") for x in rs] if method == "finetune" else None}
+        for key in audit:
+            v = [x["audit_after"][key] for x in rs if "audit_after" in x]
+            s |= {f"{key}_after_mean": sum(v) / len(v) if v else None, f"{key}_after_worst": max(v, default=None)}
+        table.append(s | {"set": kind, "paradigm": paradigm, "method": method, "runs": len(rs)})
+        f = lambda v, spec=".2f": "-" if v is None else format(v, spec)  # noqa: E731
+        lines.append(f"| {kind} | {paradigm} | {method} | {len(rs)} | {s['forget_after_mean']:.3f} / "
+                     f"{s['forget_after_worst']:.3f} | {s['retain_drop_mean']:.2f} / {s['retain_drop_worst']:.2f} | "
+                     f"{f(s['same_class_drop_mean'])} / {f(s['same_class_drop_worst'])} | "
+                     f"{s['unrelated_drop_worst']:.2f} | {s['edit_seconds_mean']:.2f} | {f(ratio, '.1f')} | "
+                     + " | ".join(f"{f(s[k + '_after_mean'], '.3f')} / {f(s[k + '_after_worst'], '.3f')}"
+                                  for k in audit) + " |")
+    runs = [r for r in result["runs"] if "audit_after" in r]
+    return "\n".join(lines) + ("\n\n" + depth_table(runs) if runs else ""), {"summary": table}
 
 
 DEPTH_KEYS = ("probe_balanced_acc", "probe_balanced_acc_normalised", "probe_recall", "probe_retain_acc",
@@ -181,14 +217,16 @@ def main(argv=None):
     p.add_argument("--n-per-cell", type=int, default=None, help="test images per cell, and val images per cell for the audit probes (100 full, 30 quick)")
     p.add_argument("--methods", default=None, help="comma list of text,regularized,multimodal,finetune")
     p.add_argument("--sites", action="store_true", help="also run multimodal at the other edit site")
-    p.add_argument("--finetune-steps", type=int, default=None, help="step cap of the baseline (default 30)")
-    p.add_argument("--paradigms", default=None, help="comma list of global,domain-specific,domain (default all)")
+    p.add_argument("--finetune-recipe", choices=("official", "tuned"), default="tuned")
+    p.add_argument("--finetune-on", choices=("quick", "all"), default="quick",
+                   help="requests the fine-tuning baseline runs on (default: the three quick ones)")
+    p.add_argument("--paradigms", default=None,
+                   help="comma list of global,domain-specific,domain,single,multi,composed (default all)")
     p.add_argument("--set", action="append", default=[], type=_key_value, metavar="KEY=JSON",
                    help="override an UnlearnConfig field for multimodal, e.g. --set margin=1.0 (repeatable)")
     args = p.parse_args(argv)
     args.paradigms = args.paradigms.split(",") if args.paradigms else None
     args.n_per_cell = args.n_per_cell or (30 if args.quick else 100)
-    args.finetune_steps = args.finetune_steps or 30
     result = run(args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))  # the raw runs first, whatever happens below

@@ -4,7 +4,8 @@ Implements the multimodal-nullspace edit of "Selective, Controlled and Domain-Ag
 in Pretrained CLIP" (arXiv 2512.14113) as a frozen linear layer, for plain PyTorch and Lightning.
 The Lightning pieces are imported lazily, so ``import lightning_unlearn`` does not import Lightning.
 """
-from .edit import EditError, ProjectorEdit, UnlearnConfig, Unlearned, edits, fold_, inject_, restore_, unlearn_
+from .edit import (EditError, ProjectorEdit, UnlearnConfig, Unlearned, edits, fold_, inject_, remove_edit_, restore_,
+                   unlearn_, unlearned)
 from .request import ForgetRequest, RequestError
 from .encoders import hf_tokenizer
 from .sites import UnsupportedModelError
@@ -13,7 +14,8 @@ _LAZY = {"CLIPUnlearning": "module", "NullspaceUnlearning": "callback", "Unlearn
          "WorldDataModule": "datamodules", "FolderDataModule": "datamodules"}
 
 __all__ = ["ForgetRequest", "RequestError", "UnlearnConfig", "Unlearned", "unlearn_", "fold_", "restore_",
-           "inject_", "edits", "ProjectorEdit", "EditError", "UnsupportedModelError", "hf_tokenizer", *_LAZY]
+           "inject_", "edits", "remove_edit_", "unlearned", "ProjectorEdit", "EditError", "UnsupportedModelError",
+           "hf_tokenizer", *_LAZY]
 __version__ = "0.1.0"
 
 

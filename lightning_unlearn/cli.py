@@ -81,13 +81,12 @@ def cmd_unlearn(args) -> dict:
     request = ForgetRequest(classnames or CLASSES, read_names(args.domains, "--domains") or DOMAINS,
                             read_names(args.forget_classes, "--forget-classes"),
                             read_names(args.forget_domains, "--forget-domains"))
-    cfg, lm = _config(args), load_model(args)
+    lm = load_model(args)
     print(f"{PROG} unlearn: {lm.label}; {request.describe()}", file=sys.stderr)
-    u = unlearn_(lm.model, lm.tokenizer, request, cfg, progress=not args.no_progress)
+    u = unlearn_(lm.model, lm.tokenizer, request, _config(args), progress=not args.no_progress)
     files = save_model_and_edit(lm.model, lm.model_cfg, out, args.overwrite, inputs=inputs)
-    print(f"forgot {request.describe()} in {u.seconds:.1f} s (removed rank {u.ranks})\n"
-          f"wrote {out}/: {', '.join(files)}")
-    print(f"load it with open_clip.create_model_and_transforms('local-dir:{out}'), or re-apply the edit alone to "
+    print(f"forgot {request.describe()} in {u.seconds:.1f} s (removed rank {u.ranks})\nwrote {out}/: {', '.join(files)}"
+          f"\nload it with open_clip.create_model_and_transforms('local-dir:{out}'), or re-apply the edit alone to "
           f"the original model with lightning_unlearn.export.apply_edit(model, '{out / EDIT_NAME}')")
     return {"model": lm.label, "request": request.to_dict(), "paradigm": request.paradigm,
             "config": config_dict(u.config), "ranks": u.ranks, "seconds": round(u.seconds, 3), "output": str(out),
@@ -99,10 +98,9 @@ def cmd_evaluate(args) -> dict:
     from .data.datasets import DomainFolderDataset
     from .report import evaluation
     from .zeroshot import evaluate
-    root = Path(args.data)
-    if not root.is_dir():
-        raise CLIError(f"--data {root} does not exist" if not root.exists()
-                       else f"--data {root} is a file; give a folder laid out as <root>/<domain>/<class>/<image>")
+    if not (root := Path(args.data)).is_dir():
+        raise CLIError(f"--data {root} " + ("is a file; give a folder laid out as <root>/<domain>/<class>/<image>"
+                                            if root.exists() else "does not exist"))
     with warnings.catch_warnings(record=True) as caught:  # one plain line each (skipped files, missing cells)
         warnings.simplefilter("always")
         ds = DomainFolderDataset(root, domains=read_names(args.domains, "--domains"),
@@ -137,10 +135,8 @@ def cmd_export(args) -> dict:
     return {"checkpoint": str(args.checkpoint), "output": str(out), "files": files}
 
 
-# ---------------------------------------------------------------------------------------------- parser
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description/epilog layout; appends "(default: X)" only for meaningful defaults."""
-
     def _get_help_string(self, action):
         text = action.help or ""
         if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
@@ -221,11 +217,9 @@ model, forget one request per paradigm (global: "star" everywhere; domain-specif
 test world before and after each, and writes demo.png (heatmaps, one row per paradigm) into --out.""",
                  ["demo", "demo --n-per-cell 10 --out /tmp/demo --json demo.json",
                   "--threads 2 demo          # torch threads (default for the demo: 1)"])
-    p.add_argument("--n-per-cell", type=int, default=25, metavar="N",
-                   help="test images per (class, domain) cell")
+    p.add_argument("--n-per-cell", type=int, default=25, metavar="N", help="test images per (class, domain) cell")
     p.add_argument("--out", default="unlearn-demo", metavar="DIR", help="folder for demo.png")
-    p.add_argument("--pretrained", metavar="PATH",
-                   help="weights for the embedded architecture (default: the shipped ones)")
+    p.add_argument("--pretrained", metavar="PATH", help="weights for the embedded architecture (default: shipped)")
     p.add_argument("--device", default="cpu", help="torch device")
     _output_options(p, batches=True)
     _method_options(p)
@@ -277,11 +271,10 @@ edit.safetensors when the module's model carries edits). The checkpoint is read 
     return parser
 
 
-def _user_error(e: BaseException) -> bool:
-    from .edit import EditError
-    from .sites import UnsupportedModelError
-    return isinstance(e, (CLIError, ValueError, EditError, UnsupportedModelError, FileNotFoundError,  # ValueError:
-                          FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError))  # RequestError too
+def _user_error(e: BaseException) -> bool:  # ValueError covers RequestError; OSError the file errors
+    from . import edit, sites
+    return isinstance(e, (CLIError, ValueError, edit.EditError, sites.UnsupportedModelError, FileNotFoundError,
+                          FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,11 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     json_path = getattr(args, "json", None)
     try:
-        threads = args.threads  # demo: the embedded model is too small to gain from more than one
-        threads = 1 if threads is None and args.command == "demo" and "OMP_NUM_THREADS" not in os.environ else threads
-        if threads is not None and threads < 1:
-            raise CLIError(f"--threads must be >= 1, got {threads}")
-        if threads is not None:
+        demo = args.command == "demo" and "OMP_NUM_THREADS" not in os.environ  # too small to gain from more than one
+        if (threads := 1 if args.threads is None and demo else args.threads) is not None:
+            if threads < 1:
+                raise CLIError(f"--threads must be >= 1, got {threads}")
             import torch
             torch.set_num_threads(threads)
         if json_path not in (None, "-") and Path(json_path).is_dir():

@@ -6,14 +6,13 @@ prototype contributes its own pooled features.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from . import nullspace
+from . import cache, nullspace
 from . import prototypes as protos
 from .encoders import encode_image
 from .prompts import cell_prompts, fill_template
@@ -29,29 +28,17 @@ class Directions:
     stats: dict = field(default_factory=dict)
 
 
-_cache: dict[str, torch.Tensor] | None = None
-
-
-@contextmanager
-def prompt_cache():
-    """Encode each prompt once while one edit is computed (the model does not change meanwhile:
-    stage 1 and stage 2 read many of the same prompts)."""
-    global _cache
-    _cache = {}
-    try:
-        yield
-    finally:
-        _cache = None
-
-
 def encode(model, tokenizer, texts) -> torch.Tensor:
-    """:func:`zeroshot.text_embeddings`, through the :func:`prompt_cache` when one is open."""
-    if _cache is None:
+    """:func:`zeroshot.text_embeddings` through the current :mod:`cache` (keyed by the model's
+    weights and the text): each prompt is encoded once per model, across stages and requests."""
+    store = cache.current()
+    if store is None:
         return text_embeddings(model, tokenizer, texts)
-    new = [t for t in dict.fromkeys(texts) if t not in _cache]
+    base = (cache.weights_key(model), type(tokenizer).__name__, getattr(tokenizer, "context_length", None))
+    new = [t for t in dict.fromkeys(texts) if store.text(base + (t,)) is None]
     if new:
-        _cache.update(zip(new, text_embeddings(model, tokenizer, new)))
-    return torch.stack([_cache[t] for t in texts])
+        store.put_texts(zip([base + (t,) for t in new], text_embeddings(model, tokenizer, new)))
+    return torch.stack([store.text(base + (t,)) for t in texts])
 
 
 def cell_texts(model, tokenizer, cells, templates) -> torch.Tensor:
@@ -103,6 +90,53 @@ def to_site(model, site: Site, where: str, text: torch.Tensor | None = None,
     return torch.cat(cols, 1) if cols else torch.zeros(n, 0)
 
 
+#: Images per synthesis batch, at 224 px (scaled with the image area): bounds the memory of pixels,
+#: Adam moments and activations whatever the number of cells.
+CHUNK_224 = 32
+
+
+def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys, classes: torch.Tensor,
+                      label_key: str, *, n_prototypes: int, proto_steps: int, proto_lr: float, seed: int,
+                      progress: bool = True) -> tuple[torch.Tensor, dict]:
+    """Site columns (n x k * n_prototypes, target-major) of the prototypes of ``targets`` (k x d,
+    named by ``keys``) with the early stop over ``classes`` (named by ``label_key``), and their
+    statistics. Cells are synthesised in batches (bounded memory); a batch already in the current
+    :mod:`cache`'s bank for this model (same cells, label space, seed and settings) is reused."""
+    store = cache.current()
+    bank = None if store is None else store.bank(cache.weights_key(model))
+    settings = dict(labels=label_key, seed=seed, n=n_prototypes, steps=proto_steps, lr=proto_lr, where=where,
+                    site=site.weight, dims=site.dims)
+    size = protos.model_io(model)[0]
+    per = max(1, CHUNK_224 * 224 ** 2 // (size ** 2 * n_prototypes))  # cells per batch
+    found, seconds, todo = {}, 0.0, 0
+    for j in range(0, len(keys), per):  # a batch's early stop depends on all its cells: keyed together
+        idx = list(range(j, min(j + per, len(keys))))
+        batch = cache.settings_key(cells=[keys[i] for i in idx])
+        names = [cache.settings_key(cell=keys[i], batch=batch, **settings) for i in idx]
+        hits = [bank.get(nm) for nm in names] if bank is not None else [None] * len(idx)
+        if all(h is not None for h in hits):
+            found.update(zip(idx, hits))
+            continue
+        todo += len(idx)
+        p = protos.synthesize(model, targets[idx], n_per_text=n_prototypes, steps=proto_steps, lr=proto_lr,
+                              seed=seed, classes=classes, keys=[keys[i] for i in idx], progress=progress)
+        cols = to_site(model, site, where, images=p.images.flatten(0, 1)).T.reshape(len(idx), n_prototypes, -1)
+        seconds += p.seconds
+        for r, (i, nm) in enumerate(zip(idx, names)):
+            found[i] = torch.cat([cols[r], p.cos[r, :, None], p.steps[r, :, None].float()], 1)
+            if bank is not None:
+                bank.put(nm, found[i])
+    rows = torch.cat([found[i] for i in range(len(keys))])  # k * n_prototypes x (n + 2)
+    stats = {"n_prototypes": rows.shape[0], "prototype_cos": float(rows[:, -2].mean()),
+             "prototype_steps": int(rows[:, -1].max()), "prototype_image_steps": int(rows[:, -1].sum()),
+             "prototypes_reused": (len(keys) - todo) * n_prototypes, "prototype_seconds": round(seconds, 3)}
+    return rows[:, :-2].T.contiguous(), stats
+
+
+def _cell_keys(cells, templates) -> list[str]:
+    return ["|".join(cell_prompts(c, d, templates)) for c, d in cells]
+
+
 def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, multimodal: bool,
           protect: str, class_templates, n_prototypes: int, proto_steps: int, proto_lr: float, seed: int,
           center: bool, progress: bool = True) -> Directions:
@@ -119,17 +153,16 @@ def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, m
     if request.paradigm == "global":
         T_forget = torch.cat([T_forget, class_texts(model, tokenizer, request.forget_classes, class_templates) - mu])
         stats["n_forget_text"] += len(request.forget_classes)
-    images = None
-    if multimodal:
-        p = protos.synthesize(model, T_cells[: len(forget_cells)], n_per_text=n_prototypes, steps=proto_steps,
-                              lr=proto_lr, seed=seed, classes=T_cells, progress=progress)
-        images = p.images.flatten(0, 1)
-        stats |= {"n_prototypes": images.shape[0], "prototype_cos": float(p.cos.mean()),
-                  "prototype_steps": p.steps, "prototype_seconds": round(p.seconds, 3)}
     P = _edited_range(model, site, where)
     if P is not None:  # composing on an edited image tower: see _edited_range
         T_forget = T_forget.cpu() @ P
-    Fm = to_site(model, site, where, T_forget, images)
+    Fm = to_site(model, site, where, T_forget)
+    if multimodal:
+        keys = _cell_keys(all_cells, request.templates)
+        V, s = prototype_columns(model, site, where, T_cells[: len(forget_cells)], keys[: len(forget_cells)],
+                                 T_cells, cache.settings_key(cells=keys), n_prototypes=n_prototypes,
+                                 proto_steps=proto_steps, proto_lr=proto_lr, seed=seed, progress=progress)
+        Fm, stats = torch.cat([Fm, V], 1), stats | s
     if protect == "none":
         T_retain = T_cells[:0]
     elif protect == "classes":
@@ -202,10 +235,11 @@ def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, wher
     if multimodal:
         retain = request.same_class_other_domain_cells() if request.paradigm != "global" else ()
         cells = forget_cells + retain
-        p = protos.synthesize(model, cell_texts(model, tokenizer, cells, request.templates),
-                              n_per_text=n_prototypes, steps=proto_steps, lr=proto_lr, seed=seed,
-                              classes=T, progress=progress)
-        V = to_site(model, site, where, images=p.images.flatten(0, 1))
+        V, s = prototype_columns(model, site, where, cell_texts(model, tokenizer, cells, request.templates),
+                                 _cell_keys(cells, request.templates), T,
+                                 cache.settings_key(classes=classes, templates=class_templates),
+                                 n_prototypes=n_prototypes, proto_steps=proto_steps, proto_lr=proto_lr, seed=seed,
+                                 progress=progress)
         V = V if pre is None else F.normalize(pre.float() @ V, dim=0)
         Vt = V.clone()
         k = len(forget_cells) * n_prototypes
@@ -220,6 +254,5 @@ def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, wher
             Vt[:, :k] = V[:, :k] + need[(g * g).sum(0) > 1e-12].max() * u
         wv = image_weight ** 0.5
         V, Vt = V * wv, Vt * wv
-        stats |= {"n_prototypes": V.shape[1], "n_forget_prototypes": k, "prototype_cos": float(p.cos.mean()),
-                  "prototype_steps": p.steps, "prototype_seconds": round(p.seconds, 3)}
+        stats |= s | {"n_forget_prototypes": k}
     return Constraints(At, Bt, V, Vt, stats)

@@ -5,20 +5,27 @@ The edit ``M`` (a d x d map in the joint space, or D x D on the pooled features)
 the tower's projection weight: the forward pass sees ``W_img @ M^T`` exactly as if the layer sat
 right after the projection, no ``encode_*`` method is patched, edits compose in a chain, and the
 original weight stays untouched in ``parametrizations.<name>.original`` for an exact restore.
+
+Edits are named: :func:`edits` lists the names, :func:`remove_edit_` removes one, :func:`restore_`
+all, :func:`unlearned` is a context manager. One return convention: the in-place functions (trailing
+underscore) return what they did, never the model: :func:`unlearn_` the :class:`Unlearned` record,
+:func:`inject_` the edit's name, :func:`remove_edit_` / :func:`restore_` the names removed,
+:func:`fold_` the original weights it replaced.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from . import deep, nullspace
-from .directions import build, build_constraints, prompt_cache
+from .directions import build, build_constraints
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
 from .sites import SITES, TOWERS, EditLinear, Site, find_site, uninstall_
@@ -34,6 +41,17 @@ class EditError(RuntimeError):
     """An edit that cannot be applied to this model in its current state."""
 
 
+#: Fields every edit reads; the prototype fields (method "multimodal" only); each solver's own.
+COMMON_FIELDS = ("method", "solver", "alpha", "towers", "site", "class_templates", "depth")
+PROTOTYPE_FIELDS = ("n_prototypes", "proto_steps", "proto_lr", "seed")
+SOLVER_FIELDS = {
+    "two-sided": ("text_first", "lam", "mu", "text_weight", "image_weight", "margin", "sink_margin",
+                  "retain_prompts"),
+    "projector": ("protect", "center", "energy", "retain_energy"),
+    "regularized": ("protect", "center", "lam", "mu"),
+}
+
+
 @dataclass(frozen=True)
 class UnlearnConfig:
     """How the edit is computed. ``method``: "multimodal" (text + visual prototypes, 2512.14113) or
@@ -44,7 +62,12 @@ class UnlearnConfig:
     (stage 1, see :func:`compute_map`), ``margin`` and ``sink_margin`` (where forgotten prototypes
     are sent, see :func:`directions.build_constraints`), the weights of text and image constraints.
     ``depth``: "shallow" (the surface edit alone) or "deep" (the surface edit after the output eraser
-    of :func:`deep.output_eraser`, from ``deep_prototypes`` prototypes per cell; joint site only)."""
+    of :func:`deep.output_eraser`, from ``deep_prototypes`` prototypes per cell; joint site only).
+
+    Each solver reads its own fields (:data:`SOLVER_FIELDS`; the prototype fields only under
+    "multimodal", ``deep_prototypes`` only under depth "deep"): a field the chosen solver ignores
+    must keep its default, otherwise the config is refused with the field, the solver and the fix
+    named. The edit id covers the acting fields only (:meth:`acting_fields`)."""
     method: str = "multimodal"
     solver: str = "two-sided"
     alpha: float = 1.0
@@ -70,6 +93,15 @@ class UnlearnConfig:
     depth: str = "shallow"
     deep_prototypes: int = 1
 
+    def acting_fields(self) -> tuple[str, ...]:
+        """The fields the computed edit depends on under this method and solver."""
+        fields = COMMON_FIELDS + (PROTOTYPE_FIELDS if self.method == "multimodal" else ())
+        solver = SOLVER_FIELDS[self.solver]
+        if self.solver == "two-sided" and not self.text_first:
+            solver = tuple(f for f in solver if f not in ("lam", "mu"))
+        deep = ("deep_prototypes", "proto_steps", "proto_lr", "seed") if self.depth == "deep" else ()  # the eraser's
+        return fields + solver + tuple(f for f in deep if f not in fields)
+
     def __post_init__(self):
         for name, value, allowed in [("method", self.method, METHODS), ("solver", self.solver, SOLVERS),
                                      ("site", self.site, SITES), ("protect", self.protect, PROTECT),
@@ -86,6 +118,18 @@ class UnlearnConfig:
         object.__setattr__(self, "towers", towers)
         object.__setattr__(self, "retain_prompts", tuple(self.retain_prompts))
         object.__setattr__(self, "class_templates", validate_templates(self.class_templates, "c", "class_templates"))
+        for name in ("text_weight", "image_weight", "mu"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"`{name}`={getattr(self, name)!r} must be a finite number >= 0 (a weight; "
+                                 f"default {_DEFAULTS[name]})")
+        for name in ("lam", "proto_lr"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ValueError(f"`{name}`={getattr(self, name)!r} must be a finite number > 0 "
+                                 f"(default {_DEFAULTS[name]})")
+        for name in ("energy", "retain_energy"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"`{name}`={getattr(self, name)!r} must be in (0, 1] (a fraction of spectral "
+                                 f"energy; default {_DEFAULTS[name]})")
         if not self.margin >= 0 or not self.sink_margin >= 0:
             raise ValueError(f"`margin`={self.margin} and `sink_margin`={self.sink_margin} must be >= 0 (how far past "
                              "the sink forgotten prototypes are sent; defaults 0.75 and 0.25)")
@@ -96,6 +140,21 @@ class UnlearnConfig:
             raise ValueError(f"`deep_prototypes`={self.deep_prototypes} must be >= 1 (prototypes per cell of the eraser)")
         if self.n_prototypes < 1 or self.proto_steps < 1:
             raise ValueError(f"`n_prototypes`={self.n_prototypes} and `proto_steps`={self.proto_steps} must be >= 1")
+        acting = self.acting_fields()
+        for name, default in _DEFAULTS.items():
+            if name not in acting and getattr(self, name) != default:
+                users = [s for s, f in SOLVER_FIELDS.items() if name in f]
+                why, fix = ((f"method={self.method!r} builds no visual prototypes", "pass method='multimodal'")
+                            if name in PROTOTYPE_FIELDS else
+                            ("depth='shallow' builds no eraser", "pass depth='deep'") if name == "deep_prototypes" else
+                            ("text_first=False skips stage 1", "pass text_first=True")
+                            if name in SOLVER_FIELDS[self.solver] else
+                            (f"solver={self.solver!r} ignores it", f"pass solver={users[0]!r}"))
+                raise ValueError(f"`{name}`={getattr(self, name)!r} has no effect: {why}; {fix} or leave `{name}` at "
+                                 f"its default ({default!r})")
+
+
+_DEFAULTS = {f.name: f.default for f in fields(UnlearnConfig)}
 
 
 class ProjectorEdit(nn.Module):
@@ -116,7 +175,7 @@ class ProjectorEdit(nn.Module):
     def forward(self, W: torch.Tensor) -> torch.Tensor:
         M = self.P.weight.float()
         meta = W.device.type == "meta"  # shapes only (autocast has no meta device)
-        with nullcontext() if meta else torch.autocast(device_type=W.device.type, enabled=False):
+        with contextlib.nullcontext() if meta else torch.autocast(device_type=W.device.type, enabled=False):
             Wf = W.float()
             if self.layout == "bias":
                 out = M @ Wf
@@ -143,6 +202,7 @@ class Unlearned:
     stats: dict = field(default_factory=dict)
     seconds: float = 0.0
     infos: dict = field(default_factory=dict)  # tower -> the provenance attached to its injected edit
+    name: str = ""  # the injected edit's name (see :func:`edits`, :func:`remove_edit_`)
 
 
 def _edited_tensors(site: Site, where: str) -> list[tuple[nn.Module, str, str]]:
@@ -153,22 +213,38 @@ def _edited_tensors(site: Site, where: str) -> list[tuple[nn.Module, str, str]]:
     return out
 
 
+def fresh_name(model: nn.Module, base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``... whichever no edit of ``model`` carries yet."""
+    taken, name, k = set(edits(model)), base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}-{k}"
+    return name
+
+
 def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str = "joint",
-            info: dict | None = None) -> None:
-    """Append the frozen map ``M`` to ``tower``'s projection (composes with earlier edits)."""
+            info: dict | None = None, *, name: str | None = None) -> str:
+    """Append the frozen map ``M`` to ``tower``'s projection (composes with earlier edits).
+
+    Returns the edit's name: ``name`` if given (maps injected under one name form one edit, removed
+    together by :func:`remove_edit_`), else a fresh one."""
     s = find_site(model, tower)
     n = s.dims[1] if site == "joint" else s.dims[0]
     if tuple(M.shape) != (n, n):
         raise ValueError(f"the edit has shape {tuple(M.shape)}, but the {tower} projection needs ({n}, {n}) at "
                          f"site {site!r}")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ValueError(f"`name`={name!r} must be a non-empty string")
+    name = name or fresh_name(model, "edit")
     if s.slot is not None and s.slot.installed is None:  # a tower with no projection: add the layer
         s.slot.install(s.module)
-    for module, name, layout in _edited_tensors(s, site):
-        edit = ProjectorEdit(n, site, layout, info)
+    for module, tensor, layout in _edited_tensors(s, site):
+        edit = ProjectorEdit(n, site, layout, dict(info or {}, name=name))
         with torch.no_grad():
             edit.P.weight.copy_(M.float())
-        edit.to(getattr(module, name).device)  # before registering: torch evaluates the parametrization at once
-        parametrize.register_parametrization(module, name, edit)
+        edit.to(getattr(module, tensor).device)  # before registering: torch evaluates the parametrization at once
+        parametrize.register_parametrization(module, tensor, edit)
+    return name
 
 
 def chain(model: nn.Module, tower: str) -> list[str | None]:
@@ -181,14 +257,19 @@ def chain(model: nn.Module, tower: str) -> list[str | None]:
             if isinstance(e, ProjectorEdit)]
 
 
-def edits(model: nn.Module) -> list[tuple[str, ProjectorEdit]]:
-    """Every injected edit as (qualified tensor name, edit), in application order."""
+def edit_modules(model: nn.Module) -> list[tuple[str, ProjectorEdit]]:
+    """Every injected map as (qualified tensor name, edit), in application order."""
     out = []
     for mod_name, module in model.named_modules():
         if parametrize.is_parametrized(module):
             for name, plist in module.parametrizations.items():
                 out += [(f"{mod_name}.{name}".lstrip("."), e) for e in plist if isinstance(e, ProjectorEdit)]
     return out
+
+
+def edits(model: nn.Module) -> list[str]:
+    """The names of the edits ``model`` carries, in application order ("" for an unnamed legacy edit)."""
+    return list(dict.fromkeys(e.info.get("name", "") for _, e in edit_modules(model)))
 
 
 def _parametrized(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -204,13 +285,32 @@ def _remove(module: nn.Module, name: str, leave_parametrized: bool) -> None:
     parametrize.remove_parametrizations(module, name, leave_parametrized=leave_parametrized)
 
 
-def restore_(model: nn.Module) -> nn.Module:
+def restore_(model: nn.Module) -> list[str]:
     """Remove every injected edit (and every layer an edit installed): the state_dict is then
-    bit-identical to the original."""
+    bit-identical to the original. Returns the names removed."""
+    names = edits(model)
     for module, name in _parametrized(model):
         _remove(module, name, leave_parametrized=False)
     uninstall_(model)
-    return model
+    return names
+
+
+def remove_edit_(model: nn.Module, name: str) -> list[str]:
+    """Remove the edit called ``name`` and keep the others (their maps were computed on the model as
+    it was then: removing the last edit gives back exactly the model before it). Returns ``[name]``."""
+    if name not in edits(model):
+        raise KeyError(f"the model carries no edit named {name!r}; its edits are {edits(model)}")
+    for module, tensor in _parametrized(model):
+        plist = getattr(module.parametrizations, tensor)
+        hit = [i for i, e in enumerate(plist) if isinstance(e, ProjectorEdit) and e.info.get("name", "") == name]
+        if len(hit) == len(plist):
+            _remove(module, tensor, leave_parametrized=False)
+        else:
+            for i in reversed(hit):
+                del plist[i]
+    if not edits(model):  # the last edit: the layers edits installed go too
+        uninstall_(model)
+    return [name]
 
 
 def fold_(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -265,7 +365,7 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
     if cfg.text_first and request.kept_classes:
         d = build(model, tokenizer, request, site, cfg.site, protect="classes", center=True,
                   **(common | {"multimodal": False}))
-        M1, _ = solve(d.F, d.R, replace(cfg, solver="regularized", alpha=1.0))
+        M1, _ = solve(d.F, d.R, UnlearnConfig(solver="regularized", lam=cfg.lam, mu=cfg.mu))
         stats["text_first_rank"] = d.F.shape[1]
     t = build_constraints(model, tokenizer, request, site, cfg.site, text_weight=cfg.text_weight,
                       image_weight=cfg.image_weight, margin=cfg.margin,
@@ -294,15 +394,18 @@ def check_model(model: nn.Module) -> None:
 
 
 def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: UnlearnConfig | None = None, *,
-             compose: bool = False, progress: bool = True, evidence: dict | None = None, **overrides) -> Unlearned:
-    """Compute the edit for ``request`` and inject it in place (see :class:`UnlearnConfig` for the
-    options; keyword ``overrides`` replace config fields, e.g. ``alpha=0.5``).
+             compose: bool = False, name: str | None = None, progress: bool = True, evidence: dict | None = None,
+             **overrides) -> Unlearned:
+    """Compute the edit for ``request`` and inject it in place under ``name`` (default: ``forget-``
+    and the request digest); see :class:`UnlearnConfig` for the options; keyword ``overrides``
+    replace config fields, e.g. ``alpha=0.5``. Returns the :class:`Unlearned` record (``.name``).
 
     ``evidence`` (``depth="deep"`` only): ``{(class, domain): preprocessed images (N, 3, H, W)}`` for
     forgotten cells; the eraser then reads those cells' mean output from real images instead of prototypes.
 
     An already edited model raises unless ``compose=True``: the new edit is then computed on the
-    edited model and appended, so both requests stay forgotten; :func:`restore_` undoes all.
+    edited model and appended, so both requests stay forgotten; :func:`remove_edit_` removes one
+    edit by name, :func:`restore_` all of them.
     """
     if not isinstance(request, ForgetRequest):
         raise TypeError(f"`request` must be a ForgetRequest, got {type(request).__name__}")
@@ -316,8 +419,12 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     check_model(model)
     existing = edits(model)
     if existing and not compose:
-        raise EditError(f"the model already carries {len(existing)} edit(s) ({sorted({n for n, _ in existing})}); "
+        raise EditError(f"the model already carries {len(existing)} edit(s) ({existing}); "
                         "pass compose=True to add this request on top, or call restore_(model) first")
+    if name is not None and (not isinstance(name, str) or not name or name in existing):
+        raise ValueError(f"`name`={name!r} must be a non-empty string no edit of the model carries yet "
+                         f"(it carries {existing}); pick another name or leave it out for a generated one")
+    name = name or fresh_name(model, f"forget-{request.digest()[:8]}")
     t0 = time.perf_counter()
     sites = {tower: find_site(model, tower) for tower in cfg.towers}  # fail early on unsupported models
     deep.check_evidence(evidence, request, model)  # and on bad evidence
@@ -325,22 +432,21 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     was_training = model.training
     model.eval()
     try:
-        with prompt_cache():
-            for tower, site in sites.items():
-                maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
-                change = (maps[tower] - torch.eye(maps[tower].shape[0])).abs().max().item()
-                if cfg.alpha > 0 and change < 1e-6 * cfg.alpha:  # the full (alpha = 1) map is the identity
-                    raise EditError(f"the {tower} edit computed for this request is the identity (largest change "
-                                    f"{change:.1e} at alpha={cfg.alpha}): it would forget nothing. With "
-                                    f"method={cfg.method!r}, solver={cfg.solver!r} the request gives no direction to "
-                                    "remove; try method='multimodal' or solver='projector'")
-            if cfg.depth == "deep":  # erase first, on the raw output: M = M_surface E
-                E, deep_stats = deep.output_eraser(
-                    model, tokenizer, request, n_prototypes=cfg.deep_prototypes, proto_steps=cfg.proto_steps,
-                    proto_lr=cfg.proto_lr, seed=cfg.seed, class_templates=cfg.class_templates, evidence=evidence,
-                    progress=progress)
-                maps["image"] = (maps["image"].double() @ E.double()).float()
-                stats["image"] |= deep_stats
+        for tower, site in sites.items():  # prompts and prototypes go through cache.current()
+            maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
+            change = (maps[tower] - torch.eye(maps[tower].shape[0])).abs().max().item()
+            if cfg.alpha > 0 and change < 1e-6 * cfg.alpha:  # the full (alpha = 1) map is the identity
+                raise EditError(f"the {tower} edit computed for this request is the identity (largest change "
+                                f"{change:.1e} at alpha={cfg.alpha}): it would forget nothing. With "
+                                f"method={cfg.method!r}, solver={cfg.solver!r} the request gives no direction to "
+                                "remove; try method='multimodal' or solver='projector'")
+        if cfg.depth == "deep":  # erase first, on the raw output: M = M_surface E
+            E, deep_stats = deep.output_eraser(
+                model, tokenizer, request, n_prototypes=cfg.deep_prototypes, proto_steps=cfg.proto_steps,
+                proto_lr=cfg.proto_lr, seed=cfg.seed, class_templates=cfg.class_templates, evidence=evidence,
+                progress=progress)
+            maps["image"] = (maps["image"].double() @ E.double()).float()
+            stats["image"] |= deep_stats
     finally:
         model.train(was_training)
     info = provenance(request, cfg)
@@ -349,5 +455,16 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     # each edit records the edits it was computed on top of: it is only re-applied after them
     infos = {tower: info | {"after": chain(model, tower)} for tower in maps}
     for tower, M in maps.items():
-        inject_(model, M, tower, cfg.site, infos[tower])
-    return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0, infos)
+        inject_(model, M, tower, cfg.site, infos[tower], name=name)
+    return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0, infos=infos, name=name)
+
+
+@contextlib.contextmanager
+def unlearned(model: nn.Module, tokenizer, request: ForgetRequest, config: UnlearnConfig | None = None, **kwargs):
+    """``with unlearned(model, tokenizer, request) as u:`` runs the block on the edited model and
+    removes this edit on exit, also on an exception (``kwargs`` go to :func:`unlearn_`)."""
+    u = unlearn_(model, tokenizer, request, config, **kwargs)
+    try:
+        yield u
+    finally:
+        remove_edit_(model, u.name)

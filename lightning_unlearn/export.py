@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .edit import EditError, ProjectorEdit, Unlearned, chain, check_model, edits, fold_, inject_, restore_
+from .edit import EditError, ProjectorEdit, Unlearned, chain, check_model, edit_modules, edits, fold_, fresh_name, inject_, restore_
 from .encoders import hf_kind
 from .sites import TOWERS, UnsupportedModelError, find_site, folded_config
 from .state import check_digest, info_edit_id, missing_digest, provenance, weights_digest
@@ -343,7 +343,7 @@ def write_folded_into(folder: str | Path, model: nn.Module, model_cfg: dict,
                             f"(from open_clip.get_model_config(name)); got {got}")
     folder = Path(folder)
     model_cfg = folded_config(model, model_cfg)  # a layer an edit installed becomes an open_clip projection
-    provenance = [dict(e.info, tensor=name) for name, e in edits(model) if e.layout != "bias"]
+    provenance = [dict(e.info, tensor=name) for name, e in edit_modules(model) if e.layout != "bias"]
     folded = copy.deepcopy(model)
     fold_(folded)
     state = _state_for_saving(folded)
@@ -473,9 +473,10 @@ def _entries_from_model(model: nn.Module) -> tuple[list[torch.Tensor], list[dict
 
 def _entries_from_unlearned(u: Unlearned) -> tuple[list[torch.Tensor], list[dict]]:
     # the info unlearn_ attached to the injected edit (with the edits it was computed on top of)
-    info = _plain(provenance(u.request, u.config))
+    info = provenance(u.request, u.config)
     maps = [u.maps[t].detach().float().cpu().clone() for t in u.maps]
-    return maps, [{"tower": t, "site": u.config.site, "info": _plain(u.infos.get(t, info))} for t in u.maps]
+    return maps, [{"tower": t, "site": u.config.site, "info": _plain(dict(u.infos.get(t, info), name=u.name))}
+                  for t in u.maps]
 
 
 def _metadata(entries: list[dict], digest: dict) -> dict:
@@ -603,8 +604,11 @@ def apply_edit(model: nn.Module, artifact: EditArtifact | str | Path, *, compose
             raise ArtifactError(f"edit {i} has shape {tuple(M.shape)} but the {e['tower']} projection needs ({n}, {n}) "
                                 f"at site {e['site']!r}")
         plan.append((M, e))
+    names = {}  # an edit's maps share its name; a name the model already carries gets a suffix
     for M, e in plan:
-        inject_(model, M, e["tower"], e["site"], e["info"])
+        base = e["info"].get("name") or "edit"
+        names.setdefault(base, fresh_name(model, base))
+        inject_(model, M, e["tower"], e["site"], e["info"], name=names[base])
     return model
 
 
@@ -632,4 +636,5 @@ def _describe(info: dict) -> str:
 
 def remove_edit(model: nn.Module) -> nn.Module:
     """Remove every injected edit: the state_dict is bit-identical to the unedited model's again."""
-    return restore_(model)
+    restore_(model)
+    return model

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .edit import EditError, ProjectorEdit, UnlearnConfig, Unlearned, edits, restore_, unlearn_
+from .edit import EditError, ProjectorEdit, UnlearnConfig, Unlearned, edit_modules, edits, restore_, unlearn_
 from .request import ForgetRequest
 from .sites import find_site, is_clip
 from .state import info_edit_id
@@ -56,7 +56,7 @@ def make_request(request: ForgetRequest | Mapping) -> ForgetRequest:
 
 def carried_edit_ids(model: nn.Module) -> list[str | None]:
     """The :func:`~lightning_unlearn.state.edit_id` of every edit ``model`` carries, in application order."""
-    return [info_edit_id(e.info) for _, e in edits(model)]
+    return [info_edit_id(e.info) for _, e in edit_modules(model)]
 
 
 def find_clip(module: nn.Module, attr: str | None = None) -> tuple[str, nn.Module]:
@@ -157,4 +157,4 @@ def compute_edit_(model: nn.Module, tokenizer: Callable, request: ForgetRequest,
 
 
 def edit_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [e.P.weight for _, e in edits(model)]
+    return [e.P.weight for _, e in edit_modules(model)]

@@ -25,7 +25,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from . import embedded, zeroshot
-from .edit import EditError, UnlearnConfig, edits, fold_, inject_, restore_
+from .edit import EditError, UnlearnConfig, edit_modules, edits, fold_, inject_, restore_
 from .integration import carried_edit_ids, check_strategy, compute_edit_, make_config, make_request, tower_edits
 from .load import load_clip, model_cfg_of
 from .metrics import UnlearningAccuracy
@@ -213,7 +213,7 @@ class CLIPUnlearning(LightningModule):
             if set(carried) == {self.edit_id} and len(carried) == n_edited:
                 self.computed_edit_id.copy_(edit_id_tensor(self.edit_id))  # the model already carries exactly this edit
                 return
-            raise EditError(f"`model` already carries {len(carried)} edit(s) ({sorted(n for n, _ in edits(clip))}) "
+            raise EditError(f"`model` already carries {len(carried)} edit(s) ({edits(clip)}) "
                             "that are not this request's; pass an un-edited model: restore_(model) drops them, "
                             "fold_(model) keeps them as plain weights")
         for tower in self.config.towers:
@@ -226,7 +226,7 @@ class CLIPUnlearning(LightningModule):
             return ()
         if isinstance(prefixes, str):
             prefixes = [prefixes]
-        frozen = {id(p) for _, e in edits(self.clip) for p in e.parameters()}
+        frozen = {id(p) for _, e in edit_modules(self.clip) for p in e.parameters()}
         names = dict(self.clip.named_parameters())
         for prefix in prefixes:
             hits = [n for n, p in names.items() if (n == prefix or n.startswith(prefix + ".")) and id(p) not in frozen]

@@ -98,7 +98,7 @@ def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress
     embedded model ``lc`` (a :class:`~lightning_unlearn.load.LoadedCLIP`), print a cell table per
     request and a summary, write ``out/demo.png`` and return the numbers as JSON data."""
     from .data import QUICK_REQUESTS, rendered_batches
-    from .edit import EditError, restore_, unlearn_
+    from .edit import EditError, unlearned
     from .request import ForgetRequest
     from .zeroshot import evaluate, split_accuracy
     t0 = time.perf_counter()
@@ -116,15 +116,11 @@ def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress
     for paradigm, spec in QUICK_REQUESTS:
         request = ForgetRequest(lc.classnames, lc.domains, **spec)
         try:
-            u = unlearn_(lc.model, lc.tokenizer, request, config, progress=progress)
+            with unlearned(lc.model, lc.tokenizer, request, config, progress=progress) as u:
+                after = run()
+            refused = None
         except (ValueError, EditError) as e:  # this config cannot serve this request (e.g. text-only, whole domains)
             u, after, refused = None, before, str(e)
-        else:
-            refused = None
-            try:
-                after = run()
-            finally:
-                restore_(lc.model)
         sb = split_accuracy(before["correct"], before["total"], request)
         sa = split_accuracy(after["correct"], after["total"], request)
         rows.append({"paradigm": paradigm, "forget": {"classes": spec.get("forget_classes"),

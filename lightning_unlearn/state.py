@@ -34,8 +34,12 @@ EDIT_ID_LEN = 16
 
 # ---------------------------------------------------------------------------------------------- config, provenance
 def config_dict(config) -> dict:
-    """An :class:`~lightning_unlearn.edit.UnlearnConfig` (any dataclass) as plain JSON data (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    """An :class:`~lightning_unlearn.edit.UnlearnConfig` (any dataclass) as plain JSON data (tuples become
+    lists): only the fields that act (``config.acting_fields()``, where the config defines it)."""
+    d = dataclasses.asdict(config)
+    if hasattr(config, "acting_fields"):
+        d = {k: d[k] for k in config.acting_fields()}
+    return json.loads(json.dumps(d))
 
 
 def provenance(request: ForgetRequest, config) -> dict:

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from lightning_unlearn import ForgetRequest, restore_, unlearn_
+from lightning_unlearn import ForgetRequest, unlearned
 from lightning_unlearn.audit import (AuditError, Features, audit_features, compare, extract, knn_predict,
                                      probe_metrics, resolve_layers, retrieval_precision, split_cells)
 from lightning_unlearn.data import World, WorldDataset, write_world
@@ -31,12 +31,9 @@ def star():
     fit_b, test_b = _batches(emb, "val"), _batches(emb, "test")
     f0, t0 = extract(emb.model, fit_b), extract(emb.model, test_b)
     before = audit_features(emb.model, emb.tokenizer, request, f0, t0)
-    unlearn_(emb.model, emb.tokenizer, request, progress=False)
-    try:
+    with unlearned(emb.model, emb.tokenizer, request, progress=False):
         f1, t1 = extract(emb.model, fit_b), extract(emb.model, test_b)
         after = audit_features(emb.model, emb.tokenizer, request, f1, t1)
-    finally:
-        restore_(emb.model)
     return {"before": before, "after": after, "t0": t0, "t1": t1, "emb": emb, "test": test_b}
 
 

@@ -175,6 +175,9 @@ def test_demo_writes_the_json_and_the_figure(tmp_path, weights, capsys):
     for p in data["paradigms"]:
         for key in ["forget_acc_before", "forget_acc_after", "retain_acc_before", "retain_acc_after"]:
             assert 0.0 <= p[key] <= 1.0
+    star = data["paradigms"][0]  # the trained model reads its 4 stars, and the edit makes it forget them
+    assert star["forget_acc_before"] >= 0.75 and star["forget_acc_after"] <= 0.25
+    assert star["retain_acc_after"] >= star["retain_acc_before"] - 0.1
     assert data["paradigms"][0]["forget"] == {"classes": ["star"], "domains": None}
     assert data["paradigms"][1]["forget"] == {"classes": ["star"], "domains": ["sketch"]}
     assert data["paradigms"][2]["forget"] == {"classes": None, "domains": ["painting"]}

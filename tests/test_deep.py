@@ -11,6 +11,7 @@ import torch
 from benchmarks.deep_sweep import data, encode, measure
 from lightning_unlearn import ForgetRequest, edits, embedded, fold_, nullspace, restore_, unlearn_
 from lightning_unlearn import deep
+from lightning_unlearn.edit import edit_modules
 from lightning_unlearn.export import apply_edit, load_edit, remove_edit, save_edit, save_folded
 from lightning_unlearn.module import CLIPUnlearning
 
@@ -99,7 +100,7 @@ def outs(model, inputs):
 
 def test_deep_edit_is_the_surface_map_after_a_rank_one_eraser(emb, deep_edited):
     model, u = deep_edited
-    (name, edit), = edits(model)
+    (name, edit), = edit_modules(model)
     assert name == "visual.proj" and u.stats["image"]["eraser_rank"] == 1
     M = edit.P.weight.double()
     assert torch.linalg.matrix_rank(M, rtol=1e-5) == M.shape[0] - 1  # the shallow map is full rank
@@ -137,7 +138,8 @@ def test_deep_edit_folds_restores_and_exports(emb, deep_edited, inputs, tmp_path
     for k, v in emb.model.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v), k
 
-    restored = restore_(copy.deepcopy(model))
+    restored = copy.deepcopy(model)
+    restore_(restored)
     for k, v in emb.model.state_dict().items():
         assert torch.equal(restored.state_dict()[k], v), k
 
@@ -155,7 +157,7 @@ def test_deep_edit_survives_a_lightning_checkpoint(emb, inputs, tmp_path):
     assert reloaded.computed
     for a, b in zip(outs(reloaded.clip, inputs), outs(module.clip, inputs)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    (_, edit), = edits(reloaded.clip)
+    (_, edit), = edit_modules(reloaded.clip)
     assert edit.info["config"]["depth"] == "deep"
 
 

@@ -21,8 +21,9 @@ from torch import nn
 
 from lightning_unlearn import (EditError, ForgetRequest, RequestError, UnlearnConfig, UnsupportedModelError, edits,
                                embedded, fold_, inject_, prototypes, restore_, unlearn_)
-from lightning_unlearn import directions, zeroshot
+from lightning_unlearn import cache, directions, zeroshot
 from lightning_unlearn.directions import cell_texts, class_texts
+from lightning_unlearn.edit import edit_modules, remove_edit_, unlearned
 from lightning_unlearn.sites import find_site
 
 torch.set_num_threads(1)
@@ -156,7 +157,7 @@ def test_injected_and_folded_outputs_are_equal(zoo, tower, site):
     i = 0 if tower == "image" else 1
     assert not torch.allclose(injected[i], before[i], atol=1e-4), "the edit changed nothing"
     assert torch.equal(injected[1 - i], before[1 - i]), "the other tower changed"
-    names = [n for n, _ in edits(model)]
+    names = [n for n, _ in edit_modules(model)]
     assert all(n.endswith(s.weight) or (s.bias and n.endswith(s.bias)) for n in names)
     assert len(names) == (2 if s.bias and site == "joint" else 1)
 
@@ -305,7 +306,7 @@ def test_low_precision_models_get_a_float32_map_deterministically(zoo, dtype):
         assert u1.ranks[tower] > 0
         assert torch.equal(M, u2.maps[tower]), f"{tower} map differs between two runs with the same seed"
     assert all(torch.isfinite(o).all() and o.dtype == dtype for o in injected)
-    for name, e in edits(model):
+    for name, e in edit_modules(model):
         assert e.P.weight.dtype == torch.float32
     fold_(model)
     assert all(v.dtype == dtype for k, v in model.state_dict().items() if v.is_floating_point())
@@ -321,7 +322,7 @@ def test_the_edit_is_frozen(zoo):
     model = zoo.model
     unlearn_(model, zoo.tokenizer, req(), method="text", towers=("image", "text"), **FAST)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    Ps = [e.P.weight for _, e in edits(model)]
+    Ps = [e.P.weight for _, e in edit_modules(model)]
     assert Ps and all(not P.requires_grad for P in Ps)
     assert not any(p is P for p in trainable for P in Ps)
     # a training step reaches the original weights but never the edit
@@ -464,6 +465,18 @@ def test_valid_requests():
     (dict(margin=-0.5), r"`margin`=-0.5 and `sink_margin`=0.25 must be >= 0"),
     (dict(sink_margin=float("nan")), r"`sink_margin`=nan must be >= 0"),
     (dict(class_templates=("a photo.",)), r"template 'a photo.' in `class_templates` has no \{c\} placeholder"),
+    (dict(text_weight=-1.0), r"`text_weight`=-1.0 must be a finite number >= 0"),
+    (dict(image_weight=float("inf")), r"`image_weight`=inf must be a finite number >= 0"),
+    (dict(lam=0.0), r"`lam`=0.0 must be a finite number > 0"),
+    (dict(solver="projector", energy=1.5), r"`energy`=1.5 must be in \(0, 1\]"),
+    (dict(energy=0.9), r"`energy`=0.9 has no effect: solver='two-sided' ignores it; pass solver='projector'"),
+    (dict(protect="none"), r"`protect`='none' has no effect: solver='two-sided' ignores it; pass solver='projector'"),
+    (dict(solver="projector", margin=0.5), r"`margin`=0.5 has no effect: solver='projector' ignores it; "
+                                           r"pass solver='two-sided'"),
+    (dict(solver="regularized", energy=0.5), r"`energy`=0.5 has no effect: solver='regularized'"),
+    (dict(method="text", n_prototypes=2), r"`n_prototypes`=2 has no effect: method='text' builds no visual "
+                                          r"prototypes; pass method='multimodal'"),
+    (dict(text_first=False, lam=3.0), r"`lam`=3.0 has no effect: text_first=False skips stage 1"),
 ])
 def test_bad_configs_raise_helpful_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -473,17 +486,20 @@ def test_bad_configs_raise_helpful_errors(kwargs, match):
 @pytest.mark.parametrize("zoo", ["world-clip"], indirect=True)
 def test_prompt_cache_encodes_each_prompt_once_and_changes_nothing(zoo, monkeypatch):
     texts = ["a photo of a dog.", "a sketch of a cat.", "a photo of a dog."]
-    plain = directions.encode(zoo.model, zoo.tokenizer, texts)
+    with cache.use(None):
+        plain = directions.encode(zoo.model, zoo.tokenizer, texts)
     calls = []
     original = zoo.model.encode_text
     monkeypatch.setattr(zoo.model, "encode_text", lambda t, **kw: calls.append(len(t)) or original(t, **kw))
-    with directions.prompt_cache():
+    monkeypatch.setattr(zeroshot, "_short_context", lambda m: False)  # count through encode_text
+    with cache.use(cache.Cache()):
         first = directions.encode(zoo.model, zoo.tokenizer, texts)
         again = directions.encode(zoo.model, zoo.tokenizer, texts[:2])
     assert calls == [2]  # two distinct prompts, encoded once
     torch.testing.assert_close(first, plain, atol=1e-6, rtol=0)
     torch.testing.assert_close(again, plain[:2], atol=1e-6, rtol=0)
-    directions.encode(zoo.model, zoo.tokenizer, texts[:1])  # closed: no cache any more
+    with cache.use(None):
+        directions.encode(zoo.model, zoo.tokenizer, texts[:1])  # no cache: encoded again
     assert calls == [2, 1]
 
 
@@ -556,8 +572,7 @@ def test_prototypes_beat_noise_and_are_deterministic(zoo):
     assert p.images.shape == (2, 2, 3, 32, 32) and 0 <= float(p.images.min()) and float(p.images.max()) <= 1
     # the noise the optimisation starts from (same recipe and seed as synthesize)
     size, mean, std = prototypes.model_io(model)
-    g = torch.Generator().manual_seed(0)
-    noise = (0.5 + 0.1 * torch.randn(4, 3, size, size, generator=g)).clamp(0, 1)
+    noise = torch.cat([prototypes._noise(key, 0, 2, size) for key in ("0", "1")])
     with torch.no_grad():
         h0 = Fn.normalize(model.encode_image((noise - mean) / std), dim=-1)
         h = Fn.normalize(model.encode_image(prototypes.normalise_images(model, p.images)), dim=-1)
@@ -586,3 +601,57 @@ def test_prototype_arguments_are_validated(registered):
 def test_explicit_empty_lists_are_refused_not_read_as_absent(kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
         ForgetRequest(["cat", "dog"], ["photo", "sketch"], **kw)
+
+
+def test_each_solver_accepts_its_own_fields_and_the_edit_id_covers_only_them():
+    from lightning_unlearn.state import config_dict, edit_id
+    projector = UnlearnConfig(solver="projector", energy=0.9, protect="none")
+    assert projector.energy == 0.9 and "margin" not in config_dict(projector)
+    default = config_dict(UnlearnConfig(text_weight=10.0))
+    assert default["text_weight"] == 10.0 and not {"energy", "protect", "center", "retain_energy"} & set(default)
+    assert "n_prototypes" not in config_dict(UnlearnConfig(method="text"))
+    r = req()
+    assert edit_id(r, UnlearnConfig()) != edit_id(r, UnlearnConfig(text_weight=10.0))
+
+
+# --------------------------------------------------------------------------- named edits, one return convention
+
+
+@pytest.mark.parametrize("zoo", ["world-clip"], indirect=True)
+def test_named_edits_list_remove_and_return_what_they_did(zoo):
+    model, tok = zoo.model, zoo.tokenizer
+    ua = unlearn_(model, tok, req("dog"), method="text", **FAST)
+    assert ua.name == f"forget-{req('dog').digest()[:8]}" and edits(model) == [ua.name]
+    after_a = state(model)
+    ub = unlearn_(model, tok, req("bird"), method="text", compose=True, name="birds", **FAST)
+    with pytest.raises(ValueError, match=r"`name`='birds' must be a non-empty string no edit .* carries yet"):
+        unlearn_(model, tok, req("cat"), method="text", compose=True, name="birds", **FAST)
+    uc = unlearn_(model, tok, req("dog"), method="text", compose=True, **FAST)  # same request: a fresh name
+    assert edits(model) == [ua.name, "birds", f"{ua.name}-2"] == [ua.name, ub.name, uc.name]
+    with pytest.raises(KeyError, match=r"no edit named 'cats'; its edits are \['forget-"):
+        remove_edit_(model, "cats")
+    assert remove_edit_(model, uc.name) == [uc.name] and remove_edit_(model, "birds") == ["birds"]
+    assert edits(model) == [ua.name]
+    sd = model.state_dict()  # removing the last edits gives back exactly the model before them
+    assert set(sd) == set(after_a)
+    assert all(torch.equal(sd[k], v) if isinstance(v, torch.Tensor) else sd[k] == v for k, v in after_a.items())
+    name = inject_(model, torch.eye(find_site(model, "image").dims[1]))
+    assert name == "edit" and edits(model) == [ua.name, "edit"]
+    assert restore_(model) == [ua.name, "edit"] and edits(model) == [] and restore_(model) == []
+    assert_bit_identical(model, zoo.snapshot)
+
+
+@pytest.mark.parametrize("zoo", ["world-clip"], indirect=True)
+def test_the_context_manager_removes_its_edit_also_on_an_exception(zoo):
+    model, tok = zoo.model, zoo.tokenizer
+    before = zoo.outputs()
+    with unlearned(model, tok, req("dog"), method="text", **FAST) as u:
+        assert edits(model) == [u.name]
+        assert not torch.allclose(zoo.outputs()[0], before[0], atol=1e-4)
+    assert edits(model) == []
+    assert_bit_identical(model, zoo.snapshot)
+    outer = unlearn_(model, tok, req("bird"), method="text", **FAST)
+    with pytest.raises(RuntimeError, match="inside the block"):
+        with unlearned(model, tok, req("dog"), method="text", compose=True, **FAST):
+            raise RuntimeError("inside the block")
+    assert edits(model) == [outer.name], "only the block's own edit is removed"

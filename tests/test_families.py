@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lightning_unlearn import CLIPUnlearning, ForgetRequest, NullspaceUnlearning, edits, fold_, restore_, unlearn_
+from lightning_unlearn.edit import edit_modules
 from lightning_unlearn.encoders import encode_image, encode_text, hf_tokenizer, tokenize
 from lightning_unlearn.export import ArtifactError, apply_edit, save_edit, save_folded, save_pretrained_folded
 from lightning_unlearn.sites import EditLinear, find_site
@@ -228,7 +229,7 @@ def test_multimodal_prototypes_run_through_the_transformers_adapter(registered):
     result = unlearn_(model, tok, request(), class_templates=("a {c}.",), proto_steps=2, n_prototypes=1,
                       progress=False)
     assert result.stats["image"]["n_prototypes"] == len(request().forget_cells)
-    assert [n for n, _ in edits(model)] == ["vision_model.head.edit_proj.weight"]
+    assert [n for n, _ in edit_modules(model)] == ["vision_model.head.edit_proj.weight"]
     restore_(model)
     assert_bit_identical(model, snap)
 
@@ -250,7 +251,7 @@ def test_the_callback_and_the_module_find_every_family(family):
     holder = Holder(model, tok)
     NullspaceUnlearning(request(), **{k: v for k, v in FAST.items() if k != "progress"}).setup(
         L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False), holder, "test")
-    assert [n.removeprefix("backbone.clip.") for n, _ in edits(holder)] == [n for n, _ in edits(expected)]
+    assert [n.removeprefix("backbone.clip.") for n, _ in edit_modules(holder)] == [n for n, _ in edit_modules(expected)]
     assert max_diff(outputs(model, images, tokens), outputs(expected, images, tokens)) <= 1e-5
     restore_(model)
     module = CLIPUnlearning(request(), model=model, tokenizer=tok, unlearn={"method": "text", "class_templates": ["a {c}."]}, progress=False)

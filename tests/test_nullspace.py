@@ -290,3 +290,66 @@ def test_dimension_mismatch_raises_with_both_dimensions():
 def test_negative_weights_raise(lam, mu):
     with pytest.raises(ValueError, match=rf"`lam`={lam} and `mu`={mu} must be >= 0"):
         nullspace.regularized_map(randn(4, 1), randn(4, 1, seed=1), lam=lam, mu=mu)
+
+
+# --------------------------------------------------------------------------- two-sided map (the default solver)
+
+
+@st.composite
+def two_sided_problems(draw, max_n=12):
+    """(A, B, V, Vt): text directions and their targets, image directions and their targets."""
+    n = draw(st.integers(2, max_n))
+    k, m = draw(st.integers(0, n + 2)), draw(st.integers(0, n + 2))
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    scale = draw(st.sampled_from([1e-2, 1.0, 30.0]))  # the library weights columns up to ~30 (sqrt 1000)
+    return (scale * randn(n, k, seed=seed), scale * randn(n, k, seed=seed + 1),
+            scale * randn(n, m, seed=seed + 2), scale * randn(n, m, seed=seed + 3))
+
+
+@SETTINGS
+@given(two_sided_problems())
+def test_two_sided_map_solves_its_sylvester_equation(ABV):
+    A, B, V, Vt = ABV
+    M = nullspace.two_sided_map(A, B, V, Vt)
+    eye = eye_like(A)
+    lhs = (eye + A @ A.T) @ M + M @ (V @ V.T)
+    rhs = eye + A @ B.T + Vt @ V.T
+    assert float((lhs - rhs).norm()) <= 1e-9 * max(1.0, float(rhs.norm()), float(lhs.norm()))
+
+
+@SETTINGS
+@given(two_sided_problems())
+def test_two_sided_map_is_the_identity_when_nothing_moves(ABV):
+    A, _, V, _ = ABV
+    M = nullspace.two_sided_map(A, A, V, V)
+    torch.testing.assert_close(M, eye_like(A), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_two_sided_map_matches_a_brute_force_least_squares(seed):
+    """vec(M) minimising the stacked least squares [I; I (x) A^T; V^T (x) I] vec(M) ~ [vec I; vec B^T; vec Vt]."""
+    n, k, m = 5, 3, 2
+    A, B, V, Vt = (randn(n, c, seed=10 * seed + i) for i, c in enumerate((k, k, m, m)))
+    vec = lambda X: X.T.reshape(-1)  # noqa: E731 (column-major, as in the kronecker identities)
+    eye = torch.eye(n, dtype=torch.float64)
+    K = torch.cat([torch.eye(n * n, dtype=torch.float64), torch.kron(eye, A.T.contiguous()),
+                   torch.kron(V.T.contiguous(), eye)])
+    rhs = torch.cat([vec(eye), vec(B.T), vec(Vt)])
+    brute = torch.linalg.lstsq(K, rhs[:, None]).solution[:, 0].reshape(n, n).T
+    torch.testing.assert_close(nullspace.two_sided_map(A, B, V, Vt), brute, atol=1e-10, rtol=1e-8)
+
+
+def test_two_sided_map_meets_heavily_weighted_constraints():
+    """A weight w scales a column: the constraint then dominates ||M - I|| (each side alone; together
+    ``A^T M V`` is constrained twice and the two targets need not agree)."""
+    A, B, V, Vt, none = randn(8, 2, seed=1), randn(8, 2, seed=2), randn(8, 2, seed=3), randn(8, 2, seed=4), randn(8, 0)
+    w = 1e4
+    torch.testing.assert_close(nullspace.two_sided_map(w * A, w * B, none, none).T @ A, B, atol=1e-6, rtol=0)
+    torch.testing.assert_close(nullspace.two_sided_map(none, none, w * V, w * Vt) @ V, Vt, atol=1e-6, rtol=0)
+
+
+def test_two_sided_map_refuses_mismatched_targets():
+    with pytest.raises(ValueError, match=r"A \(4, 2\) vs B \(4, 3\)"):
+        nullspace.two_sided_map(randn(4, 2), randn(4, 3), randn(4, 1), randn(4, 1))
+    with pytest.raises(ValueError, match=r"dim"):
+        nullspace.two_sided_map(randn(4, 2), randn(4, 2), randn(5, 1), randn(5, 1))

@@ -1,9 +1,10 @@
 """Issue 4's targets on the embedded model: one request per paradigm, library defaults (method
 "multimodal"). The same code path as ``benchmarks/unlearning.py --quick``."""
 import pytest
+import torch
 
 from benchmarks.unlearning import QUICK, measure, prepare
-from lightning_unlearn import ForgetRequest, restore_, unlearn_
+from lightning_unlearn import ForgetRequest, edits, remove_edit_, restore_, unlearn_, unlearned
 
 POINTS = 100.0
 
@@ -18,11 +19,9 @@ def _run(setup, paradigm):
     kw = dict(QUICK)[paradigm]
     request = ForgetRequest(emb.classnames, emb.domains, **kw)
     before = measure(emb.model, emb, batches, request, colour_T)
-    unlearn_(emb.model, emb.tokenizer, request, progress=False)
-    try:
+    with unlearned(emb.model, emb.tokenizer, request, progress=False):
         after = measure(emb.model, emb, batches, request, colour_T)
-    finally:
-        restore_(emb.model)
+    assert not edits(emb.model)
     drop = {k: POINTS * (before[k] - after[k]) for k in before if before[k] is not None}
     return before, after, drop
 
@@ -46,3 +45,45 @@ def test_targets_are_met(setup, paradigm):
     assert after["forget_acc"] <= limits.pop("forget")
     for key, limit in limits.items():
         assert drop[key] <= limit, f"{key} dropped {drop[key]:.2f} points (limit {limit})"
+
+
+# --------------------------------------------------------------------------- the default solver: composition, alpha, names
+
+
+def _forget_acc(setup, request):
+    emb, batches, colour_T = setup
+    return measure(emb.model, emb, batches, request, colour_T)["forget_acc"]
+
+
+def test_composed_default_edits_keep_both_forgotten_and_one_is_removable_by_name(setup):
+    emb = setup[0]
+    snapshot = {k: v.clone() for k, v in emb.model.state_dict().items()}
+    A = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
+    B = ForgetRequest(emb.classnames, emb.domains, forget_classes=[emb.classnames[0]])
+    assert A.forget_classes != B.forget_classes
+    try:
+        ua = unlearn_(emb.model, emb.tokenizer, A, progress=False, name="A")
+        ub = unlearn_(emb.model, emb.tokenizer, B, progress=False, compose=True)
+        assert ua.config.solver == "two-sided" and edits(emb.model) == ["A", ub.name]
+        assert _forget_acc(setup, A) <= 0.05 and _forget_acc(setup, B) <= 0.05
+        assert remove_edit_(emb.model, "A") == ["A"] and edits(emb.model) == [ub.name]
+        assert _forget_acc(setup, A) >= 0.9, "removing A must bring its class back"
+        assert _forget_acc(setup, B) <= 0.1, "removing A must leave B forgotten"
+    finally:
+        assert restore_(emb.model) == [ub.name]
+    sd = emb.model.state_dict()
+    assert set(sd) == set(snapshot) and all(torch.equal(sd[k], snapshot[k]) for k in sd)
+
+
+def test_intermediate_alpha_under_the_default_solver_forgets_partly(setup):
+    emb = setup[0]
+    request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
+    before = _forget_acc(setup, request)
+    with unlearned(emb.model, emb.tokenizer, request, progress=False) as full:
+        acc_full = _forget_acc(setup, request)
+    with unlearned(emb.model, emb.tokenizer, request, progress=False, alpha=0.5) as half:
+        acc_half = _forget_acc(setup, request)
+    eye = torch.eye(full.maps["image"].shape[0])
+    torch.testing.assert_close(half.maps["image"], eye + 0.5 * (full.maps["image"] - eye), atol=1e-5, rtol=0)
+    assert acc_full <= 0.05 < before - 0.5
+    assert acc_full < acc_half < before, (acc_full, acc_half, before)

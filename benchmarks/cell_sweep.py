@@ -1,0 +1,163 @@
+"""How the defaults were re-chosen: config variants on EVERY request of a paradigm, on the val split.
+
+    python benchmarks/cell_sweep.py --json benchmarks/results/cell_sweep.json \
+        --paradigms domain-specific --n-per-cell 20 --variant default= --variant margin1=margin=1.0
+
+Every variant is ``UnlearnConfig()`` with its overrides, run on every request of the chosen
+paradigms: global = every class, domain-specific = every (class, domain) cell, domain = every
+domain. Scores are on ``World("val", n)``, never on the test split used for the reported results.
+The edit sits after the image projection (site "joint", image tower), so the edited embedding of
+an image is ``M h`` with ``h`` its unedited embedding: the val embeddings are computed once and
+every edit is scored from them (checked against the model's own forward pass on the first run).
+Prototype syntheses are memoised across variants (deterministic for a seed: same images).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.design_sweep import memoise_prototypes  # noqa: E402
+from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
+from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
+from lightning_unlearn.embedded import load_embedded  # noqa: E402
+from lightning_unlearn.zeroshot import classifier, split_accuracy  # noqa: E402
+
+PARADIGMS = {"global": [{"forget_classes": [c]} for c in CLASSES],
+             "domain-specific": [{"forget_classes": [c], "forget_domains": [d]} for c in CLASSES for d in DOMAINS],
+             "domain": [{"forget_domains": [d]} for d in DOMAINS]}
+
+
+@torch.no_grad()
+def embed_split(emb, split: str, n_per_cell: int):
+    """Unnormalised image embeddings of a split and their (class, domain, colour) labels."""
+    world = World(split, n_per_cell)
+    samples = [world[i] for i in range(len(world))]
+    x = torch.stack([emb.preprocess(s.image) for s in samples])
+    h = torch.cat([emb.model.encode_image(x[i:i + 500]).float() for i in range(0, len(x), 500)])
+    y = torch.tensor([(s.cls, s.domain, s.colour) for s in samples])
+    return x, h, y
+
+
+def score(h, y, M, T, colour_T, request, n_classes, n_domains) -> dict:
+    """Forget / retain / same-class-other-domain / colour accuracy of the embeddings ``M h``."""
+    e = F.normalize(h @ M.T, dim=-1)
+    hit = ((e @ T).argmax(-1) == y[:, 0]).long()
+    idx = y[:, 0] * n_domains + y[:, 1]
+    correct = torch.zeros(n_classes * n_domains, dtype=torch.long).index_add_(0, idx, hit).view(n_classes, n_domains)
+    total = torch.zeros(n_classes * n_domains, dtype=torch.long).index_add_(0, idx, torch.ones_like(idx))
+    out = split_accuracy(correct, total.view(n_classes, n_domains), request)
+    return out | {"unrelated_acc": float(((e @ colour_T).argmax(-1) == y[:, 2]).float().mean())}
+
+
+def run(args) -> dict:
+    memoise_prototypes()
+    torch.manual_seed(0)
+    emb = load_embedded()
+    x, h, y = embed_split(emb, "val", args.n_per_cell)
+    _, h_test, y_test = embed_split(emb, "test", args.n_per_cell)
+    T = classifier(emb.model, emb.tokenizer, emb.classnames, emb.templates)
+    colour_T = classifier(emb.model, emb.tokenizer, emb.colours, emb.colour_templates)
+    C, D = len(emb.classnames), len(emb.domains)
+    eye = torch.eye(h.shape[1])
+    rows, checked = [], False
+    for paradigm in args.paradigms:
+        for kw in PARADIGMS[paradigm]:
+            if args.classes and kw.get("forget_classes", [None])[0] not in args.classes:
+                continue
+            request = ForgetRequest(emb.classnames, emb.domains, **kw)
+            before = score(h, y, eye, T, colour_T, request, C, D)
+            for name, overrides in args.variants.items():
+                t0 = time.perf_counter()
+                u = unlearn_(emb.model, emb.tokenizer, request, progress=False, **overrides)
+                seconds = time.perf_counter() - t0
+                M = u.maps["image"]
+                if not checked:  # the cached-embedding shortcut equals the edited model's forward pass
+                    with torch.no_grad():
+                        direct = emb.model.encode_image(x[:64]).float()
+                    assert torch.allclose(direct, h[:64] @ M.T, atol=1e-4), "edit is not M h at the joint site"
+                    checked = True
+                restore_(emb.model)
+                after = score(h, y, M, T, colour_T, request, C, D)
+                row = {"paradigm": paradigm, "forget": [list(c) for c in request.forget_cells], "variant": name,
+                       "overrides": overrides, "before": before, "after": after, "seconds": round(seconds, 2),
+                       "test_before": score(h_test, y_test, eye, T, colour_T, request, C, D),
+                       "test_after": score(h_test, y_test, M, T, colour_T, request, C, D)}
+                rows.append(row)
+                if args.json:  # every row as it comes: a long sweep can be stopped and still summarised
+                    args.json.parent.mkdir(parents=True, exist_ok=True)
+                    args.json.write_text(json.dumps({"rows": rows, "n_per_cell": args.n_per_cell}, indent=1))
+                sc = after["same_class_other_domains_acc"]
+                print(f"{name:14s} {request.describe()[:58]:58s} forget {after['forget_acc']:.3f} retain drop "
+                      f"{100 * (before['retain_acc'] - after['retain_acc']):+.1f} same "
+                      f"{'-' if sc is None else format(100 * (before['same_class_other_domains_acc'] - sc), '+.1f')} "
+                      f"colour {100 * (before['unrelated_acc'] - after['unrelated_acc']):+.1f} {seconds:.1f}s",
+                      flush=True)
+    return {"rows": rows, "n_per_cell": args.n_per_cell, "split": "val", "defaults": repr(UnlearnConfig())}
+
+
+def summary(result: dict, split: str = "val") -> str:
+    """Per (paradigm, variant): forget mean / worst and drops in points, on ``split`` ("val" or "test")."""
+    key = {"val": ("before", "after"), "test": ("test_before", "test_after")}[split]
+    groups = {}
+    for r in result["rows"]:
+        r = r | {"before": r[key[0]], "after": r[key[1]]}
+        groups.setdefault((r["paradigm"], r["variant"]), []).append(r)
+    lines = ["| paradigm | variant | requests | forget mean / worst (worst request) | retain drop mean / worst | "
+             "same-class drop worst | colour drop worst |", "|---|---|---|---|---|---|---|"]
+    for (paradigm, name), rs in groups.items():
+        drop = lambda k: [100 * (r["before"][k] - r["after"][k])  # noqa: E731
+                          for r in rs if r["before"][k] is not None]
+        fa = [r["after"]["forget_acc"] for r in rs]
+        worst = max(rs, key=lambda r: r["after"]["forget_acc"])
+        sc = drop("same_class_other_domains_acc")
+        lines.append(f"| {paradigm} | {name} | {len(rs)} | {sum(fa) / len(fa):.3f} / {max(fa):.3f} "
+                     f"({'+'.join('/'.join(c) for c in worst['forget'][:2])}) | "
+                     f"{sum(drop('retain_acc')) / len(rs):.2f} / {max(drop('retain_acc')):.2f} | "
+                     f"{max(sc) if sc else float('nan'):.2f} | {max(drop('unrelated_acc')):.2f} |")
+    return "\n".join(lines)
+
+
+def _variant(text: str) -> tuple[str, dict]:
+    """``name=key=JSON,key=JSON`` (``name=`` alone: the defaults)."""
+    name, _, rest = text.partition("=")
+    overrides = {}
+    for item in filter(None, rest.split(";")):
+        k, _, v = item.partition("=")
+        overrides[k] = json.loads(v)
+    return name, overrides
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--n-per-cell", type=int, default=20)
+    p.add_argument("--paradigms", default="domain-specific")
+    p.add_argument("--classes", default=None, help="comma list: only requests whose first forgotten class is here")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, help="only summarise these JSON results into --json")
+    p.add_argument("--variant", action="append", type=_variant, default=[],
+                   help="NAME=key=JSON;key=JSON (repeatable; NAME= alone runs the defaults)")
+    args = p.parse_args(argv)
+    args.paradigms = args.paradigms.split(",")
+    args.classes = args.classes.split(",") if args.classes else None
+    args.variants = dict(args.variant) or {"default": {}}
+    if args.merge:
+        parts = [json.loads(f.read_text()) for f in args.merge]
+        result = parts[0] | {"rows": [r for part in parts for r in part["rows"]]}
+    else:
+        result = run(args)
+    table = summary(result)
+    result["table"], result["table_test"] = table, summary(result, "test")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    print("val split\n" + table + "\ntest split\n" + result["table_test"])
+
+
+if __name__ == "__main__":
+    main()

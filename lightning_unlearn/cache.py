@@ -1,0 +1,181 @@
+"""Reuse across requests: a key of a model's weights, a prompt-embedding cache and a prototype bank.
+
+Everything computed from the model (prompt embeddings, synthesised prototypes) is stored under
+:func:`weights_key`, a digest of every parameter and buffer (an injected edit is a parameter too),
+so one cache serves any number of models in one process and never hands one model's result to
+another. :func:`use` makes a cache the current one for a block (nested blocks stack); by default
+every call shares one process-wide :class:`Cache`. A :class:`PrototypeBank` can also live on disk
+(safetensors, written atomically) and refuses to load for other weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import weakref
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_memo: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple, bytes]]]" = weakref.WeakKeyDictionary()
+
+
+def _signature(t: torch.Tensor) -> tuple:
+    """What identifies a tensor's values without reading them all: storage, shape, dtype, the
+    version counter (bumped by every in-place change, e.g. ``load_state_dict`` or ``copy_``) and
+    three values (writes through ``.data`` leave the counter alone)."""
+    probe = tuple(t.detach().reshape(-1)[[0, t.numel() // 2, -1]].tolist()) if t.numel() else ()
+    return t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device), probe
+
+
+def _digest(t: torch.Tensor) -> bytes:
+    """Content digest of one tensor: its sum (one pass, float32) and the exact values of up to 4096
+    evenly spaced elements."""
+    flat = t.detach().reshape(-1)
+    total = flat.sum(dtype=torch.float32) if flat.is_floating_point() else flat.sum()
+    sample = flat[:: max(1, flat.numel() // 4096)].double()
+    return torch.cat([sample, total.double().reshape(1)]).cpu().numpy().tobytes()
+
+
+@torch.no_grad()
+def weights_key(model: nn.Module) -> str:
+    """A 16-byte hex digest of every parameter and buffer of ``model`` (names, shapes, dtypes,
+    content). Each tensor's digest is computed once and reused while the tensor is not replaced or
+    changed in place, so a call on an unchanged model reads only three values per tensor."""
+    seen = _memo.setdefault(model, {})
+    h = hashlib.blake2b(digest_size=16)
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        sig = _signature(t)
+        if n not in seen or seen[n][0] != sig:
+            seen[n] = (sig, _digest(t))
+        h.update(f"{n}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(seen[n][1])
+    return h.hexdigest()
+
+
+def settings_key(**settings) -> str:
+    """A short stable digest of synthesis settings (anything JSON can write)."""
+    return hashlib.blake2b(json.dumps(settings, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+class PrototypeBank:
+    """Synthesised prototypes of one model's weights: ``{key: tensor}`` where the key names the
+    cell's prompts, the label space, the seed and the synthesis settings (see
+    :func:`prototypes.synthesize`). ``path`` (a ``.safetensors`` file) makes it persistent:
+    :meth:`save` writes it atomically, :meth:`load` reads it and raises if it was made for
+    other weights."""
+
+    def __init__(self, weights: str, path: str | os.PathLike | None = None):
+        self.weights, self.path = weights, None if path is None else Path(path)
+        self.entries: dict[str, torch.Tensor] = {}
+        self.dirty = False
+
+    def get(self, key: str) -> torch.Tensor | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        self.entries[key] = value.detach().cpu().contiguous()
+        self.dirty = True
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the bank (safetensors) through a temporary file and an atomic rename."""
+        from safetensors.torch import save_file
+        path = Path(path or self.path or "")
+        if not path.name:
+            raise ValueError("the bank has no `path`; pass one to save(path) or to PrototypeBank(weights, path)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(dict(self.entries), tmp, metadata={"weights": self.weights, "format": "prototype-bank-1"})
+            os.replace(tmp, path)
+            self.dirty = False
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, weights: str) -> "PrototypeBank":
+        """The bank at ``path`` for the model whose :func:`weights_key` is ``weights``; an empty bank
+        if the file does not exist yet."""
+        from safetensors import safe_open
+        bank = cls(weights, path)
+        if not Path(path).exists():
+            return bank
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("weights") != weights:
+                raise ValueError(f"the prototype bank {str(path)!r} was made for weights {meta.get('weights')!r}, "
+                                 f"not for this model ({weights!r}); use another path or delete the file")
+            bank.entries = {k: f.get_tensor(k) for k in f.keys()}
+        return bank
+
+
+class Cache:
+    """Prompt embeddings ``{(weights key, tokenizer, text): embedding}`` and prototype banks
+    ``{weights key: PrototypeBank}``, in memory; ``directory`` keeps the banks on disk as
+    ``<directory>/<weights key>.safetensors``. ``max_texts`` bounds the embeddings kept (oldest
+    dropped first)."""
+
+    def __init__(self, directory: str | os.PathLike | None = None, max_texts: int = 100_000):
+        self.directory = None if directory is None else Path(directory)
+        self.max_texts = max_texts
+        self.texts: dict[tuple, torch.Tensor] = {}
+        self.banks: dict[str, PrototypeBank] = {}
+
+    def text(self, key: tuple) -> torch.Tensor | None:
+        return self.texts.get(key)
+
+    def put_texts(self, items) -> None:
+        self.texts.update(items)
+        while len(self.texts) > self.max_texts:
+            self.texts.pop(next(iter(self.texts)))
+
+    def bank(self, weights: str) -> PrototypeBank:
+        if weights not in self.banks:
+            self.banks[weights] = PrototypeBank(weights) if self.directory is None else \
+                PrototypeBank.load(self.directory / f"{weights}.safetensors", weights)
+        return self.banks[weights]
+
+    def flush(self) -> None:
+        """Write every persistent bank (no-op in memory)."""
+        if self.directory is not None:
+            for bank in self.banks.values():
+                if bank.dirty:
+                    bank.save()
+
+    def clear(self) -> None:
+        self.texts.clear()
+        self.banks.clear()
+
+
+DEFAULT = Cache()
+_current: ContextVar[Cache | None] = ContextVar("lightning_unlearn_cache", default=DEFAULT)
+
+
+def current() -> Cache | None:
+    """The cache in use here (None: caching is off)."""
+    return _current.get()
+
+
+@contextmanager
+def use(cache: Cache | None):
+    """Use ``cache`` (None: no caching) inside the block; blocks nest, and the previous cache is
+    back after each one, also on error."""
+    if cache is not None and not isinstance(cache, Cache):
+        raise TypeError(f"`cache` must be a lightning_unlearn.cache.Cache or None, got {type(cache).__name__}")
+    token = _current.set(cache)
+    try:
+        yield cache
+    finally:
+        _current.reset(token)
+        if cache is not None:
+            cache.flush()
