@@ -81,9 +81,9 @@ def cmd_unlearn(args) -> dict:
     request = ForgetRequest(classnames or CLASSES, read_names(args.domains, "--domains") or DOMAINS,
                             read_names(args.forget_classes, "--forget-classes"),
                             read_names(args.forget_domains, "--forget-domains"))
-    lm = load_model(args)
+    cfg, lm = _config(args), load_model(args)  # a bad option fails before the model loads
     print(f"{PROG} unlearn: {lm.label}; {request.describe()}", file=sys.stderr)
-    u = unlearn_(lm.model, lm.tokenizer, request, _config(args), progress=not args.no_progress)
+    u = unlearn_(lm.model, lm.tokenizer, request, cfg, progress=not args.no_progress)
     files = save_model_and_edit(lm.model, lm.model_cfg, out, args.overwrite, inputs=inputs)
     print(f"forgot {request.describe()} in {u.seconds:.1f} s (removed rank {u.ranks})\nwrote {out}/: {', '.join(files)}"
           f"\nload it with open_clip.create_model_and_transforms('local-dir:{out}'), or re-apply the edit alone to "

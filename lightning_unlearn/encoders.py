@@ -86,6 +86,13 @@ def tokenize(tokenizer: Callable, texts: Sequence[str], device) -> object:
     return to_device(tokenizer(list(texts)), device)
 
 
+def rows(tokens, i: int, j: int) -> object:
+    """Rows ``i:j`` of tokenizer output (a tensor, or a mapping of tensors)."""
+    if isinstance(tokens, Mapping):
+        return {k: v[i:j] if isinstance(v, torch.Tensor) else v for k, v in tokens.items()}
+    return tokens[i:j]
+
+
 def to_device(tokens, device) -> object:
     """Tokenizer output (a tensor, or a mapping of tensors) on ``device``."""
     if isinstance(tokens, Mapping):

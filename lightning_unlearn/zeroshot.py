@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .encoders import encode_image, encode_text, tokenize
+from .encoders import encode_image, encode_text, rows, tokenize
 from .prompts import fill_template
 
 
@@ -49,7 +49,7 @@ def text_embeddings(model, tokenizer, texts: Sequence[str], batch_size: int = 25
     device = next(model.parameters()).device
     tokens = tokenize(tokenizer, list(texts), device)
     if not _short_context(model):
-        out = [encode_text(model, tokens[i:i + batch_size]).float() for i in range(0, len(texts), batch_size)]
+        out = [encode_text(model, rows(tokens, i, i + batch_size)).float() for i in range(0, len(texts), batch_size)]
         return F.normalize(torch.cat(out), dim=-1)
     order = (tokens != 0).sum(-1).argsort(stable=True)
     out = torch.cat([_encode_short(model, tokens[order[i:i + batch_size]]).float()

@@ -96,6 +96,9 @@ def build(name):
         else:
             torch.manual_seed(0)
             model, tok = open_clip.create_model(name).eval(), open_clip.get_tokenizer(name)
+            with torch.no_grad():  # open_clip leaves CoCa's text_decoder.text_projection uninitialised (torch.empty)
+                for p in model.parameters():
+                    p.nan_to_num_(0.0, 0.0, 0.0)
         from lightning_unlearn.encoders import image_io
         size, _, _ = image_io(model)
         images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
