@@ -1,9 +1,6 @@
-"""``lightning-unlearn``: the command line, mapping arguments to :mod:`~lightning_unlearn.load`,
-:mod:`~lightning_unlearn.edit`, :mod:`~lightning_unlearn.export` and :mod:`~lightning_unlearn.report`.
-
-Subcommands ``demo``, ``unlearn``, ``evaluate`` and ``export`` (see ``--help``). Bad input ends with
-a one-line message on stderr and exit code 2.
-"""
+"""``lightning-unlearn`` (``demo``, ``unlearn``, ``evaluate``, ``export``): maps arguments onto
+:mod:`~lightning_unlearn.load`, :mod:`~lightning_unlearn.edit`, :mod:`~lightning_unlearn.export` and
+:mod:`~lightning_unlearn.report`. Bad input ends with a one-line message on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +9,6 @@ import functools
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 from .request import ForgetRequest, read_names
@@ -38,9 +34,9 @@ def _config(args):
 
 
 def _is_embedded(args) -> bool:
-    from .load import is_embedded
     if getattr(args, "embedded", False) and args.model is not None:
         raise CLIError("give either --embedded or --model, not both")
+    from .load import is_embedded
     return is_embedded(args.model)
 
 
@@ -95,18 +91,14 @@ def cmd_unlearn(args) -> dict:
 
 def cmd_evaluate(args) -> dict:
     import torch
-    from .data.datasets import DomainFolderDataset
+    from .data.datasets import scan_folder
     from .report import evaluation
     from .zeroshot import evaluate
     if not (root := Path(args.data)).is_dir():
         raise CLIError(f"--data {root} " + ("is a file; give a folder laid out as <root>/<domain>/<class>/<image>"
                                             if root.exists() else "does not exist"))
-    with warnings.catch_warnings(record=True) as caught:  # one plain line each (skipped files, missing cells)
-        warnings.simplefilter("always")
-        ds = DomainFolderDataset(root, domains=read_names(args.domains, "--domains"),
-                                 classnames=read_names(args.classnames, "--classnames"))
-    for w in caught:
-        print(f"{PROG} evaluate: warning: {w.message}", file=sys.stderr)
+    ds, notes = scan_folder(root, read_names(args.domains, "--domains"), read_names(args.classnames, "--classnames"))
+    print("".join(f"{PROG} evaluate: warning: {n}\n" for n in notes), end="", file=sys.stderr)
     forget = read_names(args.forget_classes, "--forget-classes"), read_names(args.forget_domains, "--forget-domains")
     request = ForgetRequest(ds.classnames, ds.domains, *forget) if any(forget) else None
     if args.audit and request is None:
@@ -198,23 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, formatter_class=_Formatter,
         description="Training- and data-free unlearning for open_clip CLIP models: forget classes, whole domains "
                     "or classes in some domains, by a closed-form edit of the projection.",
-        epilog=f"""examples:
-  {PROG} demo                                   # the three paradigms on the embedded model
-  {PROG} unlearn --forget-classes star -o no-star
-  {PROG} evaluate --model local-dir:no-star --data pacs/ --forget-classes star
-  {PROG} export runs/last.ckpt -o exported
-
+        epilog=f"""examples:\n  {PROG} demo\n  {PROG} unlearn --forget-classes star -o no-star
 run `{PROG} COMMAND --help` for the options and examples of each command.""")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
-    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: 1 for demo, else "
-                        "torch's choice of one per core; on a machine busy with other jobs fewer can be much faster)")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: 1 for demo, else torch's)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = _command(sub, "demo", cmd_demo, "run the three paradigms on the embedded model", """On the embedded world
-model, forget one request per paradigm (global: "star" everywhere; domain-specific: "star" in
-"sketch" only; domain: every class in "painting") with the default UnlearnConfig (or --method /
---alpha), removing each edit before the next. Prints a class x domain accuracy table of the held-out
-test world before and after each, and writes demo.png (heatmaps, one row per paradigm) into --out.""",
+    p = _command(sub, "demo", cmd_demo, "run the three paradigms on the embedded model", """Forget one request
+per paradigm on the embedded model ("star"; "star" in "sketch"; every class in "painting"), one at a
+time; print class x domain accuracy before/after and write demo.png (heatmaps) into --out.""",
                  ["demo", "demo --n-per-cell 10 --out /tmp/demo --json demo.json",
                   "--threads 2 demo          # torch threads (default for the demo: 1)"])
     p.add_argument("--n-per-cell", type=int, default=25, metavar="N", help="test images per (class, domain) cell")
@@ -224,11 +208,9 @@ test world before and after each, and writes demo.png (heatmaps, one row per par
     _output_options(p, batches=True)
     _method_options(p)
 
-    p = _command(sub, "unlearn", cmd_unlearn, "edit a model and save it (folded) plus the edit", """Compute the
-edit that forgets a request, and write --output as an open_clip local-dir folder: open_clip_config.json
-+ open_clip_model.safetensors (the edit folded in) and edit.safetensors + edit.json (the edit alone,
-re-appliable to the original model with lightning_unlearn.export.apply_edit, which checks a digest of
-the original weights).""",
+    p = _command(sub, "unlearn", cmd_unlearn, "edit a model and save it (folded) plus the edit", """Write --output as
+an open_clip local-dir folder with the edit folded in, plus edit.safetensors + edit.json (the edit
+alone, re-appliable to the original weights with lightning_unlearn.export.apply_edit).""",
                  ["unlearn --forget-classes star -o no-star",
                   "unlearn --forget-classes heart --forget-domains sketch -o no-sketched-hearts --json info.json",
                   "unlearn --model ViT-B-32 --pretrained vit-b-32.safetensors --classnames @classes.txt \\\n"
@@ -243,9 +225,8 @@ the original weights).""",
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = _command(sub, "evaluate", cmd_evaluate, "zero-shot accuracy per (class, domain) on folders", """Zero-shot
-accuracy of a model on images laid out as <root>/<domain>/<class>/<image> (PACS, DomainNet,
-Office-Home, or `write_world`), per (class, domain) cell. With --forget-classes / --forget-domains,
-also the accuracy on the forget and retain cells.""",
+accuracy per (class, domain) on <root>/<domain>/<class>/<image> (PACS, DomainNet, Office-Home);
+with --forget-classes / --forget-domains also on the forget and retain cells.""",
                  ["evaluate --data world-test/",
                   "evaluate --model local-dir:no-star --data world-test/ --forget-classes star --json eval.json",
                   "evaluate --model ViT-B-32 --pretrained vit-b-32.safetensors --data PACS/ --domains photo,sketch"])
@@ -255,8 +236,8 @@ also the accuracy on the forget and retain cells.""",
                   "classes to use, in this order (a subset of the folders)",
                   "domains to use, in this order (a subset of the folders)", "optional")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--audit", action="store_true", help="also audit the forgotten cells in depth (linear probes, "
-                   "k-NN, paraphrased prompts, retrieval; fitted on half of each cell, scored on the other half)")
+    p.add_argument("--audit", action="store_true", help="also audit the forgotten cells in depth (probes, k-NN, "
+                   "paraphrases, retrieval; fitted on half of each cell, scored on the other half)")
     _output_options(p, batches=True)
 
     p = _command(sub, "export", cmd_export, "Lightning checkpoint -> open_clip folder", """Turn a Lightning
@@ -288,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise CLIError(f"--threads must be >= 1, got {threads}")
             import torch
             torch.set_num_threads(threads)
-        if json_path not in (None, "-") and Path(json_path).is_dir():
-            raise CLIError(f"--json {json_path} is a folder; give a file path (or '-' for stdout)")
         if json_path not in (None, "-"):  # before any work: an existing report is not replaced by surprise
+            if Path(json_path).is_dir():
+                raise CLIError(f"--json {json_path} is a folder; give a file path (or '-' for stdout)")
             from .export import check_output
             check_output(json_path, getattr(args, "overwrite", False), folder=False)
         # with --json -: stdout carries the JSON alone; the tables go to stderr

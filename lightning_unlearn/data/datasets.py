@@ -56,6 +56,15 @@ def rendered_batches(split: str, n_per_cell: int, transform: Callable | None = N
     return [(torch.stack([x for x, *_ in chunk]), *(torch.tensor(col) for col in list(zip(*chunk))[1:]))
             for chunk in (items[i:i + batch_size] for i in range(0, len(items), batch_size))]
 
+def scan_folder(root: str | Path, domains=None, classnames=None) -> tuple["DomainFolderDataset", list[str]]:
+    """:class:`DomainFolderDataset` of ``root`` and the warnings its scan raised (skipped files,
+    missing cells), as text, for callers that report them in their own words."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = DomainFolderDataset(root, domains=domains, classnames=classnames)
+    return ds, [str(w.message) for w in caught]
+
+
 def write_world(world: World, root: str | Path) -> Path:
     """Save every image of ``world`` as ``root/<domain>/<class>/<n>.png`` (``n``: index within the
     cell); returns ``root``. Read it back with :class:`DomainFolderDataset`."""
