@@ -579,8 +579,7 @@ def apply_edit(model: nn.Module, artifact: EditArtifact | str | Path, *, compose
         raise EditError(f"the model already carries {len(existing)} edit(s); call remove_edit(model) first or pass "
                         "compose=True to stack this one on top")
     if check:
-        reqs = "; ".join(f"classes {r.get('forget_classes')} domains {r.get('forget_domains')}"
-                         for r in artifact.requests) or "unknown request"
+        reqs = "; ".join(_describe(r) for r in artifact.requests) or "unknown request"
         missing = missing_digest(artifact.weights_digest, model, sorted({e["tower"] for e in artifact.entries}))
         if missing:
             raise ArtifactError(f"this edit (for {reqs}) has no weights digest for {', '.join(missing)}, so nothing "
@@ -618,7 +617,7 @@ def _check_chain(model: nn.Module, artifact: EditArtifact) -> None:
     chains = {t: chain(model, t) for t in {e["tower"] for e in artifact.entries}}
     for i, e in enumerate(artifact.entries):
         have, after, this = chains[e["tower"]], e["info"].get("after") or [], info_edit_id(e["info"])
-        what = f"edit {i} ({e['tower']} tower, {_describe(e['info'])})"
+        what = f"edit {i} ({e['tower']} tower, {_describe(e['info'].get('request') or {})})"
         if this is not None and this in have and have != after:
             raise EditError(f"{what} is already applied to this model (edit id {this}); applying it again would "
                             "apply the same map twice. Call remove_edit(model) first to start over")
@@ -629,9 +628,9 @@ def _check_chain(model: nn.Module, artifact: EditArtifact) -> None:
         have.append(this)
 
 
-def _describe(info: dict) -> str:
-    r = info.get("request") or {}
-    return f"classes {r.get('forget_classes')} domains {r.get('forget_domains')}"
+def _describe(request: dict) -> str:
+    """A saved request (a dict, possibly partial) in words, for messages."""
+    return f"classes {request.get('forget_classes')} domains {request.get('forget_domains')}"
 
 
 def remove_edit(model: nn.Module) -> nn.Module:
