@@ -20,7 +20,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.design_sweep import memoise_prototypes  # noqa: E402
 from benchmarks.unlearning import QUICK, measure, prepare  # noqa: E402
 from lightning_unlearn import ForgetRequest, restore_, unlearn_  # noqa: E402
 
@@ -33,7 +32,6 @@ def main(argv=None):
     p.add_argument("--alphas", default="0,0.25,0.5,0.75,0.9,1")
     args = p.parse_args(argv)
     alphas = [float(a) for a in args.alphas.split(",")]
-    memoise_prototypes()
     emb, batches, colour_T = prepare(args.n_per_cell)
     curves = []
     for paradigm, kw in QUICK:

@@ -9,7 +9,8 @@ domain. Scores are on ``World("val", n)``, never on the test split used for the 
 The edit sits after the image projection (site "joint", image tower), so the edited embedding of
 an image is ``M h`` with ``h`` its unedited embedding: the val embeddings are computed once and
 every edit is scored from them (checked against the model's own forward pass on the first run).
-Prototype syntheses are memoised across variants (deterministic for a seed: same images).
+Prototypes come from the library's cache (lightning_unlearn.cache): a variant with the same synthesis
+settings reuses them.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.design_sweep import memoise_prototypes  # noqa: E402
 from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
 from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
@@ -57,7 +57,6 @@ def score(h, y, M, T, colour_T, request, n_classes, n_domains) -> dict:
 
 
 def run(args) -> dict:
-    memoise_prototypes()
     torch.manual_seed(0)
     emb = load_embedded()
     x, h, y = embed_split(emb, "val", args.n_per_cell)

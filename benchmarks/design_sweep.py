@@ -10,7 +10,6 @@ variants (synthesis is deterministic for a seed, so this changes no number, only
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -20,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.unlearning import measure, prepare  # noqa: E402
-from lightning_unlearn import EditError, ForgetRequest, directions, restore_, unlearn_  # noqa: E402
+from lightning_unlearn import EditError, ForgetRequest, restore_, unlearn_  # noqa: E402
 
 REQUESTS = [("global", {"forget_classes": ["star"]}), ("global", {"forget_classes": ["hexagon"]}),
             ("domain-specific", {"forget_classes": ["star"], "forget_domains": ["sketch"]}),
@@ -44,28 +43,11 @@ VARIANTS = {
 }
 
 
-def memoise_prototypes():
-    """Reuse deterministic prototype syntheses across variants (same inputs, same images)."""
-    original = directions.protos.synthesize
-    cache = {}
-
-    @functools.wraps(original)
-    def cached(model, texts, **kw):
-        key = (texts.numpy().tobytes(), json.dumps({k: str(v) if torch.is_tensor(v) else v for k, v in kw.items()
-                                                      if k != "progress"}, sort_keys=True),
-               None if kw.get("classes") is None else kw["classes"].numpy().tobytes())
-        if key not in cache:
-            cache[key] = original(model, texts, **kw)
-        return cache[key]
-    directions.protos.synthesize = cached
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--n-per-cell", type=int, default=30)
     args = p.parse_args(argv)
-    memoise_prototypes()
     emb, batches, colour_T = prepare(args.n_per_cell)
     rows = []
     for paradigm, kw in REQUESTS:

@@ -41,6 +41,7 @@ class NullspaceUnlearning(Callback):
             (``method="text"``, ``alpha=0.5``, ...).
         compose: allow adding this edit on top of edits the model already carries.
         progress: show the edit's progress bars.
+        evidence: with ``depth="deep"``, a few real images of the forgotten cells (see :func:`unlearn_`).
 
     The edit is computed in ``setup`` for every stage (fit, validate, test, predict), once: a model
     that already carries an edit with this edit id is left alone. When a checkpoint is restored
@@ -61,7 +62,7 @@ class NullspaceUnlearning(Callback):
 
     def __init__(self, request: ForgetRequest | Mapping, tokenizer: Callable | None = None,
                  model_attr: str | None = None, config: UnlearnConfig | Mapping | None = None, *,
-                 compose: bool = False, progress: bool = False, **overrides):
+                 compose: bool = False, progress: bool = False, evidence: Mapping | None = None, **overrides):
         self.request = make_request(request)
         if tokenizer is not None and not callable(tokenizer):
             raise TypeError(f"`tokenizer` must be callable (e.g. open_clip.get_tokenizer(name)), got "
@@ -74,6 +75,9 @@ class NullspaceUnlearning(Callback):
                 raise TypeError(f"`{name}`={value!r} must be True or False")
         self.tokenizer, self.model_attr, self.compose, self.progress = tokenizer, model_attr, compose, progress
         self.config = make_config(config, **overrides)
+        if evidence is not None and self.config.depth != "deep":
+            raise ValueError("`evidence` is read by the deep mode only; pass depth='deep' with it (or drop evidence)")
+        self.evidence = evidence
         self.edit_id = edit_id(self.request, self.config)
         self.result: Unlearned | None = None  # what the last computation returned
         self._model: nn.Module | None = None
@@ -173,7 +177,7 @@ class NullspaceUnlearning(Callback):
     def _apply(self) -> None:
         strategy = self._trainer.strategy if self._trainer is not None else None
         self.result = compute_edit_(self._model, self._tokenizer, self.request, self.config, strategy=strategy,
-                                    compose=self.compose, progress=self.progress)
+                                    compose=self.compose, progress=self.progress, evidence=self.evidence)
         rank_zero_info(f"NullspaceUnlearning: {self.request.describe()}; edited {list(self.result.maps)} "
                        f"({self.config.method}, {self.config.solver}, ranks {self.result.ranks}, "
                        f"{self.result.seconds:.2f} s, edit id {self.edit_id})")

@@ -15,8 +15,8 @@ from .request import ForgetRequest, read_names
 
 PROG = "lightning-unlearn"
 #: Library error wording as the command line spells it (API argument names become options).
-_OPTION_NAMES = {f"`{n}`": "--" + n.replace("_", "-") for n in ("forget_classes", "forget_domains", "classnames",
-                                                                 "domains", "pretrained", "method", "alpha")}
+_OPTION_NAMES = {f"`{n}`": "--" + n.replace("_", "-") for n in (
+    "forget_classes", "forget_domains", "classnames", "domains", "pretrained", "method", "alpha", "depth", "evidence")}
 _OPTION_NAMES["pass overwrite=True (--overwrite on the command line)"] = "pass --overwrite"
 
 
@@ -30,7 +30,7 @@ def _cli_names(message: str) -> str:
 
 def _config(args):
     from .edit import UnlearnConfig  # None: the library default
-    return UnlearnConfig(**{k: v for k in ("method", "alpha") if (v := getattr(args, k)) is not None})
+    return UnlearnConfig(**{k: v for k in ("method", "alpha", "depth") if (v := getattr(args, k)) is not None})
 
 
 def _is_embedded(args) -> bool:
@@ -63,6 +63,7 @@ def cmd_demo(args) -> dict:
 
 
 def cmd_unlearn(args) -> dict:
+    from .data.datasets import evidence_from_folder
     from .data.world import CLASSES, DOMAINS
     from .edit import unlearn_
     from .export import EDIT_NAME, check_output, save_model_and_edit
@@ -79,14 +80,15 @@ def cmd_unlearn(args) -> dict:
                             read_names(args.forget_domains, "--forget-domains"))
     cfg, lm = _config(args), load_model(args)  # a bad option fails before the model loads
     print(f"{PROG} unlearn: {lm.label}; {request.describe()}", file=sys.stderr)
-    u = unlearn_(lm.model, lm.tokenizer, request, cfg, progress=not args.no_progress)
+    evidence = evidence_from_folder(args.evidence, request, lm.preprocess) if args.evidence else None
+    u = unlearn_(lm.model, lm.tokenizer, request, cfg, progress=not args.no_progress, evidence=evidence)
     files = save_model_and_edit(lm.model, lm.model_cfg, out, args.overwrite, inputs=inputs)
     print(f"forgot {request.describe()} in {u.seconds:.1f} s (removed rank {u.ranks})\nwrote {out}/: {', '.join(files)}"
           f"\nload it with open_clip.create_model_and_transforms('local-dir:{out}'), or re-apply the edit alone to "
           f"the original model with lightning_unlearn.export.apply_edit(model, '{out / EDIT_NAME}')")
     return {"model": lm.label, "request": request.to_dict(), "paradigm": request.paradigm,
             "config": config_dict(u.config), "ranks": u.ranks, "seconds": round(u.seconds, 3), "output": str(out),
-            "files": files}
+            "files": files, "evidence": u.infos.get("image", {}).get("evidence")}
 
 
 def cmd_evaluate(args) -> dict:
@@ -150,6 +152,7 @@ def _method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("edit (default: the library's UnlearnConfig)")
     g.add_argument("--method", metavar="NAME", help="'multimodal' (text + visual prototypes) or 'text'")
     g.add_argument("--alpha", type=float, metavar="A", help="strength in [0, 1] (1 = full forgetting)")
+    g.add_argument("--depth", metavar="D", help="'shallow' (zero-shot only) or 'deep' (adds an eraser at the output)")
 
 
 def _name_options(p: argparse.ArgumentParser, title: str, classes: str, domains: str, required_note: str) -> None:
@@ -164,18 +167,16 @@ def _name_options(p: argparse.ArgumentParser, title: str, classes: str, domains:
 
 
 def _output_options(p: argparse.ArgumentParser, *, folder=False, batches=False, json=True) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace --output (a folder this tool wrote) and --json"
+                   if folder else "replace the --json file if it exists")
     if folder:
         p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write (must not exist)")
-        p.add_argument("--overwrite", action="store_true", help="replace --output (a folder this tool wrote) and "
-                       "--json if they exist")
     if batches:
         p.add_argument("--batch-size", type=int, default=256)
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     if json:
         p.add_argument("--json", metavar="PATH", help="write the numbers as JSON ('-' for stdout; an existing file "
                        "only with --overwrite)")
-        if not folder:
-            p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
 
 
 def _command(sub, name: str, func, help: str, description: str, examples: list[str]) -> argparse.ArgumentParser:
@@ -215,12 +216,13 @@ alone, re-appliable to the original weights with lightning_unlearn.export.apply_
                   "unlearn --forget-classes heart --forget-domains sketch -o no-sketched-hearts --json info.json",
                   "unlearn --model ViT-B-32 --pretrained vit-b-32.safetensors --classnames @classes.txt \\\n"
                   "      --domains photo,art_painting,cartoon,sketch --forget-domains art_painting -o vit-no-paintings",
-                  "unlearn --model local-dir:no-star --forget-classes moon --classnames @classes.txt -o no-moon"])
+                  "unlearn --forget-classes star --depth deep --evidence star-images/ -o no-star-deep"])
     _model_options(p)
     _name_options(p, "label space (comma list or @file, one name per line)",
                   "all class names (default for the embedded model: its 10 shapes; required otherwise)",
                   "all domain names (default: photo,sketch,cartoon,painting)", "at least one")
     _method_options(p)
+    p.add_argument("--evidence", metavar="ROOT", help="--depth deep: real images, <root>/<domain>/<class>/<image>")
     _output_options(p, folder=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

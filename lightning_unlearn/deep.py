@@ -6,8 +6,8 @@ read-out of the forgotten class that existed before still exists. The deep mode 
 ``encode_image`` output, the difference between the mean embedding of each forgotten group (a
 forgotten class for class requests, a forgotten domain for whole-domain requests) and the mean
 embedding of the retained cells. Both means are estimated without data from visual prototypes of
-every cell (:func:`prototypes.synthesize`), or, for the forgotten cells, from a few real images
-(``evidence``). ``E`` is d x d in the joint space, so the whole deep edit is still one frozen map on
+every cell (:func:`directions.prototype_columns`, kept in the prototype cache), or, for the
+forgotten cells, from a few real images (``evidence``). ``E`` is d x d in the joint space, so the whole deep edit is still one frozen map on
 the projection: it folds, restores, checkpoints and exports like the surface edit.
 """
 from __future__ import annotations
@@ -16,11 +16,11 @@ from collections.abc import Mapping
 
 import torch
 
-from . import nullspace
-from . import prototypes as protos
-from .directions import cell_texts, class_texts
+from . import cache, nullspace
+from .directions import cell_keys, cell_texts, class_texts, prototype_columns
 from .encoders import encode_image, image_io
 from .request import ForgetRequest
+from .sites import find_site
 
 
 def check_evidence(evidence: Mapping | None, request: ForgetRequest, model) -> dict:
@@ -61,18 +61,25 @@ def cell_means(model, tokenizer, request: ForgetRequest, *, n_prototypes: int, p
     """The mean raw output embedding of every cell of ``request`` (float64, by cell), and statistics.
 
     Prototypes: ``n_prototypes`` per cell (forgotten and retained), synthesised towards the cell's
-    mean prompt. A forgotten cell with ``evidence`` uses the mean of its real images instead.
+    mean prompt, every cell of the label space in one canonical order, so they come from the
+    current :mod:`cache` for any later request on the same model and label space. A forgotten cell
+    with ``evidence`` uses the mean of its real images instead.
     """
     evidence = check_evidence(evidence, request, model)
-    cells = list(request.forget_cells) + list(request.retain_cells)
+    cells = [(c, d) for c in request.classnames for d in request.domains]
     T = class_texts(model, tokenizer, request.classnames, class_templates)
-    p = protos.synthesize(model, cell_texts(model, tokenizer, cells, request.templates), n_per_text=n_prototypes,
-                          steps=proto_steps, lr=proto_lr, seed=seed, classes=T, progress=progress)
-    H = _encode(model, protos.normalise_images(model, p.images.flatten(0, 1))).view(len(cells), n_prototypes, -1)
+    cols, s = prototype_columns(model, find_site(model, "image"), "joint",
+                                cell_texts(model, tokenizer, cells, request.templates),
+                                cell_keys(cells, request.templates), T,
+                                cache.settings_key(classes=request.classnames, templates=class_templates),
+                                n_prototypes=n_prototypes, proto_steps=proto_steps, proto_lr=proto_lr, seed=seed,
+                                normalise=False, progress=progress)
+    H = cols.T.double().view(len(cells), n_prototypes, -1)
     means = {cell: H[i].mean(0) for i, cell in enumerate(cells)}
     for cell, x in evidence.items():
         means[cell] = _encode(model, x).mean(0)
-    return means, {"eraser_prototypes": len(cells) * n_prototypes, "eraser_prototype_seconds": round(p.seconds, 3),
+    return means, {"eraser_prototypes": s["n_prototypes"], "eraser_prototypes_reused": s["prototypes_reused"],
+                   "eraser_prototype_seconds": s["prototype_seconds"],
                    "evidence_images": {f"{c}|{d}": int(x.shape[0]) for (c, d), x in evidence.items()}}
 
 

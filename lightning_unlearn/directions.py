@@ -72,8 +72,9 @@ def _edited_range(model, site: Site, where: str) -> torch.Tensor | None:
 
 
 def to_site(model, site: Site, where: str, text: torch.Tensor | None = None,
-            images: torch.Tensor | None = None) -> torch.Tensor:
-    """Columns at the edit site for joint-space ``text`` rows and/or prototype ``images``."""
+            images: torch.Tensor | None = None, normalise: bool = True) -> torch.Tensor:
+    """Columns at the edit site for joint-space ``text`` rows and/or prototype ``images`` (their
+    features L2-normalised unless ``normalise=False``)."""
     cols = []
     W = getattr(site.module, site.weight).detach().float().cpu()
     if text is not None and len(text):
@@ -85,7 +86,7 @@ def to_site(model, site: Site, where: str, text: torch.Tensor | None = None,
         with torch.no_grad():
             x = protos.normalise_images(model, images)
             feats = encode_image(model, x) if where == "joint" else site.pooled(x)
-        cols.append(F.normalize(feats.float(), dim=-1).T.cpu())
+        cols.append((F.normalize(feats.float(), dim=-1) if normalise else feats.float()).T.cpu())
     n = site.dims[1] if where == "joint" else site.dims[0]
     return torch.cat(cols, 1) if cols else torch.zeros(n, 0)
 
@@ -97,15 +98,15 @@ CHUNK_224 = 32
 
 def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys, classes: torch.Tensor,
                       label_key: str, *, n_prototypes: int, proto_steps: int, proto_lr: float, seed: int,
-                      progress: bool = True) -> tuple[torch.Tensor, dict]:
+                      normalise: bool = True, progress: bool = True) -> tuple[torch.Tensor, dict]:
     """Site columns (n x k * n_prototypes, target-major) of the prototypes of ``targets`` (k x d,
     named by ``keys``) with the early stop over ``classes`` (named by ``label_key``), and their
-    statistics. Cells are synthesised in batches (bounded memory); a batch already in the current
+    statistics; the columns are normalised features unless ``normalise=False`` (raw). Cells are synthesised in batches (bounded memory); a batch already in the current
     :mod:`cache`'s bank for this model (same cells, label space, seed and settings) is reused."""
     store = cache.current()
     bank = None if store is None else store.bank(cache.weights_key(model))
     settings = dict(labels=label_key, seed=seed, n=n_prototypes, steps=proto_steps, lr=proto_lr, where=where,
-                    site=site.weight, dims=site.dims)
+                    site=site.weight, dims=site.dims) | ({} if normalise else {"raw": True})
     size = protos.model_io(model)[0]
     per = max(1, CHUNK_224 * 224 ** 2 // (size ** 2 * n_prototypes))  # cells per batch
     found, seconds, todo = {}, 0.0, 0
@@ -120,7 +121,8 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
         todo += len(idx)
         p = protos.synthesize(model, targets[idx], n_per_text=n_prototypes, steps=proto_steps, lr=proto_lr,
                               seed=seed, classes=classes, keys=[keys[i] for i in idx], progress=progress)
-        cols = to_site(model, site, where, images=p.images.flatten(0, 1)).T.reshape(len(idx), n_prototypes, -1)
+        cols = to_site(model, site, where, images=p.images.flatten(0, 1), normalise=normalise).T.reshape(
+            len(idx), n_prototypes, -1)
         seconds += p.seconds
         for r, (i, nm) in enumerate(zip(idx, names)):
             found[i] = torch.cat([cols[r], p.cos[r, :, None], p.steps[r, :, None].float()], 1)
@@ -133,7 +135,7 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
     return rows[:, :-2].T.contiguous(), stats
 
 
-def _cell_keys(cells, templates) -> list[str]:
+def cell_keys(cells, templates) -> list[str]:
     return ["|".join(cell_prompts(c, d, templates)) for c, d in cells]
 
 
@@ -158,7 +160,7 @@ def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, m
         T_forget = T_forget.cpu() @ P
     Fm = to_site(model, site, where, T_forget)
     if multimodal:
-        keys = _cell_keys(all_cells, request.templates)
+        keys = cell_keys(all_cells, request.templates)
         V, s = prototype_columns(model, site, where, T_cells[: len(forget_cells)], keys[: len(forget_cells)],
                                  T_cells, cache.settings_key(cells=keys), n_prototypes=n_prototypes,
                                  proto_steps=proto_steps, proto_lr=proto_lr, seed=seed, progress=progress)
@@ -236,7 +238,7 @@ def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, wher
         retain = request.same_class_other_domain_cells() if request.paradigm != "global" else ()
         cells = forget_cells + retain
         V, s = prototype_columns(model, site, where, cell_texts(model, tokenizer, cells, request.templates),
-                                 _cell_keys(cells, request.templates), T,
+                                 cell_keys(cells, request.templates), T,
                                  cache.settings_key(classes=classes, templates=class_templates),
                                  n_prototypes=n_prototypes, proto_steps=proto_steps, proto_lr=proto_lr, seed=seed,
                                  progress=progress)

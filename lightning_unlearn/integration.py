@@ -122,7 +122,8 @@ def tower_edits(model: nn.Module, config: UnlearnConfig) -> dict[str, list[Proje
 
 
 def compute_edit_(model: nn.Module, tokenizer: Callable, request: ForgetRequest, config: UnlearnConfig, *,
-                  strategy: Any = None, compose: bool = False, progress: bool = False) -> Unlearned:
+                  strategy: Any = None, compose: bool = False, progress: bool = False,
+                  evidence: Mapping | None = None) -> Unlearned:
     """:func:`unlearn_` on the strategy's device; under a multi-process strategy every rank computes
     (same seed) and then takes rank 0's maps, so all ranks carry bit-identical projectors. If any rank
     fails, every rank raises (the others with rank 0's message, or the failing rank's number) instead
@@ -132,7 +133,7 @@ def compute_edit_(model: nn.Module, tokenizer: Callable, request: ForgetRequest,
     try:
         if strategy is not None:
             model.to(strategy.root_device)
-        result = unlearn_(model, tokenizer, request, config, compose=compose, progress=progress)
+        result = unlearn_(model, tokenizer, request, config, compose=compose, progress=progress, evidence=evidence)
     except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks learn of it
         if not distributed:
             raise

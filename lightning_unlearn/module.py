@@ -61,6 +61,9 @@ class CLIPUnlearning(LightningModule):
         trainable: parameter-name prefixes of the CLIP model to fine-tune in ``fit`` (everything is
             frozen by default; the edit itself is never trainable); ``lr``, ``weight_decay``: AdamW.
         progress: show the edit's progress bars.
+        evidence: with ``unlearn={"depth": "deep"}``, a few real images of the forgotten cells
+            (see :func:`~lightning_unlearn.edit.unlearn_`); not saved in the hyper-parameters (the
+            edit it shaped is in the checkpoint).
 
     Logged per stage (``val/``, ``test/``): the keys of :class:`UnlearningAccuracy` and, with
     colours, ``unrelated_accuracy``. ``predict_step`` returns ``{"pred", "scores"}`` (and the labels
@@ -90,6 +93,7 @@ class CLIPUnlearning(LightningModule):
         progress: bool = False,
         model: Optional[nn.Module] = None,
         tokenizer: Optional[Callable] = None,
+        evidence: Optional[dict] = None,
     ):
         super().__init__()
         self.config = make_config(unlearn)
@@ -151,6 +155,9 @@ class CLIPUnlearning(LightningModule):
         self.clip.requires_grad_(False)
         self.trainable = self._unfreeze(trainable)
         self.lr, self.weight_decay, self.progress = lr, weight_decay, progress
+        if evidence is not None and self.config.depth != "deep":
+            raise ValueError("`evidence` is read by the deep mode only; pass unlearn={'depth': 'deep'} with it")
+        self.evidence = evidence
         self._classifiers: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._tokens: torch.Tensor | None = None
 
@@ -251,7 +258,7 @@ class CLIPUnlearning(LightningModule):
             return None
         restore_(self.clip)  # drop the identity placeholders; unlearn_ injects the same structure
         result = compute_edit_(self.clip, self.tokenizer, self.request, self.config, strategy=strategy,
-                               progress=self.progress)
+                               progress=self.progress, evidence=self.evidence)
         self.computed_edit_id.copy_(edit_id_tensor(self.edit_id).to(self.computed_edit_id.device))
         rank_zero_info(f"CLIPUnlearning: {self.request.describe()}; edited {list(result.maps)} ({self.config.method}, "
                        f"{self.config.solver}, ranks {result.ranks}, {result.seconds:.2f} s)")

@@ -14,7 +14,6 @@ from lightning_unlearn.embedded import load_embedded
 
 from test_cli import cli, weights  # noqa: F401 (module fixture)
 
-torch.set_num_threads(1)
 N_PER_CELL = 4
 
 

@@ -19,7 +19,6 @@ from lightning_unlearn.data.datasets import to_rgb
 from lightning_unlearn.embedded import load_embedded
 from lightning_unlearn.prompts import fill_template, validate_templates
 
-torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 
 

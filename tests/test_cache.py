@@ -10,7 +10,6 @@ import torch.nn.functional as Fn
 
 from lightning_unlearn import ForgetRequest, cache, directions, embedded, prototypes, restore_, unlearn_, zeroshot
 
-torch.set_num_threads(1)
 CLASSES, DOMAINS = ["cat", "dog", "bird", "fish"], ["photo", "sketch"]
 FAST = dict(class_templates=("a {c}.",), progress=False, n_prototypes=2, proto_steps=4)
 

@@ -15,7 +15,6 @@ from lightning_unlearn.edit import edit_modules
 from lightning_unlearn.export import apply_edit, load_edit, remove_edit, save_edit, save_folded
 from lightning_unlearn.module import CLIPUnlearning
 
-torch.set_num_threads(1)
 FAST_DEEP = dict(depth="deep", proto_steps=3, n_prototypes=1, class_templates=("a {c}.",), progress=False)
 
 
@@ -234,3 +233,62 @@ def test_the_eraser_is_harmless_and_reaches_chance_with_the_true_means(emb, dept
                                        "(README, 'Depth: deep mode')")
 def test_global_probe_target_with_five_evidence_images(emb, depth):
     assert run(emb, depth, "global", "evidence")["probe_bal_raw"] <= 0.60
+
+
+# --------------------------------------------------------------------------- evidence from folders: CLI, callback
+
+
+@pytest.fixture(scope="module")
+def evidence_dir(tmp_path_factory):
+    """Two rendered train images of the forgotten cell (star, sketch) as <root>/sketch/star/*.png."""
+    from lightning_unlearn.data.world import CLASSES, DOMAINS, World
+    world = World("train", 3)
+    root = tmp_path_factory.mktemp("evidence") / "ev"
+    (root / "sketch" / "star").mkdir(parents=True)
+    stars = [s for s in (world[i] for i in range(len(world)))
+             if (CLASSES[s.cls], DOMAINS[s.domain]) == ("star", "sketch")][:2]
+    for i, s in enumerate(stars):
+        s.image.save(root / "sketch" / "star" / f"{i}.png")
+    return root
+
+
+def test_evidence_from_a_folder_is_the_preprocessed_images_of_forgotten_cells(emb, evidence_dir, tmp_path):
+    from PIL import Image
+    from lightning_unlearn.data.datasets import evidence_from_folder
+    request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"], forget_domains=["sketch"])
+    ev = evidence_from_folder(evidence_dir, request, emb.preprocess)
+    assert list(ev) == [("star", "sketch")] and ev["star", "sketch"].shape == (2, 3, 32, 32)
+    with Image.open(evidence_dir / "sketch" / "star" / "0.png") as im:
+        assert torch.equal(ev["star", "sketch"][0], emb.preprocess(im.convert("RGB")))
+    import shutil
+    bad = shutil.copytree(evidence_dir, tmp_path / "bad")
+    (bad / "photo" / "star").mkdir(parents=True)
+    shutil.copy(bad / "sketch" / "star" / "0.png", bad / "photo" / "star" / "0.png")
+    with pytest.raises(ValueError, match="photo/star"):  # a retained cell is never evidence
+        evidence_from_folder(bad, request, emb.preprocess)
+
+
+def test_cli_deep_edit_with_evidence(evidence_dir, tmp_path, capsys):
+    import json
+    from test_cli import cli
+    args = ["unlearn", "--forget-classes", "star", "--forget-domains", "sketch", "--no-progress"]
+    code, _, err = cli(args + ["--evidence", evidence_dir, "-o", tmp_path / "shallow"], capsys)
+    assert code == 2 and "--evidence" in err and "depth='deep'" in err and not (tmp_path / "shallow").exists()
+    code, _, err = cli(args + ["--depth", "deep", "--evidence", evidence_dir, "-o", tmp_path / "deep",
+                               "--json", tmp_path / "deep.json"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "deep.json").read_text())
+    assert report["config"]["depth"] == "deep" and report["evidence"] == {"star|sketch": 2}
+    info = json.loads((tmp_path / "deep" / "edit.json").read_text())
+    assert "deep" in json.dumps(info)
+
+
+def test_callback_and_module_refuse_evidence_without_the_deep_mode(emb):
+    from lightning_unlearn.callback import NullspaceUnlearning
+    request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
+    ev = {("star", "photo"): torch.zeros(1, 3, 32, 32)}
+    with pytest.raises(ValueError, match="deep mode only"):
+        NullspaceUnlearning(request, evidence=ev)
+    with pytest.raises(ValueError, match="deep mode only"):
+        CLIPUnlearning(request=request, evidence=ev)
+    assert NullspaceUnlearning(request, depth="deep", evidence=ev).evidence is ev

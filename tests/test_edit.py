@@ -26,7 +26,6 @@ from lightning_unlearn.directions import cell_texts, class_texts
 from lightning_unlearn.edit import edit_modules, remove_edit_, unlearned
 from lightning_unlearn.sites import find_site
 
-torch.set_num_threads(1)
 
 _TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}
 #: Tiny configs for the tower types no built-in small config covers.

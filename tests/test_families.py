@@ -21,7 +21,6 @@ from lightning_unlearn.encoders import encode_image, encode_text, hf_tokenizer, 
 from lightning_unlearn.export import ArtifactError, apply_edit, save_edit, save_folded, save_pretrained_folded
 from lightning_unlearn.sites import EditLinear, find_site
 
-torch.set_num_threads(1)
 
 _TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}
 CONFIGS = {

@@ -10,7 +10,6 @@ from benchmarks import finetune_baseline as fb
 from lightning_unlearn import ForgetRequest
 from lightning_unlearn.embedded import load_embedded
 
-torch.set_num_threads(1)
 
 
 class Towers(nn.Module):

@@ -65,6 +65,22 @@ def scan_folder(root: str | Path, domains=None, classnames=None) -> tuple["Domai
     return ds, [str(w.message) for w in caught]
 
 
+def evidence_from_folder(root: str | Path, request, transform: Callable) -> dict[tuple[str, str], torch.Tensor]:
+    """Real images of forgotten cells, ``root/<domain>/<class>/<image>``, as the ``evidence`` of a deep
+    edit: ``{(class, domain): transform(images) stacked (N, 3, H, W)}``. A folder of a cell the
+    ``request`` does not forget is refused (evidence is never of a retained cell)."""
+    ds, _ = scan_folder(root)
+    cells = [(c, d) for d in ds.domains for c in ds.classnames if ds.support[d][c]]
+    if other := [cell for cell in cells if cell not in request.forget_cells]:
+        raise ValueError(f"evidence folder {root} has images of cells this request does not forget: "
+                         f"{', '.join(f'{d}/{c}' for c, d in other[:5])}; keep only <domain>/<class> folders of "
+                         f"forgotten cells (e.g. {request.forget_cells[0][1]}/{request.forget_cells[0][0]})")
+    ds.transform, out = transform, {}
+    for i, (_, c, d) in enumerate(ds.samples):
+        out.setdefault((ds.classnames[c], ds.domains[d]), []).append(ds[i][0])
+    return {cell: torch.stack(xs) for cell, xs in out.items()}
+
+
 def write_world(world: World, root: str | Path) -> Path:
     """Save every image of ``world`` as ``root/<domain>/<class>/<n>.png`` (``n``: index within the
     cell); returns ``root``. Read it back with :class:`DomainFolderDataset`."""
