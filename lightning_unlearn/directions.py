@@ -110,8 +110,9 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
     size = protos.model_io(model)[0]
     per = max(1, CHUNK_224 * 224 ** 2 // (size ** 2 * n_prototypes))  # cells per batch
     found, seconds, todo = {}, 0.0, 0
+    order = sorted(range(len(keys)), key=lambda i: keys[i])  # batches of the same cells, whatever the request's order
     for j in range(0, len(keys), per):  # a batch's early stop depends on all its cells: keyed together
-        idx = list(range(j, min(j + per, len(keys))))
+        idx = order[j:j + per]
         batch = cache.settings_key(cells=[keys[i] for i in idx])
         names = [cache.settings_key(cell=keys[i], batch=batch, **settings) for i in idx]
         hits = [bank.get(nm) for nm in names] if bank is not None else [None] * len(idx)

@@ -122,6 +122,14 @@ def test_second_request_reuses_prompts_and_prototypes_and_gives_the_same_edit(tw
         restore_(model)
     assert plain.stats["image"]["prototypes_reused"] == 0
     torch.testing.assert_close(plain.maps["image"], cold.maps["image"], atol=1e-5, rtol=0)
+    with cache.use(cache.Cache()):  # the same class in another domain: the same cells, in another order
+        other = unlearn_(model, tok, ForgetRequest(CLASSES, DOMAINS, forget_classes=["dog"], forget_domains=["sketch"]),
+                         **FAST)
+        restore_(model)
+        again = unlearn_(model, tok, request, **FAST)
+        restore_(model)
+    assert other.stats["image"]["prototypes_reused"] == 0 and again.stats["image"]["prototypes_reused"] == n
+    assert torch.equal(again.maps["image"], cold.maps["image"])  # the batch's order changes no image
 
 
 def test_bank_on_disk_is_atomic_and_refuses_other_weights(two, tmp_path):
