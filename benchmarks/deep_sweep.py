@@ -110,7 +110,7 @@ def feature_sweep(emb, D, requests, save=lambda runs: None) -> list[dict]:
     everything = ForgetRequest(CLASSES, DOMAINS, forget_classes=[CLASSES[0]])  # any request lists every cell
     t0 = time.perf_counter()
     proto, _ = deep.cell_means(model, emb.tokenizer, everything, n_prototypes=cfg.deep_prototypes,
-                               proto_steps=cfg.proto_steps, proto_lr=cfg.proto_lr, seed=cfg.seed,
+                               proto_steps=cfg.prototype_steps("eraser"), proto_lr=cfg.proto_lr, seed=cfg.seed,
                                class_templates=cfg.class_templates, progress=False)
     print(f"prototypes of every cell: {time.perf_counter() - t0:.1f} s", flush=True)
     cells = list(proto)

@@ -12,7 +12,8 @@ Requests (fixed before any result was seen):
   composed         forget circle, then cross with ``compose=True`` on the edited model, scored as
                    the union (circle and cross globally) [global].
 Methods: text (text-only nullspace, 2512.14137), regularized (its regularised closed form),
-multimodal (text + visual prototypes, 2512.14113: the library defaults), finetune (Kravets &
+multimodal (text + visual prototypes, 2512.14113: the library defaults), deep (multimodal with
+``depth="deep"``: the output eraser after it, data-free), finetune (Kravets &
 Namboodiri, benchmarks/finetune_baseline.py; ``--finetune-recipe official|tuned``), and with
 --sites both edit sites for multimodal. The fine-tuning baseline costs minutes per request on a
 CPU: ``--finetune-on`` picks the requests it runs on (default: the quick requests); its time to
@@ -58,7 +59,7 @@ DOMAIN_SPECIFIC = [(c, d) for c in CLASSES for d in DOMAINS]
 #: The baseline tuned for the embedded model on the val split (benchmarks/finetune_sweep.py).
 TUNED = Recipe(lr=1e-2, steps_per_epoch=1)
 METHODS = {"text": {"method": "text"}, "regularized": {"method": "text", "solver": "regularized"},
-           "multimodal": {}}
+           "multimodal": {}, "deep": {"depth": "deep"}}
 
 
 def measure(model, emb, batches, request, colour_T) -> dict:
@@ -146,8 +147,8 @@ def run(args) -> dict:
 
 def summary(result: dict) -> tuple[str, dict]:
     """Per (request set, paradigm, method): forget accuracy after, drops in points (mean / worst),
-    edit time; for the fine-tuning baseline also its time to criterion over the multimodal edit
-    time of the same requests in the same run."""
+    edit time; for the fine-tuning baseline (its time to criterion) and the deep mode also their
+    time over the multimodal edit time of the same requests in the same run."""
     rows, table = {}, []
     for r in result["runs"]:
         rows.setdefault((r.get("set", "single"), r["paradigm"], r["method"]), []).append(r)
@@ -155,7 +156,7 @@ def summary(result: dict) -> tuple[str, dict]:
     audit = ("probe_balanced_acc", "probe_recall", "paraphrase_acc")
     lines = ["| requests | paradigm | method | runs | forget after (mean / worst) | retain drop (mean / worst) | "
              "same class other domains drop (mean / worst) | colour drop (worst) | edit s (mean) | "
-             "finetune time / edit time | probe bal. acc raw after (mean / worst) | "
+             "time / multimodal edit time | probe bal. acc raw after (mean / worst) | "
              "probe recall after (mean / worst) | paraphrase after (mean / worst) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (kind, paradigm, method), rs in rows.items():
@@ -164,7 +165,7 @@ def summary(result: dict) -> tuple[str, dict]:
         fa = [x["forget_acc_after"] for x in rs]
         sc = drop("same_class_other_domains_acc")
         ratio = None
-        if method == "finetune" and all(x["forget"] in edit_s for x in rs):
+        if method in ("finetune", "deep") and all(x["forget"] in edit_s for x in rs):
             ratio = sum(x["edit_seconds"] for x in rs) / sum(edit_s[x["forget"]] for x in rs)
         s = {"forget_after_mean": sum(fa) / len(fa), "forget_after_worst": max(fa),
              "retain_drop_mean": sum(drop("retain_acc")) / len(rs), "retain_drop_worst": max(drop("retain_acc")),

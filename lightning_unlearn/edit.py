@@ -44,6 +44,11 @@ class EditError(RuntimeError):
 #: Fields every edit reads; the prototype fields (method "multimodal" only); each solver's own.
 COMMON_FIELDS = ("method", "solver", "alpha", "towers", "site", "class_templates", "depth")
 PROTOTYPE_FIELDS = ("n_prototypes", "proto_steps", "proto_lr", "seed")
+#: Prototype steps when ``proto_steps`` is None, by what is synthesised (chosen on every request of
+#: each paradigm, README "Domain-specific requests on every cell"): class requests need 120 for every
+#: cell to stay forgotten; whole-domain requests reach their floor (chance) at 60 and synthesise every
+#: cell, so steps cost most there; so does the deep mode's eraser (one prototype of every cell).
+AUTO_PROTO_STEPS = {"global": 120, "domain-specific": 120, "domain": 60, "eraser": 60}
 SOLVER_FIELDS = {
     "two-sided": ("text_first", "lam", "mu", "text_weight", "image_weight", "margin", "sink_margin",
                   "retain_prompts"),
@@ -61,6 +66,7 @@ class UnlearnConfig:
     projection) or "pooled" (D x D before it, image tower only). Two-sided only: ``text_first``
     (stage 1, see :func:`compute_map`), ``margin`` and ``sink_margin`` (where forgotten prototypes
     are sent, see :func:`directions.build_constraints`), the weights of text and image constraints.
+    ``proto_steps`` None (the default) picks the steps per paradigm (:data:`AUTO_PROTO_STEPS`).
     ``depth``: "shallow" (the surface edit alone) or "deep" (the surface edit after the output eraser
     of :func:`deep.output_eraser`, from ``deep_prototypes`` prototypes per cell; joint site only).
 
@@ -86,12 +92,17 @@ class UnlearnConfig:
     text_first: bool = True
     retain_prompts: tuple = ATTRIBUTE_PROMPTS
     n_prototypes: int = 4
-    proto_steps: int = 60
+    proto_steps: int | None = None
     proto_lr: float = 0.05
     class_templates: tuple = CLASS_TEMPLATES
     seed: int = 0
     depth: str = "shallow"
     deep_prototypes: int = 1
+
+    def prototype_steps(self, what: str) -> int:
+        """``proto_steps``, or when it is None the steps of :data:`AUTO_PROTO_STEPS` for ``what`` (a
+        request's paradigm, or "eraser")."""
+        return AUTO_PROTO_STEPS[what] if self.proto_steps is None else self.proto_steps
 
     def acting_fields(self) -> tuple[str, ...]:
         """The fields the computed edit depends on under this method and solver."""
@@ -138,7 +149,7 @@ class UnlearnConfig:
                              f"got site={self.site!r}, towers={towers}")
         if self.deep_prototypes < 1:
             raise ValueError(f"`deep_prototypes`={self.deep_prototypes} must be >= 1 (prototypes per cell of the eraser)")
-        if self.n_prototypes < 1 or self.proto_steps < 1:
+        if self.n_prototypes < 1 or (self.proto_steps is not None and self.proto_steps < 1):
             raise ValueError(f"`n_prototypes`={self.n_prototypes} and `proto_steps`={self.proto_steps} must be >= 1")
         acting = self.acting_fields()
         for name, default in _DEFAULTS.items():
@@ -355,8 +366,8 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
     prototypes, read through ``M1``, go where :func:`directions.build_constraints` sends them.
     """
     common = dict(multimodal=cfg.method == "multimodal", class_templates=cfg.class_templates,
-                  n_prototypes=cfg.n_prototypes, proto_steps=cfg.proto_steps, proto_lr=cfg.proto_lr,
-                  seed=cfg.seed, progress=progress)
+                  n_prototypes=cfg.n_prototypes, proto_steps=cfg.prototype_steps(request.paradigm),
+                  proto_lr=cfg.proto_lr, seed=cfg.seed, progress=progress)
     if cfg.solver != "two-sided":
         d = build(model, tokenizer, request, site, cfg.site, protect=cfg.protect, center=cfg.center, **common)
         M, rank = solve(d.F, d.R, cfg)
@@ -442,7 +453,7 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
                                 "remove; try method='multimodal' or solver='projector'")
         if cfg.depth == "deep":  # erase first, on the raw output: M = M_surface E
             E, deep_stats = deep.output_eraser(
-                model, tokenizer, request, n_prototypes=cfg.deep_prototypes, proto_steps=cfg.proto_steps,
+                model, tokenizer, request, n_prototypes=cfg.deep_prototypes, proto_steps=cfg.prototype_steps("eraser"),
                 proto_lr=cfg.proto_lr, seed=cfg.seed, class_templates=cfg.class_templates, evidence=evidence,
                 progress=progress)
             maps["image"] = (maps["image"].double() @ E.double()).float()

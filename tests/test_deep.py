@@ -196,7 +196,7 @@ def depth(emb):
     cfg = UnlearnConfig(depth="deep")
     request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
     proto, _ = deep.cell_means(emb.model, emb.tokenizer, request, n_prototypes=cfg.deep_prototypes,
-                               proto_steps=cfg.proto_steps, proto_lr=cfg.proto_lr, seed=cfg.seed,
+                               proto_steps=cfg.prototype_steps("eraser"), proto_lr=cfg.proto_lr, seed=cfg.seed,
                                class_templates=cfg.class_templates, progress=False)
     H = {k: encode(emb.model, D[f"x{k}"]) for k in "vte"}
 
