@@ -96,7 +96,10 @@ def two_sided_map(A: torch.Tensor, B: torch.Tensor, V: torch.Tensor, Vt: torch.T
     score of every image against ``a`` becomes its score against ``b``); ``V -> Vt`` moves *image*
     directions (``M v ~ vt``). Scale columns to weight them. Setting the gradient to zero gives the
     Sylvester equation ``(I + A A^T) M + M (V V^T) = I + A B^T + Vt V^T``, solved exactly in the
-    eigenbases of both sides (every denominator is >= 1, so it is always well conditioned).
+    eigenbases of both sides (every denominator is >= 1, so it is always well conditioned). With
+    ``M = I + X`` the equation for ``X`` has its right side ``A (B - A)^T + (Vt - V) V^T`` inside the
+    span ``S`` of all four inputs, and both operators keep ``S`` and vanish on its complement, so
+    ``X = Q X_r Q^T`` is solved in an orthonormal basis ``Q`` of ``S`` (r x r instead of n x n; exact).
     """
     A, B = _check(A, "A"), _check(B, "B")
     n = A.shape[0]
@@ -104,12 +107,14 @@ def two_sided_map(A: torch.Tensor, B: torch.Tensor, V: torch.Tensor, Vt: torch.T
     if A.shape != B.shape or V.shape != Vt.shape:
         raise ValueError(f"targets must match their directions: A {tuple(A.shape)} vs B {tuple(B.shape)}, "
                          f"V {tuple(V.shape)} vs Vt {tuple(Vt.shape)}")
-    eye = torch.eye(n, dtype=A.dtype)
-    lp, Up = torch.linalg.eigh(eye + A @ A.T)
+    span = torch.cat([A, B, V, Vt], 1)
+    Q = torch.linalg.qr(span)[0] if span.shape[1] < n else torch.eye(n, dtype=A.dtype)
+    A, B, V, Vt = (Q.T @ Z for Z in (A, B, V, Vt))
+    lp, Up = torch.linalg.eigh(torch.eye(Q.shape[1], dtype=A.dtype) + A @ A.T)
     lq, Uq = torch.linalg.eigh(V @ V.T)
-    C = eye + A @ B.T + Vt @ V.T
-    X = (Up.T @ C @ Uq) / (lp[:, None] + lq.clamp(min=0)[None, :])
-    return Up @ X @ Uq.T
+    C = A @ (B - A).T + (Vt - V) @ V.T
+    X = Up @ ((Up.T @ C @ Uq) / (lp[:, None] + lq.clamp(min=0)[None, :])) @ Uq.T
+    return torch.eye(n, dtype=A.dtype) + Q @ X @ Q.T
 
 
 def oblique_eraser(U: torch.Tensor, S: torch.Tensor | None = None, ridge: float = 1e-3) -> torch.Tensor:

@@ -326,9 +326,9 @@ def test_two_sided_map_is_the_identity_when_nothing_moves(ABV):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_two_sided_map_matches_a_brute_force_least_squares(seed):
+@pytest.mark.parametrize("n,k,m", [(5, 3, 2), (9, 1, 2)])  # the span of A, B, V, Vt: all of R^n / a subspace
+def test_two_sided_map_matches_a_brute_force_least_squares(seed, n, k, m):
     """vec(M) minimising the stacked least squares [I; I (x) A^T; V^T (x) I] vec(M) ~ [vec I; vec B^T; vec Vt]."""
-    n, k, m = 5, 3, 2
     A, B, V, Vt = (randn(n, c, seed=10 * seed + i) for i, c in enumerate((k, k, m, m)))
     vec = lambda X: X.T.reshape(-1)  # noqa: E731 (column-major, as in the kronecker identities)
     eye = torch.eye(n, dtype=torch.float64)
