@@ -57,7 +57,7 @@ QUICK = list(QUICK_REQUESTS)  # the demo's requests, one per paradigm
 QUICK_RUNS = [("single", p, [kw], kw) for p, kw in QUICK]
 DOMAIN_SPECIFIC = [(c, d) for c in CLASSES for d in DOMAINS]
 #: The baseline tuned for the embedded model on the val split (benchmarks/finetune_sweep.py).
-TUNED = Recipe(lr=1e-2, steps_per_epoch=1)
+TUNED = Recipe(lr=3e-4, steps_per_epoch=10)
 METHODS = {"text": {"method": "text"}, "regularized": {"method": "text", "solver": "regularized"},
            "multimodal": {}, "deep": {"depth": "deep"}}
 
