@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.finetune_baseline import Recipe, finetune_unlearn  # noqa: E402
 from lightning_unlearn import EditError, ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
-from lightning_unlearn.audit import audit_features, extract  # noqa: E402
+from lightning_unlearn.audit import LAYERS, audit_features, extract  # noqa: E402
 from lightning_unlearn.data import CLASSES, DOMAINS, QUICK_REQUESTS, rendered_batches  # noqa: E402
 from lightning_unlearn.load import load_clip  # noqa: E402
 from lightning_unlearn.zeroshot import classifier, evaluate, split_accuracy  # noqa: E402
@@ -76,11 +76,15 @@ def prepare(n_per_cell: int, split: str = "test"):
                                                               emb.colour_templates)
 
 
-def depth(model, emb, request, fit_batches, test_batches, features=None) -> dict:
+def depth(model, emb, request, fit_batches, test_batches, features=None, before=None) -> dict:
     """The depth audit of ``model`` for ``request`` (``features``: the model's (fit, test) features,
-    when already extracted)."""
-    fit, test = features or (extract(model, fit_batches), extract(model, test_batches))
-    return audit_features(model, emb.tokenizer, request, fit, test, templates=emb.templates)
+    when already extracted). ``before``: the audit of the unedited model, for an edit at the joint
+    site: every layer before the projection is then unchanged (tested bit-exact), so only the
+    output is audited again and the inner layers' numbers are carried over."""
+    layers = ("output",) if before is not None else LAYERS
+    fit, test = features or (extract(model, fit_batches, layers), extract(model, test_batches, layers))
+    out = audit_features(model, emb.tokenizer, request, fit, test, templates=emb.templates)
+    return out if before is None else out | {k: v for k, v in before.items() if "@" in k}
 
 
 def run(args) -> dict:
@@ -97,6 +101,8 @@ def run(args) -> dict:
         methods["multimodal"] = dict(args.set)
     requests = [r for r in (QUICK_RUNS if args.quick else REQUESTS)
                 if not args.paradigms or r[1] in args.paradigms or r[0] in args.paradigms]
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    requests = requests[shard::shards]
     names = args.methods.split(",") if args.methods else list(methods) + ["finetune"]
     finetune_on = {json.dumps(r[3], sort_keys=True)
                    for r in (QUICK_RUNS if args.finetune_on == "quick" else requests)}
@@ -125,21 +131,24 @@ def run(args) -> dict:
                     after, seconds, extra, audit_after = before, 0.0, {"refused": str(e)}, audit_before
                 else:
                     after, extra = measure(model, emb, batches, request, colour_T), {"rank": ranks}
-                    audit_after = depth(model, emb, request, fit_batches, batches)
+                    joint = UnlearnConfig(**methods[name]).site == "joint"
+                    audit_after = None if args.audit_methods and name not in args.audit_methods else depth(
+                        model, emb, request, fit_batches, batches, before=audit_before if joint else None)
                 restore_(model)
             row = {"set": kind, "paradigm": paradigm, "method": name, "forget": request.describe(),
                    "steps": [ForgetRequest(emb.classnames, emb.domains, **kw).describe() for kw in steps],
                    **{f"{k}_before": before[k] for k in before}, **{f"{k}_after": after[k] for k in after},
                    "edit_seconds": round(seconds, 3), **{k: v for k, v in extra.items() if k != "seconds"},
-                   "audit_before": audit_before, "audit_after": audit_after}
+                   **({} if audit_after is None else {"audit_before": audit_before, "audit_after": audit_after})}
             runs.append(row)
+            audit = "" if audit_after is None else " ".join(
+                f"{label} {audit_before[k]:.2f}->{audit_after[k]:.2f}"
+                for label, k in [("probe", "probe_balanced_acc"), ("recall", "probe_recall"),
+                                 ("paraphrase", "paraphrase_acc")])
             print(f"{kind:8s} {paradigm:16s} {name:18s} forget {row['forget_acc_before']:.3f}->"
                   f"{row['forget_acc_after']:.3f} retain {row['retain_acc_before']:.3f}->{row['retain_acc_after']:.3f} "
                   f"unrelated {row['unrelated_acc_before']:.3f}->{row['unrelated_acc_after']:.3f} {seconds:.1f}s  "
-                  f"probe {audit_before['probe_balanced_acc']:.2f}->{audit_after['probe_balanced_acc']:.2f} "
-                  f"recall {audit_before['probe_recall']:.2f}->{audit_after['probe_recall']:.2f} "
-                  f"paraphrase {audit_before['paraphrase_acc']:.2f}->{audit_after['paraphrase_acc']:.2f} "
-                  f"| {request.describe()}", flush=True)
+                  f"{audit} | {request.describe()}", flush=True)
     return {"runs": runs, "n_per_cell": args.n_per_cell, "quick": args.quick, "defaults": asdict(UnlearnConfig()),
             "overrides": dict(args.set),
             "total_seconds": round(time.perf_counter() - t_start, 1)}
@@ -225,10 +234,20 @@ def main(argv=None):
                    help="comma list of global,domain-specific,domain,single,multi,composed (default all)")
     p.add_argument("--set", action="append", default=[], type=_key_value, metavar="KEY=JSON",
                    help="override an UnlearnConfig field for multimodal, e.g. --set margin=1.0 (repeatable)")
+    p.add_argument("--audit-methods", default=None, help="comma list: audit only these methods' edits (default all)")
+    p.add_argument("--shard", default="0/1", metavar="I/N", help="run every N-th request from the I-th (one "
+                   "process per core; ratios stay within a shard), then --merge the shards' JSON")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, help="only summarise these shards into --json")
     args = p.parse_args(argv)
     args.paradigms = args.paradigms.split(",") if args.paradigms else None
+    args.audit_methods = args.audit_methods.split(",") if args.audit_methods else None
     args.n_per_cell = args.n_per_cell or (30 if args.quick else 100)
-    result = run(args)
+    if args.merge:
+        parts = [json.loads(f.read_text()) for f in args.merge]
+        result = parts[0] | {"runs": [r for part in parts for r in part["runs"]], "shards": [str(f) for f in args.merge],
+                             "total_seconds": max(part["total_seconds"] for part in parts)}
+    else:
+        result = run(args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))  # the raw runs first, whatever happens below
     table, summ = summary(result)

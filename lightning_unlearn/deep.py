@@ -1,14 +1,16 @@
 """The deep mode: a closed-form concept eraser at the image output, on top of the surface edit.
 
 The surface edit (:func:`edit.compute_map`) moves zero-shot scores; it is full rank, so every linear
-read-out of the forgotten class that existed before still exists. The deep mode appends the eraser
-``E`` of :func:`nullspace.oblique_eraser` *before* it (``M = M_surface E``): ``E`` removes, from the raw
-``encode_image`` output, the difference between the mean embedding of each forgotten group (a
-forgotten class for class requests, a forgotten domain for whole-domain requests) and the mean
+read-out of the forgotten class that existed before still exists. The deep mode applies the eraser
+``E`` of :func:`nullspace.oblique_eraser` *before* it, ``M = M_surface E``, with the surface edit's
+prototypes read through ``E`` (so it still forgets on the erased embeddings). ``E`` removes, from
+the raw ``encode_image`` output, the difference between the mean embedding of each forgotten group
+(a forgotten class for class requests, a forgotten domain for whole-domain requests) and the mean
 embedding of the retained cells. Both means are estimated without data from visual prototypes of
 every cell (:func:`directions.prototype_columns`, kept in the prototype cache), or, for the
-forgotten cells, from a few real images (``evidence``). ``E`` is d x d in the joint space, so the whole deep edit is still one frozen map on
-the projection: it folds, restores, checkpoints and exports like the surface edit.
+forgotten cells, from a few real images (``evidence``). ``E`` is d x d in the joint space, so the
+whole deep edit is still one frozen map on the projection: it folds, restores, checkpoints and
+exports like the surface edit.
 """
 from __future__ import annotations
 

@@ -355,8 +355,10 @@ def solve(F: torch.Tensor, R: torch.Tensor, cfg: UnlearnConfig) -> tuple[torch.T
 
 
 def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: UnlearnConfig,
-                progress: bool = True) -> tuple[torch.Tensor, int, dict]:
-    """The edit ``M`` (float32) for one tower, the rank of its change, and statistics.
+                progress: bool = True, pre: torch.Tensor | None = None) -> tuple[torch.Tensor, int, dict]:
+    """The edit ``M`` (float32) for one tower, the rank of its change, and statistics. ``pre``: a map
+    applied first (the deep mode's eraser): ``M = M_surface pre``, the prototypes of the surface
+    edit read through ``pre``, and ``alpha`` scaling the surface part only.
 
     The default "two-sided" solver has two stages, ``M = M2 M1``. ``M1`` (``text_first``) is the
     regularised map of 2512.14137 on text alone: it takes the forgotten cells' own prompt
@@ -371,22 +373,30 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
     if cfg.solver != "two-sided":
         d = build(model, tokenizer, request, site, cfg.site, protect=cfg.protect, center=cfg.center, **common)
         M, rank = solve(d.F, d.R, cfg)
-        return M, rank, d.stats
+        return (M, rank, d.stats) if pre is None else _after(M.double(), pre, d.stats)
     M1, stats = None, {}  # stage 1 needs a kept class to protect: whole-domain requests have none
     if cfg.text_first and request.kept_classes:
         d = build(model, tokenizer, request, site, cfg.site, protect="classes", center=True,
                   **(common | {"multimodal": False}))
         M1, _ = solve(d.F, d.R, UnlearnConfig(solver="regularized", lam=cfg.lam, mu=cfg.mu))
         stats["text_first_rank"] = d.F.shape[1]
+    through = None if pre is None else pre.double()  # what the prototypes go through: pre, then M1
+    if M1 is not None:
+        through = M1.double() if through is None else M1.double() @ through
     t = build_constraints(model, tokenizer, request, site, cfg.site, text_weight=cfg.text_weight,
-                      image_weight=cfg.image_weight, margin=cfg.margin,
-                      sink_margin=cfg.sink_margin, retain_prompts=cfg.retain_prompts,
-                      pre=M1, **common)
+                          image_weight=cfg.image_weight, margin=cfg.margin,
+                          sink_margin=cfg.sink_margin, retain_prompts=cfg.retain_prompts, pre=through, **common)
     M = nullspace.two_sided_map(t.A, t.B, t.V, t.Vt)
     M = M if M1 is None else M @ M1.double()
     eye = torch.eye(M.shape[0], dtype=M.dtype)
     M = eye + cfg.alpha * (M - eye)
-    return M.float(), int(torch.linalg.matrix_rank(M - eye, rtol=1e-6)), stats | t.stats
+    return _after(M, pre, stats | t.stats)
+
+
+def _after(M: torch.Tensor, pre: torch.Tensor | None, stats: dict) -> tuple[torch.Tensor, int, dict]:
+    """``M pre`` (float32), the rank of its change and ``stats``."""
+    M = M if pre is None else M @ pre.double()
+    return M.float(), int(torch.linalg.matrix_rank(M - torch.eye(M.shape[0], dtype=M.dtype), rtol=1e-6)), stats
 
 
 def check_model(model: nn.Module) -> None:
@@ -443,20 +453,22 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     was_training = model.training
     model.eval()
     try:
+        E, deep_stats = None, {}
+        if cfg.depth == "deep":  # the eraser first, on the raw output; the surface edit is computed after it
+            E, deep_stats = deep.output_eraser(
+                model, tokenizer, request, n_prototypes=cfg.deep_prototypes, proto_steps=cfg.prototype_steps("eraser"),
+                proto_lr=cfg.proto_lr, seed=cfg.seed, class_templates=cfg.class_templates, evidence=evidence,
+                progress=progress)
         for tower, site in sites.items():  # prompts and prototypes go through cache.current()
-            maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress)
+            maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress,
+                                                                  pre=E if tower == "image" else None)
             change = (maps[tower] - torch.eye(maps[tower].shape[0])).abs().max().item()
             if cfg.alpha > 0 and change < 1e-6 * cfg.alpha:  # the full (alpha = 1) map is the identity
                 raise EditError(f"the {tower} edit computed for this request is the identity (largest change "
                                 f"{change:.1e} at alpha={cfg.alpha}): it would forget nothing. With "
                                 f"method={cfg.method!r}, solver={cfg.solver!r} the request gives no direction to "
                                 "remove; try method='multimodal' or solver='projector'")
-        if cfg.depth == "deep":  # erase first, on the raw output: M = M_surface E
-            E, deep_stats = deep.output_eraser(
-                model, tokenizer, request, n_prototypes=cfg.deep_prototypes, proto_steps=cfg.prototype_steps("eraser"),
-                proto_lr=cfg.proto_lr, seed=cfg.seed, class_templates=cfg.class_templates, evidence=evidence,
-                progress=progress)
-            maps["image"] = (maps["image"].double() @ E.double()).float()
+        if E is not None:
             stats["image"] |= deep_stats
     finally:
         model.train(was_training)
