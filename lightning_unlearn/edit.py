@@ -399,6 +399,12 @@ def _after(M: torch.Tensor, pre: torch.Tensor | None, stats: dict) -> tuple[torc
     return M.float(), int(torch.linalg.matrix_rank(M - torch.eye(M.shape[0], dtype=M.dtype), rtol=1e-6)), stats
 
 
+def check_evidence_mode(cfg: UnlearnConfig, evidence) -> None:
+    """Refuse ``evidence`` unless ``cfg`` is the deep mode (the only one that reads it)."""
+    if evidence is not None and cfg.depth != "deep":
+        raise ValueError("`evidence` is read by the deep mode only; pass depth='deep' with it (or drop evidence)")
+
+
 def check_model(model: nn.Module) -> None:
     """Raise :class:`EditError` if ``model`` has no usable weights: some on the meta device (built
     without memory, never loaded), or NaN / inf values (a diverged or damaged checkpoint)."""
@@ -435,8 +441,7 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
         raise ValueError(f"method='text' with solver='two-sided' cannot forget whole domains ({request.describe()}): "
                          "from text prompts alone its map comes out as the identity (measured: it changes nothing). "
                          "Use method='multimodal' (the default), which also moves the domain's visual prototypes")
-    if evidence is not None and cfg.depth != "deep":
-        raise ValueError("`evidence` is read by the deep mode only; pass depth='deep' with it (or drop evidence)")
+    check_evidence_mode(cfg, evidence)
     check_model(model)
     existing = edits(model)
     if existing and not compose:

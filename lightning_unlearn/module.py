@@ -25,7 +25,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from . import embedded, zeroshot
-from .edit import EditError, UnlearnConfig, edit_modules, edits, fold_, inject_, restore_
+from .edit import EditError, UnlearnConfig, check_evidence_mode, edit_modules, edits, fold_, inject_, restore_
 from .integration import carried_edit_ids, check_strategy, compute_edit_, make_config, make_request, tower_edits
 from .load import load_clip, model_cfg_of
 from .metrics import UnlearningAccuracy
@@ -155,8 +155,7 @@ class CLIPUnlearning(LightningModule):
         self.clip.requires_grad_(False)
         self.trainable = self._unfreeze(trainable)
         self.lr, self.weight_decay, self.progress = lr, weight_decay, progress
-        if evidence is not None and self.config.depth != "deep":
-            raise ValueError("`evidence` is read by the deep mode only; pass unlearn={'depth': 'deep'} with it")
+        check_evidence_mode(self.config, evidence)
         self.evidence = evidence
         self._classifiers: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._tokens: torch.Tensor | None = None
