@@ -5,7 +5,7 @@
 
 Every variant is ``UnlearnConfig()`` with its overrides, run on every request of the chosen
 paradigms: global = every class, domain-specific = every (class, domain) cell, domain = every
-domain. Scores are on ``World("val", n)``, never on the test split used for the reported results.
+domain, multi-ds = nine domain-specific requests of several classes and/or domains. Scores are on ``World("val", n)``, never on the test split used for the reported results.
 The edit sits after the image projection (site "joint", image tower), so the edited embedding of
 an image is ``M h`` with ``h`` its unedited embedding: the val embeddings are computed once and
 every edit is scored from them (checked against the model's own forward pass on the first run).
@@ -31,7 +31,14 @@ from lightning_unlearn.zeroshot import classifier, split_accuracy  # noqa: E402
 
 PARADIGMS = {"global": [{"forget_classes": [c]} for c in CLASSES],
              "domain-specific": [{"forget_classes": [c], "forget_domains": [d]} for c in CLASSES for d in DOMAINS],
-             "domain": [{"forget_domains": [d]} for d in DOMAINS]}
+             "domain": [{"forget_domains": [d]} for d in DOMAINS],
+             # several classes in several domains (fixed before any result): 2 x 2, 2-3 classes in 1 domain,
+             # 1 class in 3 domains, chosen by index so every class and domain appears
+             "multi-ds": ([{"forget_classes": list(CLASSES[i:i + 2]), "forget_domains": [DOMAINS[i // 2 % 4],
+                                                                                       DOMAINS[(i // 2 + 1) % 4]]}
+                           for i in range(0, 10, 2)]
+                          + [{"forget_classes": list(CLASSES[j::4][:3]), "forget_domains": [DOMAINS[j]]} for j in (0, 2)]
+                          + [{"forget_classes": [CLASSES[j]], "forget_domains": list(DOMAINS[1:])} for j in (1, 7)])}
 
 
 @torch.no_grad()

@@ -57,6 +57,22 @@ def test_targets_are_met(setup, paradigm):
 # --------------------------------------------------------------------------- the default solver: composition, alpha, names
 
 
+def test_several_classes_in_several_domains_keep_their_other_domains(setup):
+    """Two classes in two domains: the forgotten cells of one domain share one shift, and the
+    text stage protects the classes' other domains. Before, both classes went in every domain
+    (same-class accuracy 1.00 -> 0.00 / 0.50); the limit here is the measured level plus slack,
+    not the 2-point target of single cells (not reached for several classes: README)."""
+    emb, batches, colour_T = setup
+    request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star", "heart"],
+                            forget_domains=["sketch", "cartoon"])
+    before = measure(emb.model, emb, batches, request, colour_T)
+    with unlearned(emb.model, emb.tokenizer, request, progress=False):
+        after = measure(emb.model, emb, batches, request, colour_T)
+    assert after["forget_acc"] <= 0.05
+    assert after["same_class_other_domains_acc"] >= before["same_class_other_domains_acc"] - 0.15
+    assert POINTS * (before["retain_acc"] - after["retain_acc"]) <= 2.0
+
+
 def _forget_acc(setup, request):
     emb, batches, colour_T = setup
     return measure(emb.model, emb, batches, request, colour_T)["forget_acc"]
