@@ -198,6 +198,15 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write(path: Path | None, runs: list[dict], env: dict) -> dict:
+    env["loadavg_end"] = os.getloadavg()
+    result = {"runs": runs, "growth": growth(runs), "targets": TARGETS, "machine": env}
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, help="write the results here")
@@ -231,11 +240,7 @@ def main(argv=None):
                     for run in spawn(args, arch, method, paradigm, c, d):
                         run["verdicts"] = verdicts(run)
                         runs.append(run)
-    env["loadavg_end"] = os.getloadavg()
-    result = {"runs": runs, "growth": growth(runs), "targets": TARGETS, "machine": env}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+                    result = write(args.json, runs, env)  # after every run: a stopped sweep keeps what it measured
     print(table(runs))
     for law in result["growth"]:
         print(f"growth {law['arch']} {law['method']} {law['paradigm']} {'warm' if law['warm'] else 'cold'}: "
