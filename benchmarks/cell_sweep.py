@@ -42,6 +42,10 @@ PARADIGMS = {"global": [{"forget_classes": [c]} for c in CLASSES],
 
 
 @torch.no_grad()
+#: A variant override (not a config field): apply the request's cells one at a time, each composed on the last.
+ONE_BY_ONE = "one_cell_at_a_time"
+
+
 def embed_split(emb, split: str, n_per_cell: int):
     """Unnormalised image embeddings of a split and their (class, domain, colour) labels."""
     world = World(split, n_per_cell)
@@ -81,9 +85,12 @@ def run(args) -> dict:
             before = score(h, y, eye, T, colour_T, request, C, D)
             for name, overrides in args.variants.items():
                 t0 = time.perf_counter()
-                u = unlearn_(emb.model, emb.tokenizer, request, progress=False, **overrides)
+                M, config = torch.eye(h.shape[1]), dict(overrides)
+                parts = ([ForgetRequest(emb.classnames, emb.domains, forget_classes=[c], forget_domains=[d])
+                          for c, d in request.forget_cells] if config.pop(ONE_BY_ONE, False) else [request])
+                for i, part in enumerate(parts):  # one request, or its cells one after the other (composed)
+                    M = unlearn_(emb.model, emb.tokenizer, part, progress=False, compose=i > 0, **config).maps["image"] @ M
                 seconds = time.perf_counter() - t0
-                M = u.maps["image"]
                 if not checked:  # the cached-embedding shortcut equals the edited model's forward pass
                     with torch.no_grad():
                         direct = emb.model.encode_image(x[:64]).float()
@@ -148,7 +155,8 @@ def main(argv=None):
     p.add_argument("--classes", default=None, help="comma list: only requests whose first forgotten class is here")
     p.add_argument("--merge", nargs="+", type=Path, default=None, help="only summarise these JSON results into --json")
     p.add_argument("--variant", action="append", type=_variant, default=[],
-                   help="NAME=key=JSON;key=JSON (repeatable; NAME= alone runs the defaults)")
+                   help=f"NAME=key=JSON;key=JSON (repeatable; NAME= alone runs the defaults; {ONE_BY_ONE}=true "
+                        "applies a request's cells one at a time, composed)")
     args = p.parse_args(argv)
     args.paradigms = args.paradigms.split(",")
     args.classes = args.classes.split(",") if args.classes else None

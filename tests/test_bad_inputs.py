@@ -97,6 +97,18 @@ def test_nan_in_the_backbone_is_refused_before_any_work(emb):
     assert time.perf_counter() - t0 < 1.0 and not edits(model)
 
 
+def test_the_finiteness_check_reads_the_weights_memo_and_sees_later_changes():
+    from lightning_unlearn import cache
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    assert cache.nonfinite(model) == []
+    with torch.no_grad():  # finite values whose float32 sum overflows: not refused
+        model[0].weight.fill_(3e38)
+    assert cache.nonfinite(model) == []
+    with torch.no_grad():  # an in-place change after the memo was filled is seen
+        model[1].bias[1] = float("nan")
+    assert cache.nonfinite(model) == [("1.bias", 1)]
+
+
 def test_a_model_on_the_meta_device_is_refused(emb):
     model = copy.deepcopy(emb.model).to("meta")
     r = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
