@@ -41,11 +41,11 @@ PARADIGMS = {"global": [{"forget_classes": [c]} for c in CLASSES],
                           + [{"forget_classes": [CLASSES[j]], "forget_domains": list(DOMAINS[1:])} for j in (1, 7)])}
 
 
-@torch.no_grad()
 #: A variant override (not a config field): apply the request's cells one at a time, each composed on the last.
 ONE_BY_ONE = "one_cell_at_a_time"
 
 
+@torch.no_grad()
 def embed_split(emb, split: str, n_per_cell: int):
     """Unnormalised image embeddings of a split and their (class, domain, colour) labels."""
     world = World(split, n_per_cell)
