@@ -1,0 +1,34 @@
+"""The benchmark scripts: every one compiles, and the edit-cost script's JSON has its documented keys."""
+import json
+import py_compile
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
+def test_every_benchmark_script_compiles(script, tmp_path):
+    py_compile.compile(str(ROOT / "benchmarks" / script), cfile=str(tmp_path / "x.pyc"), doraise=True)
+
+
+def test_edit_cost_json_has_every_run_its_stages_and_the_growth_law(tmp_path):
+    out = tmp_path / "cost.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "edit_cost.py"), "--json", str(out), "--archs",
+                    "world-clip", "--methods", "text", "--sizes", "3x2", "4x2", "5x2", "--timeout", "300"],
+                   check=True, capture_output=True, text=True, cwd=ROOT)
+    result = json.loads(out.read_text())
+    runs = result["runs"]
+    assert [(r["classes"], r["warm"]) for r in runs] == [(3, False), (3, True), (4, False), (4, True), (5, False),
+                                                        (5, True)]
+    for r in runs:
+        assert {"arch", "method", "edit_seconds", "peak_rss_mb", "classes", "domains", "paradigm", "warm",
+                "stages"} <= set(r)
+        assert r["edit_seconds"] > 0 and r["stages"]["prompts"] >= 0
+        assert abs(sum(r["stages"].values()) - r["edit_seconds"]) < 0.01  # the stages add up to the edit
+    assert r["stages"]["prompts"] < 0.5 * runs[-2]["stages"]["prompts"] + 0.05  # warm: prompts from the cache
+    law = {(g["method"], g["warm"]): g for g in result["growth"]}
+    assert law[("text", False)]["cells_measured"] == [6, 8, 10]
