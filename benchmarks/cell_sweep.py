@@ -5,7 +5,9 @@
 
 Every variant is ``UnlearnConfig()`` with its overrides, run on every request of the chosen
 paradigms: global = every class, domain-specific = every (class, domain) cell, domain = every
-domain, multi-ds = nine domain-specific requests of several classes and/or domains. Scores are on ``World("val", n)``, never on the test split used for the reported results.
+domain, multi-ds = nine domain-specific requests of several classes and/or domains. Variants are
+chosen on ``World("val", n)``; the test split is scored beside it (``test_*`` keys, the
+``table_test`` summary) only to show that a choice holds on held-out images.
 The edit sits after the image projection (site "joint", image tower), so the edited embedding of
 an image is ``M h`` with ``h`` its unedited embedding: the val embeddings are computed once and
 every edit is scored from them (checked against the model's own forward pass on the first run).

@@ -201,9 +201,11 @@ def table(runs: list[dict]) -> str:
 def write(path: Path | None, runs: list[dict], env: dict) -> dict:
     env["loadavg_end"] = os.getloadavg()
     result = {"runs": runs, "growth": growth(runs), "targets": TARGETS, "machine": env}
-    if path:
+    if path:  # through a temporary file: a sweep stopped mid-write leaves the last complete JSON
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, path)
     return result
 
 

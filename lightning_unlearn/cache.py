@@ -46,39 +46,15 @@ def weights_key(model: nn.Module) -> str:
     """A 16-byte hex digest of every parameter and buffer of ``model`` (names, shapes, dtypes,
     content). Each tensor's digest is computed once and reused while the tensor is not replaced or
     changed in place, so a call on an unchanged model reads only three values per tensor."""
-    h = hashlib.blake2b(digest_size=16)
-    for n, t, digest in _digests(model):
-        h.update(f"{n}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(digest)
-    return h.hexdigest()
-
-
-def _digests(model: nn.Module) -> list[tuple[str, torch.Tensor, bytes]]:
-    """(name, tensor, :func:`_digest`) of every parameter and buffer, from the memo where unchanged."""
     seen = _memo.setdefault(model, {})
-    out = []
+    h = hashlib.blake2b(digest_size=16)
     for n, t in list(model.named_parameters()) + list(model.named_buffers()):
         sig = _signature(t)
         if n not in seen or seen[n][0] != sig:
             seen[n] = (sig, _digest(t))
-        out.append((n, t, seen[n][1]))
-    return out
-
-
-@torch.no_grad()
-def nonfinite(model: nn.Module) -> list[tuple[str, int]]:
-    """(name, count) of every floating-point parameter holding NaN or inf values. A NaN or inf
-    anywhere makes a tensor's sum non-finite, so only tensors whose (memoised) sum is not finite are
-    read in full: on an unchanged model this costs what :func:`weights_key` does."""
-    params = {n for n, _ in model.named_parameters()}
-    bad = []
-    for n, t, digest in _digests(model):
-        if n in params and t.is_floating_point() and not torch.isfinite(
-                torch.frombuffer(bytearray(digest[-8:]), dtype=torch.float64)).all():
-            count = int((~torch.isfinite(t)).sum())  # 0 when only the float32 sum overflowed
-            if count:
-                bad.append((n, count))
-    return bad
+        h.update(f"{n}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(seen[n][1])
+    return h.hexdigest()
 
 
 def settings_key(**settings) -> str:

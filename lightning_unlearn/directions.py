@@ -147,11 +147,12 @@ def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, m
     prototypes if ``multimodal``) and retain directions chosen by ``protect``:
     "none", "classes" (classifier vectors of classes with no forgotten cell) or "cells"
     (mean texts of every retained cell). A domain-specific request of several cells also protects,
-    under "classes", the mean texts of its forgotten classes' retained cells: the span of several
-    forgotten cell texts holds class directions (star-sketch minus heart-sketch is star minus
-    heart), which would otherwise go in every domain (measured in benchmarks/cell_sweep.py,
-    multi-ds: same-class drop worst 78 -> 60 points; on single cells it costs forgetting, val worst
-    0.05 -> 0.15, so one cell is left as it was)."""
+    under "classes" (every solver reading it, the two-sided solver's text stage included), the
+    mean texts of its forgotten classes' retained cells: the span of several forgotten cell texts
+    holds class directions (star-sketch minus heart-sketch is star minus heart), which would
+    otherwise go in every domain (benchmarks/cell_sweep.py --paradigms multi-ds; README, "Several
+    classes in several domains"). A one-cell request is left as it was: a trial that protected
+    them there too cost forgetting on single cells."""
     forget_cells, retain_cells = request.forget_cells, request.retain_cells
     all_cells = forget_cells + retain_cells
     T_cells = cell_texts(model, tokenizer, all_cells, request.templates)
@@ -261,10 +262,15 @@ def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, wher
         g = to_site(model, site, where, torch.stack([T[classes.index(c)] - sink for c, _ in forget_cells]))
         g = g.repeat_interleave(n_prototypes, 1)  # n x k: each forget prototype's class-minus-sink direction
         coef = (V[:, :k] * g).sum(0) / (g * g).sum(0).clamp(min=1e-12)
-        if request.paradigm == "domain-specific":  # along the sum u of g over the forgotten classes of its domain
-            u = torch.stack([g[:, [i * n_prototypes for i, (_, e) in enumerate(forget_cells) if e == d]].sum(1)
-                             for _, d in forget_cells]).T.repeat_interleave(n_prototypes, 1)
-            Vt[:, :k] = V[:, :k] - (coef + margin) * (g * g).sum(0) / (u * g).sum(0).clamp(min=1e-12) * u
+        if request.paradigm == "domain-specific" and kept:  # along u: the sum of g over its domain's classes
+            per_domain = {}
+            for i, (_, d) in enumerate(forget_cells):
+                per_domain[d] = per_domain.get(d, 0) + g[:, i * n_prototypes]
+            u = torch.stack([per_domain[d] for _, d in forget_cells], 1).repeat_interleave(n_prototypes, 1)
+            gg, ug = (g * g).sum(0), (u * g).sum(0)
+            ok = ug > 0.1 * gg  # u reaches g's coefficient without a blow-up; else the prototype keeps its own g
+            u, scale = torch.where(ok, u, g), torch.where(ok, gg / ug.clamp(min=1e-12), torch.ones_like(gg))
+            Vt[:, :k] = V[:, :k] - (coef + margin) * scale * u
         elif kept:  # each prototype moves along its own g
             Vt[:, :k] = V[:, :k] - (coef + margin) * g
         else:  # one common shift towards the sink, the largest any prototype needs (see above)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_unlearn import EditError, ForgetRequest, RequestError, edits, inject_, restore_, unlearn_
+from lightning_unlearn import EditError, ForgetRequest, RequestError, edit, edits, inject_, restore_, unlearn_
 from lightning_unlearn.data import DomainFolderDataset
 from lightning_unlearn.data.datasets import to_rgb
 from lightning_unlearn.embedded import load_embedded
@@ -97,16 +97,18 @@ def test_nan_in_the_backbone_is_refused_before_any_work(emb):
     assert time.perf_counter() - t0 < 1.0 and not edits(model)
 
 
-def test_the_finiteness_check_reads_the_weights_memo_and_sees_later_changes():
-    from lightning_unlearn import cache
-    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
-    assert cache.nonfinite(model) == []
+def test_the_weights_check_reads_every_value_and_accepts_sums_that_overflow(emb):
+    r = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
+    model = copy.deepcopy(emb.model)
+    edit.check_model(model)
     with torch.no_grad():  # finite values whose float32 sum overflows: not refused
-        model[0].weight.fill_(3e38)
-    assert cache.nonfinite(model) == []
-    with torch.no_grad():  # an in-place change after the memo was filled is seen
-        model[1].bias[1] = float("nan")
-    assert cache.nonfinite(model) == [("1.bias", 1)]
+        model.visual.transformer.resblocks[0].mlp.c_fc.weight.fill_(3e38)
+    edit.check_model(model)
+    model = copy.deepcopy(emb.model)
+    edit.check_model(model)
+    model.visual.transformer.resblocks[0].mlp.c_fc.weight.data[7, 11] = float("nan")  # no version bump
+    with pytest.raises(EditError, match=r"`visual\.transformer\.resblocks\.0\.mlp\.c_fc\.weight` has 1 NaN"):
+        unlearn_(model, emb.tokenizer, r, progress=False)
 
 
 def test_a_model_on_the_meta_device_is_refused(emb):

@@ -27,8 +27,8 @@ def test_edit_cost_json_has_every_run_its_stages_and_the_growth_law(tmp_path):
     for r in runs:
         assert {"arch", "method", "edit_seconds", "peak_rss_mb", "classes", "domains", "paradigm", "warm",
                 "stages"} <= set(r)
-        assert r["edit_seconds"] > 0 and r["stages"]["prompts"] >= 0
-        assert abs(sum(r["stages"].values()) - r["edit_seconds"]) < 0.01  # the stages add up to the edit
-    assert r["stages"]["prompts"] < 0.5 * runs[-2]["stages"]["prompts"] + 0.05  # warm: prompts from the cache
+        assert r["edit_seconds"] > 0 and {"prompts", "solve", "inject", "other"} <= set(r["stages"])
+        assert r["ranks"]["image"] >= 1 and r["verdicts"] == {}  # no target is set for these sizes
     law = {(g["method"], g["warm"]): g for g in result["growth"]}
-    assert law[("text", False)]["cells_measured"] == [6, 8, 10]
+    assert set(law) == {("text", False), ("text", True)}
+    assert law[("text", False)]["cells_measured"] == [6, 8, 10] and law[("text", False)]["a"] > 0

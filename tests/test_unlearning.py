@@ -57,7 +57,7 @@ def test_targets_are_met(setup, paradigm):
 # --------------------------------------------------------------------------- the default solver: composition, alpha, names
 
 
-def test_several_classes_in_several_domains_keep_their_other_domains(setup):
+def test_several_classes_in_several_domains_lose_far_less_of_their_other_domains(setup):
     """Two classes in two domains: the forgotten cells of one domain share one shift, and the
     text stage protects the classes' other domains. Before, both classes went in every domain
     (same-class accuracy 1.00 -> 0.00 / 0.50); the limit here is the measured level plus slack,
