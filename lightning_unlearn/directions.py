@@ -213,10 +213,12 @@ def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, wher
     - multimodal: prototypes of forgotten cells move along ``g`` (their class text minus a sink:
       the mean kept class) until their coefficient on ``g`` is ``-margin``, a fixed target that
       does not depend on how strongly a prototype shows its class (domain-specific requests: along
-      the sum of ``g`` over the forgotten classes of the prototype's domain, by the amount that
-      reaches the same coefficient: where class and domain add up, the forgotten cells of one
-      domain can only share one shift, and separate ones would pull the classes' other domains
-      along; measured on several-class requests, benchmarks/cell_sweep.py multi-ds); prototypes of
+      one ``u`` per domain, the combination of the ``g`` of the domain's forgotten classes with
+      coefficient 1 on each of them, by the amount that reaches the same coefficient: where class
+      and domain add up, the forgotten cells of one domain can only share one shift, and separate
+      ones would pull the classes' other domains along; a plain sum of the ``g`` would raise a
+      class whose ``g`` points away from the others'. For one class ``u`` is along ``g``, as
+      before. Measured on several-class requests, benchmarks/cell_sweep.py multi-ds); prototypes of
       the retained cells of forgotten classes (the same class in other domains) stay where they are;
     - whole domains (no class kept): every forgotten prototype gets one common shift towards a sink
       class (the most generic class text), the smallest that takes every prototype of the other
@@ -262,13 +264,16 @@ def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, wher
         g = to_site(model, site, where, torch.stack([T[classes.index(c)] - sink for c, _ in forget_cells]))
         g = g.repeat_interleave(n_prototypes, 1)  # n x k: each forget prototype's class-minus-sink direction
         coef = (V[:, :k] * g).sum(0) / (g * g).sum(0).clamp(min=1e-12)
-        if request.paradigm == "domain-specific" and kept:  # along u: the sum of g over its domain's classes
+        if request.paradigm == "domain-specific" and kept:  # along u: coefficient 1 on each g of its domain
             per_domain = {}
-            for i, (_, d) in enumerate(forget_cells):
-                per_domain[d] = per_domain.get(d, 0) + g[:, i * n_prototypes]
+            for d in dict.fromkeys(e for _, e in forget_cells):
+                G = g[:, [i * n_prototypes for i, (_, e) in enumerate(forget_cells) if e == d]].double()
+                gram = G.T @ G
+                gram = gram + 1e-3 * gram.trace() / len(gram) * torch.eye(len(gram), dtype=gram.dtype)
+                per_domain[d] = (G @ torch.linalg.solve(gram, torch.ones(len(gram), dtype=gram.dtype))).float()
             u = torch.stack([per_domain[d] for _, d in forget_cells], 1).repeat_interleave(n_prototypes, 1)
             gg, ug = (g * g).sum(0), (u * g).sum(0)
-            ok = ug > 0.1 * gg  # u reaches g's coefficient without a blow-up; else the prototype keeps its own g
+            ok = ug > 0.5  # 1 up to the ridge; where near-equal g's made it smaller, the prototype keeps its own g
             u, scale = torch.where(ok, u, g), torch.where(ok, gg / ug.clamp(min=1e-12), torch.ones_like(gg))
             Vt[:, :k] = V[:, :k] - (coef + margin) * scale * u
         elif kept:  # each prototype moves along its own g
