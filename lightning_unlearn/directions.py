@@ -91,9 +91,11 @@ def to_site(model, site: Site, where: str, text: torch.Tensor | None = None,
     return torch.cat(cols, 1) if cols else torch.zeros(n, 0)
 
 
-#: Images per synthesis batch, at 224 px (scaled with the image area): bounds the memory of pixels,
-#: Adam moments and activations whatever the number of cells.
-CHUNK_224 = 32
+#: Images per synthesis batch, at 224 px (scaled with the image area, at most CHUNK_MAX): bounds the
+#: memory of pixels, Adam moments and activations whatever the number of cells. The cap matters for
+#: small inputs, where a tower's activations shrink less than the pixels (measured: 1,568 images of
+#: 32 px per batch, the uncapped scaling, took a small tower's synthesis to 3.5 GB).
+CHUNK_224, CHUNK_MAX = 32, 256
 
 
 def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys, classes: torch.Tensor,
@@ -108,7 +110,7 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
     settings = dict(labels=label_key, seed=seed, n=n_prototypes, steps=proto_steps, lr=proto_lr, where=where,
                     site=site.weight, dims=site.dims) | ({} if normalise else {"raw": True})
     size = protos.model_io(model)[0]
-    per = max(1, CHUNK_224 * 224 ** 2 // (size ** 2 * n_prototypes))  # cells per batch
+    per = max(1, min(CHUNK_224 * 224 ** 2 // size ** 2, CHUNK_MAX) // n_prototypes)  # cells per batch
     found, seconds, todo = {}, 0.0, 0
     order = sorted(range(len(keys)), key=lambda i: keys[i])  # batches of the same cells, whatever the request's order
     for j in range(0, len(keys), per):  # a batch's early stop depends on all its cells: keyed together
