@@ -267,16 +267,7 @@ def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, wher
         g = g.repeat_interleave(n_prototypes, 1)  # n x k: each forget prototype's class-minus-sink direction
         coef = (V[:, :k] * g).sum(0) / (g * g).sum(0).clamp(min=1e-12)
         if request.paradigm == "domain-specific" and kept:  # along u: coefficient 1 on each g of its domain
-            per_domain = {}
-            for d in dict.fromkeys(e for _, e in forget_cells):
-                G = g[:, [i * n_prototypes for i, (_, e) in enumerate(forget_cells) if e == d]].double()
-                gram = G.T @ G
-                gram = gram + 1e-3 * gram.trace() / len(gram) * torch.eye(len(gram), dtype=gram.dtype)
-                per_domain[d] = (G @ torch.linalg.solve(gram, torch.ones(len(gram), dtype=gram.dtype))).float()
-            u = torch.stack([per_domain[d] for _, d in forget_cells], 1).repeat_interleave(n_prototypes, 1)
-            gg, ug = (g * g).sum(0), (u * g).sum(0)
-            ok = ug > 0.5  # 1 up to the ridge; where near-equal g's made it smaller, the prototype keeps its own g
-            u, scale = torch.where(ok, u, g), torch.where(ok, gg / ug.clamp(min=1e-12), torch.ones_like(gg))
+            u, scale = shared_shift(g, [d for _, d in forget_cells], n_prototypes)
             Vt[:, :k] = V[:, :k] - (coef + margin) * scale * u
         elif kept:  # each prototype moves along its own g
             Vt[:, :k] = V[:, :k] - (coef + margin) * g
@@ -288,3 +279,21 @@ def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, wher
         V, Vt = V * wv, Vt * wv
         stats |= s | {"n_forget_prototypes": k}
     return Constraints(At, Bt, V, Vt, stats)
+
+
+def shared_shift(g: torch.Tensor, domains, n_prototypes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per forgotten prototype (the columns of ``g``, ``n_prototypes`` per cell, cells in the domains
+    ``domains``), the shift direction ``u`` shared by its domain and the ``scale`` with which a step
+    of ``scale * u`` changes its coefficient on its own ``g`` by one step of ``g``. ``u`` is the
+    combination of the domain's ``g`` with coefficient 1 on each (ridge 1e-3); a prototype whose
+    ``g`` it cannot reach (near-equal ``g``'s: coefficient below 0.5) keeps its own ``g``."""
+    per_domain = {}
+    for d in dict.fromkeys(domains):
+        G = g[:, [i * n_prototypes for i, e in enumerate(domains) if e == d]].double()
+        gram = G.T @ G
+        gram = gram + 1e-3 * gram.trace() / len(gram) * torch.eye(len(gram), dtype=gram.dtype)
+        per_domain[d] = (G @ torch.linalg.solve(gram, torch.ones(len(gram), dtype=gram.dtype))).float()
+    u = torch.stack([per_domain[d] for d in domains], 1).repeat_interleave(n_prototypes, 1)
+    gg, ug = (g * g).sum(0), (u * g).sum(0)
+    ok = ug > 0.5
+    return torch.where(ok, u, g), torch.where(ok, gg / ug.clamp(min=1e-12), torch.ones_like(gg))

@@ -353,3 +353,24 @@ def test_two_sided_map_refuses_mismatched_targets():
         nullspace.two_sided_map(randn(4, 2), randn(4, 3), randn(4, 1), randn(4, 1))
     with pytest.raises(ValueError, match=r"dim"):
         nullspace.two_sided_map(randn(4, 2), randn(4, 2), randn(5, 1), randn(5, 1))
+
+
+def test_shared_shift_has_one_direction_per_domain_and_the_coefficient_of_each_own_g():
+    from lightning_unlearn.directions import shared_shift
+    torch.manual_seed(0)
+    n, p = 16, 3
+    domains = ["sketch", "sketch", "cartoon", "sketch"]  # cells: three classes in sketch, one in cartoon
+    g = torch.randn(n, len(domains)).repeat_interleave(p, 1)
+    u, scale = shared_shift(g, domains, p)
+    assert u.shape == g.shape and scale.shape == (len(domains) * p,)
+    sketch = [i * p + j for i, d in enumerate(domains) for j in range(p) if d == "sketch"]
+    assert torch.allclose(u[:, sketch], u[:, sketch[:1]].expand(-1, len(sketch)))  # one shift per domain
+    ug = (u * g).sum(0)  # coefficient 1 on every g of the domain (a plain sum of the g's would not be)
+    assert torch.allclose(ug[sketch], torch.ones(len(sketch)), atol=0.01)
+    step = ((scale * u) * g).sum(0)  # a step of scale * u moves each prototype's coefficient as g does
+    assert torch.allclose(step, (g * g).sum(0), rtol=1e-4)
+    cartoon = [i * p + j for i, d in enumerate(domains) for j in range(p) if d == "cartoon"]
+    assert torch.allclose((scale * u)[:, cartoon], g[:, cartoon], atol=1e-5)  # one class: its own g
+    twin = torch.cat([g[:, :p], g[:, :p]], 1)  # two equal g's in one domain: the shift still reaches each
+    u2, s2 = shared_shift(twin, ["photo", "photo"], p)
+    assert torch.allclose(((s2 * u2) * twin).sum(0), (twin * twin).sum(0), rtol=1e-4)
