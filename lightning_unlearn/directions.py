@@ -94,7 +94,7 @@ def to_site(model, site: Site, where: str, text: torch.Tensor | None = None,
 #: Images per synthesis batch, at 224 px (scaled with the image area, at most CHUNK_MAX): bounds the
 #: memory of pixels, Adam moments and activations whatever the number of cells. The cap matters for
 #: small inputs, where a tower's activations shrink less than the pixels (measured: 1,568 images of
-#: 32 px per batch, the uncapped scaling, took a small tower's synthesis to 3.5 GB).
+#: 32 px per batch, the uncapped scaling, took a small tower's synthesis past 3.5 GB at 345 x 6).
 CHUNK_224, CHUNK_MAX = 32, 256
 
 

@@ -59,9 +59,9 @@ def test_targets_are_met(setup, paradigm):
 
 def test_several_classes_in_several_domains_lose_far_less_of_their_other_domains(setup):
     """Two classes in two domains: the forgotten cells of one domain share one shift, and the
-    text stage protects the classes' other domains. Before, both classes went in every domain
-    (same-class accuracy 1.00 -> 0.00 / 0.50); the limit here is the measured level plus slack,
-    not the 2-point target of single cells (not reached for several classes: README)."""
+    text stage protects the classes' other domains. Before, both classes largely went in every
+    domain (same-class accuracy 1.00 -> 0.53 here); now 0.95. The limit is that level minus
+    slack, not the 2-point target of single cells (not reached for several classes: README)."""
     emb, batches, colour_T = setup
     request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star", "heart"],
                             forget_domains=["sketch", "cartoon"])
