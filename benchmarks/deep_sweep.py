@@ -5,15 +5,21 @@
 
 Requests: every class (global, 10), every (class, domain) cell (domain-specific, 40), every domain
 (whole domain, 4). Images: ``--n-per-cell`` per cell of the val split (probe fit) and of the test
-split (everything reported), 5 per cell of the train split as evidence.
+split (everything reported); the evidence comes from the train split, which neither probe sees.
 
 Default (feature) mode: the deep mode's eraser ``E`` (:func:`lightning_unlearn.deep.eraser`) is
-applied to cached raw ``encode_image`` outputs, from one shared set of prototypes (the deep
-defaults, one per cell), from evidence means, and - a reference, not a method - from the real
-val-split means of every cell ("oracle"). The surface edit is left out there: it is a full-rank
-map after ``E``, so it changes neither linear probe much (``--model`` measures both together).
-``--model`` runs the real edits (``unlearn_``, shallow vs deep vs deep + evidence) and measures
-the same quantities on the edited model, with edit times.
+applied to cached raw ``encode_image`` outputs, with the cell means it gets from one shared set of
+prototypes (``deep``: the data-free defaults, one per cell), with 5 train images per forgotten cell
+(``deep+evidence``), and with N train images of every cell, forgotten and retained
+(``deep+every-cell-N``, N in ``--every-cell``; with evidence of every cell the eraser also removes
+the normalised gap, as in the library). The surface edit is left out there: it is a
+full-rank map after ``E``, so it changes neither linear probe much (``--model`` measures both
+together). ``--model`` runs the real edits (``unlearn_``: shallow, deep, deep + evidence, deep +
+evidence of every cell) and measures the same quantities on the edited model, with edit times.
+
+(An eraser fitted on the val split's own means brings the val-fitted probe to 0.500 by
+construction: LEACE equalises the class means of the set it is fitted on. That says nothing about
+held-out images, so no variant uses val or test images.)
 
 Metrics, for the forgotten cells (probes are :func:`lightning_unlearn.audit.fit_probe` logistic
 regressions fitted on the edited val embeddings and scored on the edited test embeddings): ``probe_bal_raw`` / ``probe_bal_norm``
@@ -46,6 +52,7 @@ REQUESTS = ([("global", {"forget_classes": [c]}) for c in CLASSES]
             + [("domain-specific", {"forget_classes": [c], "forget_domains": [d]}) for c in CLASSES for d in DOMAINS]
             + [("domain", {"forget_domains": [d]}) for d in DOMAINS])
 N_EVIDENCE = 5
+EVERY_CELL = (5, 20, 80)
 
 
 def images(emb, split: str, n: int):
@@ -84,52 +91,64 @@ def measure(Hv, yv, Ht, yt, request, T, Tc) -> dict:
                   "probe_retain_acc": mean(ok[~ft & ~st])}
 
 
-def data(emb, n: int):
+def data(emb, n: int, n_train: int = N_EVIDENCE):
+    """Images and labels of ``n`` val and test and ``n_train`` train images per cell, and the class
+    and colour classifiers."""
     xv, yv = images(emb, "val", n)
     xt, yt = images(emb, "test", n)
-    xe, ye = images(emb, "train", N_EVIDENCE)
+    xe, ye = images(emb, "train", n_train)
     T = classifier(emb.model, emb.tokenizer, emb.classnames, emb.templates).double()
     Tc = classifier(emb.model, emb.tokenizer, emb.colours, emb.colour_templates).double()
     return {"xv": xv, "yv": yv, "xt": xt, "yt": yt, "xe": xe, "ye": ye, "T": T, "Tc": Tc}
 
 
-def evidence_of(D, request):
+def evidence_of(D, cells, k: int = N_EVIDENCE):
+    """The first ``k`` train images of each of ``cells``, as ``evidence``."""
     ci, di = D["ye"][:, 0], D["ye"][:, 1]
-    return {(c, d): D["xe"][(ci == CLASSES.index(c)) & (di == DOMAINS.index(d))] for c, d in request.forget_cells}
+    return {(c, d): D["xe"][(ci == CLASSES.index(c)) & (di == DOMAINS.index(d))][:k] for c, d in cells}
+
+
+def cell_rows(H, y, cell):
+    """The rows of ``H`` labelled ``cell``."""
+    return H[(y[:, 0] == CLASSES.index(cell[0])) & (y[:, 1] == DOMAINS.index(cell[1]))]
 
 
 def cell_mean(H, y, cell):
-    return H[(y[:, 0] == CLASSES.index(cell[0])) & (y[:, 1] == DOMAINS.index(cell[1]))].mean(0)
+    return cell_rows(H, y, cell).mean(0)
 
 
-def feature_sweep(emb, D, requests, save=lambda runs: None) -> list[dict]:
-    """The eraser alone on cached embeddings: none / data-free / evidence / oracle, every request."""
+def feature_sweep(emb, D, requests, every_cell=EVERY_CELL, save=lambda runs: None) -> list[dict]:
+    """The eraser alone on cached embeddings: none / data-free / evidence of the forgotten cells /
+    evidence of every cell, every request."""
     cfg = UnlearnConfig(depth="deep")
     model = emb.model
     Hv, Ht, He = encode(model, D["xv"]), encode(model, D["xt"]), encode(model, D["xe"])
     everything = ForgetRequest(CLASSES, DOMAINS, forget_classes=[CLASSES[0]])  # any request lists every cell
     t0 = time.perf_counter()
-    proto, _ = deep.cell_means(model, emb.tokenizer, everything, n_prototypes=cfg.deep_prototypes,
-                               proto_steps=cfg.prototype_steps("eraser"), proto_lr=cfg.proto_lr, seed=cfg.seed,
-                               class_templates=cfg.class_templates, progress=False)
+    proto, _ = deep.cell_embeddings(model, emb.tokenizer, everything, n_prototypes=cfg.deep_prototypes,
+                                    proto_steps=cfg.prototype_steps("eraser"), proto_lr=cfg.proto_lr, seed=cfg.seed,
+                                    class_templates=cfg.class_templates, progress=False)
     print(f"prototypes of every cell: {time.perf_counter() - t0:.1f} s", flush=True)
     cells = list(proto)
-    real = {c: cell_mean(Hv, D["yv"], c) for c in cells}
-    evid = {c: cell_mean(He, D["ye"], c) for c in cells}
-    stats = {"proto_zs_acc": float(((F.normalize(torch.stack([proto[c] for c in cells]), dim=-1) @ D["T"]).argmax(1)
+    pmean = {c: h.mean(0) for c, h in proto.items()}
+    real = {c: cell_mean(Hv, D["yv"], c) for c in cells}  # the prototypes' statistics only
+    evid = {k: {c: cell_rows(He, D["ye"], c)[:k] for c in cells} for k in {N_EVIDENCE, *every_cell}}
+    stats = {"proto_zs_acc": float(((F.normalize(torch.stack([pmean[c] for c in cells]), dim=-1) @ D["T"]).argmax(1)
                                     == torch.tensor([CLASSES.index(c) for c, _ in cells])).double().mean()),
-             "proto_to_real_mean_dist_rel": float(torch.stack([(proto[c] - real[c]).norm() / real[c].norm()
+             "proto_to_real_mean_dist_rel": float(torch.stack([(pmean[c] - real[c]).norm() / real[c].norm()
                                                                for c in cells]).mean()),
              "proto_class_delta_cos": float(torch.stack([
-                 F.cosine_similarity(proto_delta(proto, k), proto_delta(real, k), dim=0) for k in CLASSES]).mean())}
+                 F.cosine_similarity(proto_delta(pmean, k), proto_delta(real, k), dim=0) for k in CLASSES]).mean())}
     print(stats, flush=True)
     runs = []
     for paradigm, kw in requests:
         request = ForgetRequest(CLASSES, DOMAINS, **kw)
-        variants = {"none": None, "deep": proto, "deep+evidence": proto | {c: evid[c] for c in request.forget_cells},
-                    "oracle": real}
-        for name, means in variants.items():
-            E = torch.eye(Hv.shape[1], dtype=torch.float64) if means is None else deep.eraser(means, request)
+        variants = {"none": None, "deep": proto,
+                    "deep+evidence": proto | {c: evid[N_EVIDENCE][c] for c in request.forget_cells},
+                    **{f"deep+every-cell-{k}": evid[k] for k in every_cell}}
+        for name, cell_h in variants.items():
+            E = torch.eye(Hv.shape[1], dtype=torch.float64) if cell_h is None else \
+                deep.eraser(cell_h, request, normalised=name.startswith("deep+every-cell"))
             row = measure(Hv @ E.T, D["yv"], Ht @ E.T, D["yt"], request, D["T"], D["Tc"])
             runs.append({"paradigm": paradigm, "variant": name, "forget": request.describe()} | row)
             save(runs)
@@ -143,13 +162,16 @@ def proto_delta(means, cls):
     return own - torch.stack([v for (c, _), v in means.items() if c != cls]).mean(0)
 
 
-def model_sweep(emb, D, requests) -> list[dict]:
-    """Real edits: shallow, deep (data-free) and deep with evidence, with edit times."""
-    model, runs = emb.model, []
+def model_sweep(emb, D, requests, every_cell=EVERY_CELL) -> list[dict]:
+    """Real edits: shallow, deep (data-free), deep with evidence of the forgotten cells and of every
+    cell (the largest count of ``every_cell``), with edit times."""
+    model, runs, k = emb.model, [], max(every_cell)
     for paradigm, kw in requests:
         request = ForgetRequest(CLASSES, DOMAINS, **kw)
+        everything = request.forget_cells + request.retain_cells
         for name, extra in [("shallow", {}), ("deep", {"depth": "deep"}),
-                            ("deep+evidence", {"depth": "deep", "evidence": evidence_of(D, request)})]:
+                            ("deep+evidence", {"depth": "deep", "evidence": evidence_of(D, request.forget_cells)}),
+                            (f"deep+every-cell-{k}", {"depth": "deep", "evidence": evidence_of(D, everything, k)})]:
             u = unlearn_(model, emb.tokenizer, request, progress=False, **extra)
             row = measure(encode(model, D["xv"]), D["yv"], encode(model, D["xt"]), D["yt"], request, D["T"], D["Tc"])
             restore_(model)
@@ -199,6 +221,8 @@ def main(argv=None):
     p.add_argument("--model", action="store_true", help="real edits (shallow / deep / deep + evidence)")
     p.add_argument("--paradigms", default=None, help="comma list of global,domain-specific,domain (default all)")
     p.add_argument("--limit", type=int, default=None, help="at most this many requests per paradigm (say so!)")
+    p.add_argument("--every-cell", default=",".join(map(str, EVERY_CELL)),
+                   help="comma list of train images per cell for the deep+every-cell-N variants (default %(default)s)")
     p.add_argument("--summary-only", action="store_true", help="reprint the table of an existing --json result")
     args = p.parse_args(argv)
     if args.summary_only:
@@ -207,19 +231,21 @@ def main(argv=None):
     torch.manual_seed(0)
     torch.set_grad_enabled(True)
     emb = load_embedded()
-    D = data(emb, args.n_per_cell)
+    every_cell = tuple(int(k) for k in args.every_cell.split(","))
+    D = data(emb, args.n_per_cell, max(N_EVIDENCE, *every_cell))
     requests = [r for r in REQUESTS if not args.paradigms or r[0] in args.paradigms.split(",")]
     if args.limit:
         requests = [r for i, r in enumerate(requests) if sum(q[0] == r[0] for q in requests[:i]) < args.limit]
     t0 = time.perf_counter()
-    result = {"n_per_cell": args.n_per_cell, "n_evidence": N_EVIDENCE, "mode": "model" if args.model else "features",
+    result = {"n_per_cell": args.n_per_cell, "n_evidence": N_EVIDENCE, "every_cell": every_cell,
+              "mode": "model" if args.model else "features",
               "deep_defaults": asdict(UnlearnConfig(depth="deep")), "limit": args.limit}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     if args.model:
-        result["runs"] = model_sweep(emb, D, requests)
+        result["runs"] = model_sweep(emb, D, requests, every_cell)
     else:
         result["runs"], result["prototype_stats"] = feature_sweep(
-            emb, D, requests, save=lambda runs: args.json.write_text(json.dumps(result | {"runs": runs}, default=str)))
+            emb, D, requests, every_cell, save=lambda runs: args.json.write_text(json.dumps(result | {"runs": runs}, default=str)))
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     table, result["summary"] = summary(result["runs"])
     args.json.parent.mkdir(parents=True, exist_ok=True)

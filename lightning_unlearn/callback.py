@@ -41,7 +41,7 @@ class NullspaceUnlearning(Callback):
             (``method="text"``, ``alpha=0.5``, ...).
         compose: allow adding this edit on top of edits the model already carries.
         progress: show the edit's progress bars.
-        evidence: with ``depth="deep"``, a few real images of the forgotten cells (see :func:`unlearn_`).
+        evidence: with ``depth="deep"``, real images of cells of the label space (see :func:`unlearn_`).
 
     The edit is computed in ``setup`` for every stage (fit, validate, test, predict), once: a model
     that already carries an edit with this edit id is left alone. When a checkpoint is restored

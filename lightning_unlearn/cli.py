@@ -222,7 +222,7 @@ alone, re-appliable to the original weights with lightning_unlearn.export.apply_
                   "all class names (default for the embedded model: its 10 shapes; required otherwise)",
                   "all domain names (default: photo,sketch,cartoon,painting)", "at least one")
     _method_options(p)
-    p.add_argument("--evidence", metavar="ROOT", help="--depth deep: real images, <root>/<domain>/<class>/<image>")
+    p.add_argument("--evidence", metavar="ROOT", help="--depth deep: real images of any cells, <root>/<domain>/<class>/<image>")
     _output_options(p, folder=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -430,7 +430,8 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     replace config fields, e.g. ``alpha=0.5``. Returns the :class:`Unlearned` record (``.name``).
 
     ``evidence`` (``depth="deep"`` only): ``{(class, domain): preprocessed images (N, 3, H, W)}`` for
-    forgotten cells; the eraser then reads those cells' mean output from real images instead of prototypes.
+    any cells of the label space; the eraser then reads those cells' mean output from real images
+    instead of prototypes (a linear probe stops reading the class only with evidence of every cell).
 
     An already edited model raises unless ``compose=True``: the new edit is then computed on the
     edited model and appended, so both requests stay forgotten; :func:`remove_edit_` removes one

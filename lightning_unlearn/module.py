@@ -61,7 +61,7 @@ class CLIPUnlearning(LightningModule):
         trainable: parameter-name prefixes of the CLIP model to fine-tune in ``fit`` (everything is
             frozen by default; the edit itself is never trainable); ``lr``, ``weight_decay``: AdamW.
         progress: show the edit's progress bars.
-        evidence: with ``unlearn={"depth": "deep"}``, a few real images of the forgotten cells
+        evidence: with ``unlearn={"depth": "deep"}``, real images of cells of the label space
             (see :func:`~lightning_unlearn.edit.unlearn_`); not saved in the hyper-parameters (the
             edit it shaped is in the checkpoint).
 

@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 
-from benchmarks.deep_sweep import data, encode, measure
+from benchmarks.deep_sweep import data, encode, evidence_of, measure
 from lightning_unlearn import ForgetRequest, edits, embedded, fold_, nullspace, restore_, unlearn_
 from lightning_unlearn import deep
 from lightning_unlearn.edit import edit_modules
@@ -53,21 +53,28 @@ def test_eraser_bad_input_and_empty_span():
         nullspace.oblique_eraser(torch.full((5, 1), float("nan")))
 
 
-def test_eraser_groups_by_class_or_by_domain():
+def test_eraser_groups_by_class_or_by_domain_and_erases_raw_and_normalised_gaps():
+    import torch.nn.functional as F
     classes, domains = ["a", "b", "c"], ["x", "y"]
     g = torch.Generator().manual_seed(1)
-    means = {(c, d): torch.randn(6, generator=g, dtype=torch.float64) for c in classes for d in domains}
-    rest = lambda r: torch.stack([means[c] for c in r.retain_cells]).mean(0)  # noqa: E731
-    r = ForgetRequest(classes, domains, forget_classes=["a", "b"])
-    E = deep.eraser(means, r)
-    assert torch.linalg.matrix_rank(torch.eye(6, dtype=E.dtype) - E) == 2  # one direction per forgotten class
-    for c in ["a", "b"]:
-        u = (means[(c, "x")] + means[(c, "y")]) / 2 - rest(r)
-        assert (E @ u).norm() < 1e-9 * u.norm()
-    r = ForgetRequest(classes, domains, forget_domains=["x"])
-    E = deep.eraser(means, r)
-    u = torch.stack([means[(c, "x")] for c in classes]).mean(0) - rest(r)
-    assert torch.linalg.matrix_rank(torch.eye(6, dtype=E.dtype) - E) == 1 and (E @ u).norm() < 1e-9 * u.norm()
+    H = {(c, d): (1 + 0.5 * (c == "a")) * (torch.randn(16, generator=g, dtype=torch.float64) + 0.3 * torch.randn(
+        20, 16, generator=g, dtype=torch.float64)) for c in classes for d in domains}  # class a: a larger norm
+
+    def gap(E, request, normalise=False):
+        means = {c: (F.normalize(h @ E.T, dim=-1) if normalise else h @ E.T).mean(0) for c, h in H.items()}
+        return deep.group_gaps(means, request)
+
+    eye = torch.eye(16, dtype=torch.float64)
+    for request, groups in [(ForgetRequest(classes, domains, forget_classes=["a", "b"]), 2),
+                            (ForgetRequest(classes, domains, forget_domains=["x"]), 1)]:
+        assert torch.linalg.matrix_rank(eye - deep.eraser(H, request)) == groups  # the raw gaps only
+        E = deep.eraser(H, request, normalised=True)
+        torch.testing.assert_close(E @ E, E)
+        assert torch.linalg.matrix_rank(eye - E) == 2 * groups  # raw + normalised, per group
+        raw = gap(eye, request)
+        assert raw.shape[1] == groups and gap(E, request).norm() < 1e-9 * raw.norm()  # the raw means are equal
+        normalised = gap(nullspace.oblique_eraser(raw), request, normalise=True)  # left by the raw direction alone
+        assert normalised.norm() > 1e-3 and (E @ normalised).norm() < 1e-9 * normalised.norm()  # erased too
 
 
 # --------------------------------------------------------------------------- round trips on the embedded model
@@ -101,6 +108,7 @@ def test_deep_edit_is_the_surface_map_after_a_rank_one_eraser(emb, deep_edited):
     model, u = deep_edited
     (name, edit), = edit_modules(model)
     assert name == "visual.proj" and u.stats["image"]["eraser_rank"] == 1
+    assert not u.stats["image"]["eraser_normalised"]  # data-free: the raw gap only
     M = edit.P.weight.double()
     assert torch.linalg.matrix_rank(M, rtol=1e-5) == M.shape[0] - 1  # the shallow map is full rank
     request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
@@ -168,8 +176,9 @@ def test_evidence_is_validated(emb):
     good = torch.zeros(5, 3, 32, 32)
     with pytest.raises(ValueError, match="depth='deep'"):
         unlearn_(model, emb.tokenizer, request, evidence={("star", "sketch"): good}, progress=False)
-    with pytest.raises(ValueError, match=r"\('star', 'photo'\) is not a forgotten cell"):
-        unlearn_(model, emb.tokenizer, request, evidence={("star", "photo"): good}, **FAST_DEEP)
+    for key in [("dragon", "sketch"), ("star", "x-ray"), "star"]:
+        with pytest.raises(ValueError, match=r"not a \(class, domain\) cell of this request's label space"):
+            unlearn_(model, emb.tokenizer, request, evidence={key: good}, **FAST_DEEP)
     with pytest.raises(ValueError, match=r"\(N >= 1, 3, 32, 32\), got \(5, 3, 16, 16\)"):
         unlearn_(model, emb.tokenizer, request, evidence={("star", "sketch"): torch.zeros(5, 3, 16, 16)}, **FAST_DEEP)
     with pytest.raises(TypeError, match="must be a dict"):
@@ -186,53 +195,60 @@ def test_evidence_is_validated(emb):
 REQUESTS = {"global": dict(forget_classes=["star"]),
             "domain-specific": dict(forget_classes=["star"], forget_domains=["sketch"]),
             "domain": dict(forget_domains=["painting"])}
+# the depth targets (binary probe balanced accuracy, raw and normalised output); measured raw 0.464 / 0.514 /
+# 0.462, normalised 0.497 / 0.547 / 0.480
+LIMIT_EVERY_CELL = {"global": 0.60, "domain-specific": 0.65, "domain": 0.60}
 
 
 @pytest.fixture(scope="module")
 def depth(emb):
-    """Embeddings of 10 val / 10 test images per cell and 5 evidence images, and the deep mode's
-    cell means from prototypes (its defaults), real val images ("oracle") and evidence."""
+    """Embeddings of 10 val / 10 test images per cell, and the deep mode's cell means: from prototypes
+    (its data-free defaults), with 5 train images per forgotten cell, and with 80 train images of
+    every cell (the ``evidence`` path of :func:`deep.cell_embeddings`)."""
     from lightning_unlearn import UnlearnConfig
     torch.manual_seed(0)
-    D = data(emb, 10)
+    D = data(emb, 10, 80)
     cfg = UnlearnConfig(depth="deep")
     request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
-    proto, _ = deep.cell_means(emb.model, emb.tokenizer, request, n_prototypes=cfg.deep_prototypes,
-                               proto_steps=cfg.prototype_steps("eraser"), proto_lr=cfg.proto_lr, seed=cfg.seed,
-                               class_templates=cfg.class_templates, progress=False)
-    H = {k: encode(emb.model, D[f"x{k}"]) for k in "vte"}
-
-    def means(split):
-        y = D[f"y{split}"]
-        return {(c, d): H[split][(y[:, 0] == emb.classnames.index(c)) & (y[:, 1] == emb.domains.index(d))].mean(0)
-                for c, d in proto}
-    return D, H, {"deep": proto, "oracle": means("v"), "evidence": means("e")}
+    kw = dict(n_prototypes=cfg.deep_prototypes, proto_steps=cfg.prototype_steps("eraser"), proto_lr=cfg.proto_lr,
+              seed=cfg.seed, class_templates=cfg.class_templates, progress=False)
+    proto, _ = deep.cell_embeddings(emb.model, emb.tokenizer, request, **kw)
+    every, stats = deep.cell_embeddings(emb.model, emb.tokenizer, request, **kw,
+                                   evidence=evidence_of(D, request.forget_cells + request.retain_cells, 80))
+    assert set(stats["evidence_images"].values()) == {80}
+    H = {k: encode(emb.model, D[f"x{k}"]) for k in "vt"}
+    five = {c: encode(emb.model, x) for c, x in evidence_of(D, list(proto), 5).items()}
+    return D, H, {"deep": proto, "every-cell": every, "five": five}
 
 
 def run(emb, depth, paradigm, variant):
     D, H, means = depth
     request = ForgetRequest(emb.classnames, emb.domains, **REQUESTS[paradigm])
-    m = means["deep"] | ({c: means["evidence"][c] for c in request.forget_cells} if variant == "evidence" else {})
-    m = means["oracle"] if variant == "oracle" else m
-    E = torch.eye(H["v"].shape[1], dtype=torch.float64) if variant == "none" else deep.eraser(m, request)
+    m = {"deep": means["deep"], "every-cell": means["every-cell"],
+         "evidence": means["deep"] | {c: means["five"][c] for c in request.forget_cells}}.get(variant)
+    E = torch.eye(H["v"].shape[1], dtype=torch.float64) if variant == "none" else \
+        deep.eraser(m, request, normalised=variant == "every-cell")
     return measure(H["v"] @ E.T, D["yv"], H["t"] @ E.T, D["yt"], request, D["T"], D["Tc"])
 
 
 @pytest.mark.parametrize("paradigm", list(REQUESTS))
-def test_the_eraser_is_harmless_and_reaches_chance_with_the_true_means(emb, depth, paradigm):
+def test_the_eraser_is_harmless_and_needs_real_images_of_every_cell(emb, depth, paradigm):
     none = run(emb, depth, paradigm, "none")
     assert none["probe_bal_raw"] > 0.95  # the class is linearly readable before any edit
-    for variant in ["deep", "evidence"]:
+    for variant in ["deep", "evidence", "every-cell"]:
         r = run(emb, depth, paradigm, variant)
         assert 100 * (none["zs_retain"] - r["zs_retain"]) <= 1.0
         assert 100 * (none["colour"] - r["colour"]) <= 1.0
         assert 100 * (none["probe_retain_acc"] - r["probe_retain_acc"]) <= 2.0
-    if paradigm != "domain":  # a whole domain is 10 classes: one mean direction does not hide it
-        assert run(emb, depth, paradigm, "oracle")["probe_bal_raw"] <= 0.60
+        if variant == "deep":  # data-free: the probe still reads the class (measured 0.996-1.000)
+            assert r["probe_bal_raw"] > 0.9
+    # 80 held-out real images of every cell: the probes, fitted after the edit, are near chance
+    r = run(emb, depth, paradigm, "every-cell")
+    assert r["probe_bal_raw"] <= LIMIT_EVERY_CELL[paradigm] and r["probe_bal_norm"] <= LIMIT_EVERY_CELL[paradigm]
 
 
-@pytest.mark.xfail(strict=True, reason="not reached: prototype and evidence means miss the real class gap "
-                                       "(README, 'Depth: deep mode')")
+@pytest.mark.xfail(strict=True, reason="not reached: with prototypes for the retained cells the eraser misses the "
+                                       "real class gap (README, 'Depth: deep mode')")
 def test_global_probe_target_with_five_evidence_images(emb, depth):
     assert run(emb, depth, "global", "evidence")["probe_bal_raw"] <= 0.60
 
@@ -254,7 +270,7 @@ def evidence_dir(tmp_path_factory):
     return root
 
 
-def test_evidence_from_a_folder_is_the_preprocessed_images_of_forgotten_cells(emb, evidence_dir, tmp_path):
+def test_evidence_from_a_folder_is_the_preprocessed_images_of_its_cells(emb, evidence_dir, tmp_path):
     from PIL import Image
     from lightning_unlearn.data.datasets import evidence_from_folder
     request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"], forget_domains=["sketch"])
@@ -263,11 +279,15 @@ def test_evidence_from_a_folder_is_the_preprocessed_images_of_forgotten_cells(em
     with Image.open(evidence_dir / "sketch" / "star" / "0.png") as im:
         assert torch.equal(ev["star", "sketch"][0], emb.preprocess(im.convert("RGB")))
     import shutil
-    bad = shutil.copytree(evidence_dir, tmp_path / "bad")
-    (bad / "photo" / "star").mkdir(parents=True)
-    shutil.copy(bad / "sketch" / "star" / "0.png", bad / "photo" / "star" / "0.png")
-    with pytest.raises(ValueError, match="photo/star"):  # a retained cell is never evidence
-        evidence_from_folder(bad, request, emb.preprocess)
+    more = shutil.copytree(evidence_dir, tmp_path / "more")
+    for folder in ["photo/star", "x-ray/star"]:
+        (more / folder).mkdir(parents=True)
+        shutil.copy(more / "sketch" / "star" / "0.png", more / folder / "0.png")
+    with pytest.raises(ValueError, match="outside this request's label space: x-ray/star"):
+        evidence_from_folder(more, request, emb.preprocess)
+    shutil.rmtree(more / "x-ray")
+    ev = evidence_from_folder(more, request, emb.preprocess)  # a retained cell is evidence too (the rest's mean)
+    assert sorted(ev) == [("star", "photo"), ("star", "sketch")] and ev["star", "photo"].shape == (1, 3, 32, 32)
 
 
 def test_cli_deep_edit_with_evidence(evidence_dir, tmp_path, capsys):

@@ -66,15 +66,16 @@ def scan_folder(root: str | Path, domains=None, classnames=None) -> tuple["Domai
 
 
 def evidence_from_folder(root: str | Path, request, transform: Callable) -> dict[tuple[str, str], torch.Tensor]:
-    """Real images of forgotten cells, ``root/<domain>/<class>/<image>``, as the ``evidence`` of a deep
-    edit: ``{(class, domain): transform(images) stacked (N, 3, H, W)}``. A folder of a cell the
-    ``request`` does not forget is refused (evidence is never of a retained cell)."""
+    """Real images of cells of ``request``'s label space, ``root/<domain>/<class>/<image>``, as the
+    ``evidence`` of a deep edit: ``{(class, domain): transform(images) stacked (N, 3, H, W)}``.
+    Forgotten and retained cells are both welcome (depth needs both); a folder whose class or domain
+    is not in the label space is refused."""
     ds, _ = scan_folder(root)
     cells = [(c, d) for d in ds.domains for c in ds.classnames if ds.support[d][c]]
-    if other := [cell for cell in cells if cell not in request.forget_cells]:
-        raise ValueError(f"evidence folder {root} has images of cells this request does not forget: "
-                         f"{', '.join(f'{d}/{c}' for c, d in other[:5])}; keep only <domain>/<class> folders of "
-                         f"forgotten cells (e.g. {request.forget_cells[0][1]}/{request.forget_cells[0][0]})")
+    if other := [(c, d) for c, d in cells if c not in request.classnames or d not in request.domains]:
+        raise ValueError(f"evidence folder {root} has images of cells outside this request's label space: "
+                         f"{', '.join(f'{d}/{c}' for c, d in other[:5])}; expected <domain>/<class> folders with a "
+                         f"domain of {list(request.domains)} and a class of {list(request.classnames)}")
     ds.transform, out = transform, {}
     for i, (_, c, d) in enumerate(ds.samples):
         out.setdefault((ds.classnames[c], ds.domains[d]), []).append(ds[i][0])
