@@ -7,7 +7,9 @@ Every variant is ``UnlearnConfig()`` with its overrides, run on every request of
 paradigms: global = every class, domain-specific = every (class, domain) cell, domain = every
 domain, multi-ds = nine domain-specific requests of several classes and/or domains. Variants are
 chosen on ``World("val", n)``; the test split is scored beside it (``test_*`` keys, the
-``table_test`` summary) only to show that a choice holds on held-out images.
+``table_test`` summary) only to show that a choice holds on held-out images. Depth beside it
+(``depth_before`` / ``depth_after``): the binary probe "forgotten cells vs the rest" fitted on the
+edited val embeddings and scored on the edited test ones, raw and L2-normalised.
 The edit sits after the image projection (site "joint", image tower), so the edited embedding of
 an image is ``M h`` with ``h`` its unedited embedding: the val embeddings are computed once and
 every edit is scored from them (checked against the model's own forward pass on the first run).
@@ -27,7 +29,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
+from lightning_unlearn.audit import balanced_accuracy, fit_probe  # noqa: E402
 from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
+from lightning_unlearn.metrics import forget_mask  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
 from lightning_unlearn.zeroshot import classifier, split_accuracy  # noqa: E402
 
@@ -69,6 +73,16 @@ def score(h, y, M, T, colour_T, request, n_classes, n_domains) -> dict:
     return out | {"unrelated_acc": float(((e @ colour_T).argmax(-1) == y[:, 2]).float().mean())}
 
 
+def depth(h_fit, y_fit, h_test, y_test, request) -> dict:
+    """The binary probe "forgotten cells vs the rest" (balanced accuracy) on the raw and the
+    L2-normalised embeddings, fitted on ``h_fit`` and scored on ``h_test`` (lightning_unlearn.audit)."""
+    forget = forget_mask(request, request.classnames, request.domains)
+    f_fit, f_test = forget[y_fit[:, 0], y_fit[:, 1]].long(), forget[y_test[:, 0], y_test[:, 1]].long()
+    return {f"probe_balanced_acc{suffix}": balanced_accuracy(fit_probe(f(h_fit), f_fit, 2, balanced=True)(f(h_test)),
+                                                             f_test)
+            for suffix, f in [("", lambda h: h), ("_normalised", lambda h: F.normalize(h, dim=-1))]}
+
+
 def run(args) -> dict:
     torch.manual_seed(0)
     emb = load_embedded()
@@ -85,6 +99,7 @@ def run(args) -> dict:
                 continue
             request = ForgetRequest(emb.classnames, emb.domains, **kw)
             before = score(h, y, eye, T, colour_T, request, C, D)
+            depth_before = depth(h, y, h_test, y_test, request)
             for name, overrides in args.variants.items():
                 t0 = time.perf_counter()
                 M, config = torch.eye(h.shape[1]), dict(overrides)
@@ -103,7 +118,8 @@ def run(args) -> dict:
                 row = {"paradigm": paradigm, "forget": [list(c) for c in request.forget_cells], "variant": name,
                        "overrides": overrides, "before": before, "after": after, "seconds": round(seconds, 2),
                        "test_before": score(h_test, y_test, eye, T, colour_T, request, C, D),
-                       "test_after": score(h_test, y_test, M, T, colour_T, request, C, D)}
+                       "test_after": score(h_test, y_test, M, T, colour_T, request, C, D),
+                       "depth_before": depth_before, "depth_after": depth(h @ M.T, y, h_test @ M.T, y_test, request)}
                 rows.append(row)
                 if args.json:  # every row as it comes: a long sweep can be stopped and still summarised
                     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +128,8 @@ def run(args) -> dict:
                 print(f"{name:14s} {request.describe()[:58]:58s} forget {after['forget_acc']:.3f} retain drop "
                       f"{100 * (before['retain_acc'] - after['retain_acc']):+.1f} same "
                       f"{'-' if sc is None else format(100 * (before['same_class_other_domains_acc'] - sc), '+.1f')} "
-                      f"colour {100 * (before['unrelated_acc'] - after['unrelated_acc']):+.1f} {seconds:.1f}s",
+                      f"colour {100 * (before['unrelated_acc'] - after['unrelated_acc']):+.1f} probe "
+                      f"{row['depth_after']['probe_balanced_acc']:.3f} {seconds:.1f}s",
                       flush=True)
     return {"rows": rows, "n_per_cell": args.n_per_cell, "split": "val", "defaults": repr(UnlearnConfig())}
 
@@ -125,7 +142,8 @@ def summary(result: dict, split: str = "val") -> str:
         r = r | {"before": r[key[0]], "after": r[key[1]]}
         groups.setdefault((r["paradigm"], r["variant"]), []).append(r)
     lines = ["| paradigm | variant | requests | forget mean / worst (worst request) | retain drop mean / worst | "
-             "same-class drop worst | colour drop worst |", "|---|---|---|---|---|---|---|"]
+             "same-class drop worst | colour drop worst | probe bal. acc raw / normalised (test), mean |",
+             "|---|---|---|---|---|---|---|---|"]
     for (paradigm, name), rs in groups.items():
         drop = lambda k: [100 * (r["before"][k] - r["after"][k])  # noqa: E731
                           for r in rs if r["before"][k] is not None]
@@ -135,8 +153,17 @@ def summary(result: dict, split: str = "val") -> str:
         lines.append(f"| {paradigm} | {name} | {len(rs)} | {sum(fa) / len(fa):.3f} / {max(fa):.3f} "
                      f"({'+'.join('/'.join(c) for c in worst['forget'][:2])}) | "
                      f"{sum(drop('retain_acc')) / len(rs):.2f} / {max(drop('retain_acc')):.2f} | "
-                     f"{max(sc) if sc else float('nan'):.2f} | {max(drop('unrelated_acc')):.2f} |")
+                     f"{max(sc) if sc else float('nan'):.2f} | {max(drop('unrelated_acc')):.2f} | {probes(rs)} |")
     return "\n".join(lines)
+
+
+def probes(rows) -> str:
+    """Mean binary-probe balanced accuracy (raw / normalised) after the edit; "-" for older results."""
+    got = [r["depth_after"] for r in rows if "depth_after" in r]
+    if not got:
+        return "-"
+    mean = lambda k: sum(g[k] for g in got) / len(got)  # noqa: E731
+    return f"{mean('probe_balanced_acc'):.3f} / {mean('probe_balanced_acc_normalised'):.3f}"
 
 
 def _variant(text: str) -> tuple[str, dict]:

@@ -241,8 +241,8 @@ def main(argv=None):
               "mode": "model" if args.model else "features",
               "deep_defaults": asdict(UnlearnConfig(depth="deep")), "limit": args.limit}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    if args.model:
-        result["runs"] = model_sweep(emb, D, requests, every_cell)
+    if args.model:  # whole domains are refused by the deep mode
+        result["runs"] = model_sweep(emb, D, [r for r in requests if r[0] != "domain"], every_cell)
     else:
         result["runs"], result["prototype_stats"] = feature_sweep(
             emb, D, requests, every_cell, save=lambda runs: args.json.write_text(json.dumps(result | {"runs": runs}, default=str)))

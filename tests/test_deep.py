@@ -190,6 +190,14 @@ def test_evidence_is_validated(emb):
     assert not edits(model)
 
 
+def test_whole_domains_are_refused_by_the_deep_mode(emb):
+    model = copy.deepcopy(emb.model)
+    request = ForgetRequest(emb.classnames, emb.domains, forget_domains=["painting"])
+    with pytest.raises(ValueError, match="cannot forget whole domains.*depth='shallow'"):
+        unlearn_(model, emb.tokenizer, request, **FAST_DEEP)
+    assert not edits(model)
+
+
 # --------------------------------------------------------------------------- depth reached (cached embeddings)
 
 REQUESTS = {"global": dict(forget_classes=["star"]),

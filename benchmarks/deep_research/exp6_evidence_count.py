@@ -43,9 +43,9 @@ T = classifier(emb.model, emb.tokenizer, emb.classnames, emb.templates).double()
 Tc = classifier(emb.model, emb.tokenizer, emb.colours, emb.colour_templates).double()
 cfg = UnlearnConfig(depth="deep")
 everything = ForgetRequest(CLASSES, DOMAINS, forget_classes=[CLASSES[0]])
-proto, _ = deep.cell_means(emb.model, emb.tokenizer, everything, n_prototypes=cfg.deep_prototypes,
-                           proto_steps=cfg.prototype_steps("eraser"), proto_lr=cfg.proto_lr, seed=cfg.seed,
-                           class_templates=cfg.class_templates, progress=False)
+proto, _ = deep.cell_embeddings(emb.model, emb.tokenizer, everything, n_prototypes=cfg.deep_prototypes,
+                                proto_steps=cfg.prototype_steps("eraser"), proto_lr=cfg.proto_lr, seed=cfg.seed,
+                                class_templates=cfg.class_templates, progress=False)
 cells = list(proto)
 # the first k train images of every cell (the train split is rendered in a fixed order)
 idx = {c: ((ye[:, 0] == CLASSES.index(c[0])) & (ye[:, 1] == DOMAINS.index(c[1]))).nonzero().flatten() for c in cells}
