@@ -2,7 +2,7 @@
 images?  (Scratch: the forgotten cells' prototype columns of the surface edit are replaced by
 n_prototypes evidence images each; the eraser uses 80 train images of every cell.)
 
-    python benchmarks/deep_research/exp10_real_surface.py [requests per paradigm]
+    python benchmarks/deep_research/exp10_real_surface.py [requests per paradigm] [paradigm]
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from lightning_unlearn.embedded import load_embedded  # noqa: E402
 from lightning_unlearn.zeroshot import classifier  # noqa: E402
 
 limit = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+only = sys.argv[2] if len(sys.argv) > 2 else None
 torch.manual_seed(0)
 torch.set_grad_enabled(True)
 emb = load_embedded()
@@ -48,14 +49,16 @@ def patched(model, site, where, targets, keys, classes, label_key, *, n_prototyp
 
 
 directions.prototype_columns = patched
-picked = [r for i, r in enumerate(REQUESTS) if sum(q[0] == r[0] for q in REQUESTS[:i]) < limit and r[0] != "domain"]
+picked = [r for i, r in enumerate(REQUESTS) if sum(q[0] == r[0] for q in REQUESTS[:i]) < limit and r[0] != "domain"
+          and (only is None or r[0] == only)]
 for paradigm, kw in picked:
     request = ForgetRequest(CLASSES, DOMAINS, **kw)
-    for name, n_real in [("deep-every", 0), ("deep-every+real-surface", 4)]:
+    for name, n_real in [("deep-every", 0), ("deep-every+real-surface", 4), ("deep-every+real-surface-16", 16)]:
         current.clear()
         if n_real:
             current.update(request=request, n=n_real)
-        unlearn_(model, emb.tokenizer, request, progress=False, depth="deep", evidence=evidence)
+        unlearn_(model, emb.tokenizer, request, progress=False, depth="deep", evidence=evidence,
+                 n_prototypes=max(4, n_real))
         r = measure(encode(model, xv), yv, encode(model, xt), yt, request, T, Tc)
         restore_(model)
         print(f"{paradigm:15s} {request.describe()[:48]:48s} {name:24s} " +
