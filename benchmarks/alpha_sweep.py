@@ -4,7 +4,9 @@
 
 Each alpha recomputes the edit with the same seed; the (deterministic) prototypes are synthesised
 once per request and reused, so only alpha changes
-(``alpha`` scales the removed components: 0 = no edit, 1 = full removal).
+(``alpha`` scales the removed components: 0 = no edit, 1 = full removal). Depth beside it: the
+output audit (``lightning_unlearn.audit``, probes fitted on the val split, scored on the test split),
+``probe_balanced_acc`` in the plot, the whole audit in the JSON.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.unlearning import QUICK, measure, prepare  # noqa: E402
+from benchmarks.unlearning import QUICK, depth, measure, prepare  # noqa: E402
+from lightning_unlearn.data.datasets import rendered_batches  # noqa: E402
 from lightning_unlearn import ForgetRequest, restore_, unlearn_  # noqa: E402
 
 
@@ -33,18 +36,20 @@ def main(argv=None):
     args = p.parse_args(argv)
     alphas = [float(a) for a in args.alphas.split(",")]
     emb, batches, colour_T = prepare(args.n_per_cell)
+    fit_batches = rendered_batches("val", args.n_per_cell, emb.preprocess)
     curves = []
     for paradigm, kw in QUICK:
         request = ForgetRequest(emb.classnames, emb.domains, **kw)
-        points = []
+        points, before = [], depth(emb.model, emb, request, fit_batches, batches)
         for alpha in alphas:
             torch.manual_seed(0)
             unlearn_(emb.model, emb.tokenizer, request, alpha=alpha, progress=False)
             m = measure(emb.model, emb, batches, request, colour_T)
+            audit = depth(emb.model, emb, request, fit_batches, batches, before=before)  # a joint-site edit
             restore_(emb.model)
-            points.append({"alpha": alpha, **m})
+            points.append({"alpha": alpha, **m, "probe_balanced_acc": audit["probe_balanced_acc"], "audit": audit})
             print(f"{paradigm:16s} alpha {alpha:.2f} forget {m['forget_acc']:.3f} retain {m['retain_acc']:.3f} "
-                  f"unrelated {m['unrelated_acc']:.3f}", flush=True)
+                  f"unrelated {m['unrelated_acc']:.3f} probe {audit['probe_balanced_acc']:.3f}", flush=True)
         curves.append({"paradigm": paradigm, "forget": request.describe(), "points": points})
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"curves": curves, "n_per_cell": args.n_per_cell}, indent=1))
@@ -52,8 +57,10 @@ def main(argv=None):
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), sharey=True)
     for ax, c in zip(axes, curves):
         a = [q["alpha"] for q in c["points"]]
-        for key, style in [("forget_acc", "o-"), ("retain_acc", "s-"), ("unrelated_acc", "^--")]:
-            ax.plot(a, [q[key] for q in c["points"]], style, label=key.replace("_acc", ""))
+        for key, style in [("forget_acc", "o-"), ("retain_acc", "s-"), ("unrelated_acc", "^--"),
+                           ("probe_balanced_acc", "x:")]:
+            ax.plot(a, [q[key] for q in c["points"]], style,
+                    label="probe (depth)" if key.startswith("probe") else key.replace("_acc", ""))
         ax.set_title(c["forget"].split(" (")[0], fontsize=8)
         ax.set_xlabel("alpha")
         ax.grid(alpha=0.3)

@@ -1,4 +1,4 @@
-"""Depth of forgetting, shallow vs deep, data-free vs 5 evidence images per forgotten cell.
+"""Depth of forgetting, shallow vs deep: data-free, 5 real images per forgotten cell, N of every cell.
 
     python benchmarks/deep_sweep.py --json benchmarks/results/deep_sweep.json               # every request
     python benchmarks/deep_sweep.py --json runs/deep_model.json --model --paradigms global  # real edits
@@ -219,7 +219,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--n-per-cell", type=int, default=30)
-    p.add_argument("--model", action="store_true", help="real edits (shallow / deep / deep + evidence)")
+    p.add_argument("--model", action="store_true", help="real edits (shallow / deep / deep + evidence / deep + every cell; "
+                   "whole domains are skipped: the deep mode refuses them)")
     p.add_argument("--paradigms", default=None, help="comma list of global,domain-specific,domain (default all)")
     p.add_argument("--limit", type=int, default=None, help="at most this many requests per paradigm (say so!)")
     p.add_argument("--every-cell", default=",".join(map(str, EVERY_CELL)),

@@ -152,7 +152,7 @@ def _method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("edit (default: the library's UnlearnConfig)")
     g.add_argument("--method", metavar="NAME", help="'multimodal' (text + visual prototypes) or 'text'")
     g.add_argument("--alpha", type=float, metavar="A", help="strength in [0, 1] (1 = full forgetting)")
-    g.add_argument("--depth", metavar="D", help="'shallow' (zero-shot only) or 'deep' (adds an eraser at the output)")
+    g.add_argument("--depth", metavar="D", help="'shallow' (zero-shot only) or 'deep' (+ an output eraser; no whole domains)")
 
 
 def _name_options(p: argparse.ArgumentParser, title: str, classes: str, domains: str, required_note: str) -> None:
@@ -216,7 +216,7 @@ alone, re-appliable to the original weights with lightning_unlearn.export.apply_
                   "unlearn --forget-classes heart --forget-domains sketch -o no-sketched-hearts --json info.json",
                   "unlearn --model ViT-B-32 --pretrained vit-b-32.safetensors --classnames @classes.txt \\\n"
                   "      --domains photo,art_painting,cartoon,sketch --forget-domains art_painting -o vit-no-paintings",
-                  "unlearn --forget-classes star --depth deep --evidence star-images/ -o no-star-deep"])
+                  "unlearn --forget-classes star --depth deep --evidence labelled/ -o no-star-deep"])
     _model_options(p)
     _name_options(p, "label space (comma list or @file, one name per line)",
                   "all class names (default for the embedded model: its 10 shapes; required otherwise)",

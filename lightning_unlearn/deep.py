@@ -12,8 +12,10 @@ the L2-normalised embeddings (:func:`eraser`). Every cell's embeddings are real 
 (:func:`directions.prototype_columns`, kept in the prototype cache). A linear probe only stops
 reading the class when *both* means are close to the real ones, so depth needs evidence of every
 cell (the README's evidence curve); prototypes and forgotten-cell evidence alone leave the probe
-near 1. ``E`` is d x d in the joint space, so the whole deep edit is still one frozen map on the
-projection: it folds, restores, checkpoints and exports like the surface edit.
+near 1. :func:`edit.unlearn_` refuses whole-domain requests in the deep mode (the eraser removes the
+domain signature the surface edit forgets a domain by). ``E`` is d x d in the joint space, so the
+whole deep edit is still one frozen map on the projection: it folds, restores, checkpoints and
+exports like the surface edit.
 """
 from __future__ import annotations
 
@@ -107,6 +109,9 @@ def eraser(embeddings: Mapping, request: ForgetRequest, normalised: bool = False
     accuracy); it is only worth its cost when the embeddings are real images (measured: from
     prototypes it costs retained and colour accuracy and reaches no depth).
     """
+    if normalised and any(h.dim() != 2 for h in embeddings.values()):
+        raise ValueError("`normalised=True` needs the embeddings of every cell as (N, d) images: the mean of the "
+                         "normalised embeddings is not the normalised mean; pass the images' embeddings")
     H = {c: torch.atleast_2d(h) for c, h in embeddings.items()}
     U = group_gaps({c: h.mean(0) for c, h in H.items()}, request)
     if normalised:

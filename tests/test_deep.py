@@ -75,6 +75,8 @@ def test_eraser_groups_by_class_or_by_domain_and_erases_raw_and_normalised_gaps(
         assert raw.shape[1] == groups and gap(E, request).norm() < 1e-9 * raw.norm()  # the raw means are equal
         normalised = gap(nullspace.oblique_eraser(raw), request, normalise=True)  # left by the raw direction alone
         assert normalised.norm() > 1e-3 and (E @ normalised).norm() < 1e-9 * normalised.norm()  # erased too
+    # (what it buys on real embeddings, a normalised probe near chance, is asserted on the embedded
+    # model below: test_the_eraser_is_harmless_and_needs_real_images_of_every_cell)
 
 
 # --------------------------------------------------------------------------- round trips on the embedded model
@@ -210,9 +212,9 @@ LIMIT_EVERY_CELL = {"global": 0.60, "domain-specific": 0.65, "domain": 0.60}
 
 @pytest.fixture(scope="module")
 def depth(emb):
-    """Embeddings of 10 val / 10 test images per cell, and the deep mode's cell means: from prototypes
-    (its data-free defaults), with 5 train images per forgotten cell, and with 80 train images of
-    every cell (the ``evidence`` path of :func:`deep.cell_embeddings`)."""
+    """Embeddings of 10 val / 10 test images per cell, and the deep mode's cell embeddings: from
+    prototypes (its data-free defaults), 5 train images per cell, and 80 train images of every cell
+    (the ``evidence`` path of :func:`deep.cell_embeddings`)."""
     from lightning_unlearn import UnlearnConfig
     torch.manual_seed(0)
     D = data(emb, 10, 80)
@@ -237,6 +239,20 @@ def run(emb, depth, paradigm, variant):
     E = torch.eye(H["v"].shape[1], dtype=torch.float64) if variant == "none" else \
         deep.eraser(m, request, normalised=variant == "every-cell")
     return measure(H["v"] @ E.T, D["yv"], H["t"] @ E.T, D["yt"], request, D["T"], D["Tc"])
+
+
+def test_evidence_of_every_cell_adds_the_normalised_direction(emb, depth):
+    D = depth[0]
+    model = copy.deepcopy(emb.model)
+    request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
+    every = evidence_of(D, request.forget_cells + request.retain_cells, 2)
+    for evidence, normalised in [(every, True), (dict(list(every.items())[:-1]), False)]:  # one cell short
+        u = unlearn_(model, emb.tokenizer, request, evidence=evidence, **FAST_DEEP)
+        assert u.stats["image"]["eraser_normalised"] is normalised
+        assert u.stats["image"]["eraser_rank"] == (2 if normalised else 1)
+        restore_(model)
+    with pytest.raises(ValueError, match=r"\(N, d\) images"):  # means cannot give the normalised gap
+        deep.eraser({c: h.mean(0) for c, h in depth[2]["deep"].items()}, request, normalised=True)
 
 
 @pytest.mark.parametrize("paradigm", list(REQUESTS))
