@@ -102,6 +102,18 @@ def data(emb, n: int, n_train: int = N_EVIDENCE):
     return {"xv": xv, "yv": yv, "xt": xt, "yt": yt, "xe": xe, "ye": ye, "T": T, "Tc": Tc}
 
 
+def research_setup(n: int, k: int):
+    """For the scripts in benchmarks/deep_research: seeded, gradients on (prototype synthesis), the
+    embedded model, ``n`` val and test and ``k`` train images per cell (images, labels), the class
+    and colour classifiers, and every cell's train images as ``evidence``."""
+    torch.manual_seed(0)
+    torch.set_grad_enabled(True)
+    emb = load_embedded()
+    D = data(emb, n, k)
+    cells = [(c, d) for c in CLASSES for d in DOMAINS]
+    return emb, D, evidence_of(D, cells, k)
+
+
 def evidence_of(D, cells, k: int = N_EVIDENCE):
     """The first ``k`` train images of each of ``cells``, as ``evidence``."""
     ci, di = D["ye"][:, 0], D["ye"][:, 1]

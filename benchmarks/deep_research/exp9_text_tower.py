@@ -10,26 +10,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.deep_sweep import REQUESTS, encode, images, measure  # noqa: E402
+from benchmarks.deep_sweep import REQUESTS, encode, measure, research_setup  # noqa: E402
 from lightning_unlearn import ForgetRequest, restore_, unlearn_  # noqa: E402
 from lightning_unlearn.data.world import CLASSES, DOMAINS  # noqa: E402
-from lightning_unlearn.embedded import load_embedded  # noqa: E402
 from lightning_unlearn.zeroshot import classifier  # noqa: E402
 
 k = int(sys.argv[1]) if len(sys.argv) > 1 else 80
 limit = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-torch.manual_seed(0)
-torch.set_grad_enabled(True)
-emb = load_embedded()
+emb, D, evidence = research_setup(20, k)
 model = emb.model
-xv, yv = images(emb, "val", 20)
-xt, yt = images(emb, "test", 20)
-xe, ye = images(emb, "train", k)
-cells = [(c, d) for c in CLASSES for d in DOMAINS]
-evidence = {c: xe[(ye[:, 0] == CLASSES.index(c[0])) & (ye[:, 1] == DOMAINS.index(c[1]))] for c in cells}
+xv, yv, xt, yt = (D[key] for key in ("xv", "yv", "xt", "yt"))
 picked = [r for i, r in enumerate(REQUESTS) if sum(q[0] == r[0] for q in REQUESTS[:i]) < limit and r[0] != "domain"]
 for paradigm, kw in picked:
     request = ForgetRequest(CLASSES, DOMAINS, **kw)
