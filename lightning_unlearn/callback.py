@@ -20,7 +20,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from .edit import UnlearnConfig, Unlearned, check_evidence_mode, edits, restore_
+from .edit import UnlearnConfig, Unlearned, check_mode, edits, restore_
 from .integration import (UnsupportedStrategyError, carried_edit_ids, check_strategy, compute_edit_, edit_parameters,
                           find_clip, make_config, make_request)
 from .request import ForgetRequest, RequestError
@@ -75,7 +75,7 @@ class NullspaceUnlearning(Callback):
                 raise TypeError(f"`{name}`={value!r} must be True or False")
         self.tokenizer, self.model_attr, self.compose, self.progress = tokenizer, model_attr, compose, progress
         self.config = make_config(config, **overrides)
-        check_evidence_mode(self.config, evidence)
+        check_mode(self.config, self.request, evidence)
         self.evidence = evidence
         self.edit_id = edit_id(self.request, self.config)
         self.result: Unlearned | None = None  # what the last computation returned

@@ -399,8 +399,18 @@ def _after(M: torch.Tensor, pre: torch.Tensor | None, stats: dict) -> tuple[torc
     return M.float(), int(torch.linalg.matrix_rank(M - torch.eye(M.shape[0], dtype=M.dtype), rtol=1e-6)), stats
 
 
-def check_evidence_mode(cfg: UnlearnConfig, evidence) -> None:
-    """Refuse ``evidence`` unless ``cfg`` is the deep mode (the only one that reads it)."""
+def check_mode(cfg: UnlearnConfig, request: ForgetRequest, evidence=None) -> None:
+    """Refuse the combinations of config and request that cannot work (measured), and ``evidence``
+    unless ``cfg`` is the deep mode (the only one that reads it)."""
+    if cfg.method == "text" and cfg.solver == "two-sided" and request.paradigm == "domain":
+        raise ValueError(f"method='text' with solver='two-sided' cannot forget whole domains ({request.describe()}): "
+                         "from text prompts alone its map comes out as the identity (measured: it changes nothing). "
+                         "Use method='multimodal' (the default), which also moves the domain's visual prototypes")
+    if cfg.depth == "deep" and request.paradigm == "domain":
+        raise ValueError(f"depth='deep' cannot forget whole domains ({request.describe()}): its eraser removes the "
+                         "domain's own signature from the image embedding, which is what the surface edit forgets the "
+                         "domain by (measured: zero-shot on the domain back to 0.58 data-free and 0.95-1.00 with real "
+                         "images, retained accuracy down to 0.86). Use depth='shallow' for whole domains")
     if evidence is not None and cfg.depth != "deep":
         raise ValueError("`evidence` is read by the deep mode only; pass depth='deep' with it (or drop evidence)")
 
@@ -440,16 +450,7 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     if not isinstance(request, ForgetRequest):
         raise TypeError(f"`request` must be a ForgetRequest, got {type(request).__name__}")
     cfg = replace(config or UnlearnConfig(), **overrides)
-    if cfg.method == "text" and cfg.solver == "two-sided" and request.paradigm == "domain":
-        raise ValueError(f"method='text' with solver='two-sided' cannot forget whole domains ({request.describe()}): "
-                         "from text prompts alone its map comes out as the identity (measured: it changes nothing). "
-                         "Use method='multimodal' (the default), which also moves the domain's visual prototypes")
-    if cfg.depth == "deep" and request.paradigm == "domain":
-        raise ValueError(f"depth='deep' cannot forget whole domains ({request.describe()}): its eraser removes the "
-                         "domain's own signature from the image embedding, which is what the surface edit forgets the "
-                         "domain by (measured: zero-shot on the domain back to 0.58 data-free and 0.95-1.00 with real "
-                         "images, retained accuracy down to 0.86). Use depth='shallow' for whole domains")
-    check_evidence_mode(cfg, evidence)
+    check_mode(cfg, request, evidence)
     check_model(model)
     existing = edits(model)
     if existing and not compose:

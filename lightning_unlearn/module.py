@@ -25,7 +25,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from . import embedded, zeroshot
-from .edit import EditError, UnlearnConfig, check_evidence_mode, edit_modules, edits, fold_, inject_, restore_
+from .edit import EditError, UnlearnConfig, check_mode, edit_modules, edits, fold_, inject_, restore_
 from .integration import carried_edit_ids, check_strategy, compute_edit_, make_config, make_request, tower_edits
 from .load import load_clip, model_cfg_of
 from .metrics import UnlearningAccuracy
@@ -128,6 +128,7 @@ class CLIPUnlearning(LightningModule):
             raise ValueError("`cell_templates` only applies with `forget_classes` / `forget_domains`; a `request` "
                              "carries its own templates")
         self.request, self.classnames, self.domains = request, classnames, domains
+        check_mode(self.config, request, evidence)
         self.templates = validate_templates(templates or CLASS_TEMPLATES, "c", "templates")
         if colours is None and world:
             colours = embedded.Embedded.colours
@@ -155,7 +156,6 @@ class CLIPUnlearning(LightningModule):
         self.clip.requires_grad_(False)
         self.trainable = self._unfreeze(trainable)
         self.lr, self.weight_decay, self.progress = lr, weight_decay, progress
-        check_evidence_mode(self.config, evidence)
         self.evidence = evidence
         self._classifiers: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._tokens: torch.Tensor | None = None

@@ -193,11 +193,16 @@ def test_evidence_is_validated(emb):
 
 
 def test_whole_domains_are_refused_by_the_deep_mode(emb):
+    from lightning_unlearn.callback import NullspaceUnlearning
     model = copy.deepcopy(emb.model)
     request = ForgetRequest(emb.classnames, emb.domains, forget_domains=["painting"])
     with pytest.raises(ValueError, match="cannot forget whole domains.*depth='shallow'"):
         unlearn_(model, emb.tokenizer, request, **FAST_DEEP)
     assert not edits(model)
+    for make in [lambda: NullspaceUnlearning(request, depth="deep"),  # refused when built, before any Trainer
+                 lambda: CLIPUnlearning(request=request, unlearn={"depth": "deep"})]:
+        with pytest.raises(ValueError, match="cannot forget whole domains"):
+            make()
 
 
 # --------------------------------------------------------------------------- depth reached (cached embeddings)
