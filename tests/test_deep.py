@@ -76,7 +76,7 @@ def test_eraser_groups_by_class_or_by_domain_and_erases_raw_and_normalised_gaps(
         normalised = gap(nullspace.oblique_eraser(raw), request, normalise=True)  # left by the raw direction alone
         assert normalised.norm() > 1e-3 and (E @ normalised).norm() < 1e-9 * normalised.norm()  # erased too
     # (what it buys on real embeddings, a normalised probe near chance, is asserted on the embedded
-    # model below: test_the_eraser_is_harmless_and_needs_real_images_of_every_cell)
+    # model below: test_the_eraser_is_harmless_and_reaches_chance_with_real_images_of_every_cell)
 
 
 # --------------------------------------------------------------------------- round trips on the embedded model
@@ -261,7 +261,7 @@ def test_evidence_of_every_cell_adds_the_normalised_direction(emb, depth):
 
 
 @pytest.mark.parametrize("paradigm", list(REQUESTS))
-def test_the_eraser_is_harmless_and_needs_real_images_of_every_cell(emb, depth, paradigm):
+def test_the_eraser_is_harmless_and_reaches_chance_with_real_images_of_every_cell(emb, depth, paradigm):
     none = run(emb, depth, paradigm, "none")
     assert none["probe_bal_raw"] > 0.95  # the class is linearly readable before any edit
     for variant in ["deep", "evidence", "every-cell"]:
@@ -269,8 +269,6 @@ def test_the_eraser_is_harmless_and_needs_real_images_of_every_cell(emb, depth, 
         assert 100 * (none["zs_retain"] - r["zs_retain"]) <= 1.0
         assert 100 * (none["colour"] - r["colour"]) <= 1.0
         assert 100 * (none["probe_retain_acc"] - r["probe_retain_acc"]) <= 2.0
-        if variant == "deep":  # data-free: the probe still reads the class (measured 0.996-1.000)
-            assert r["probe_bal_raw"] > 0.9
     # 80 held-out real images of every cell: the probes, fitted after the edit, are near chance
     r = run(emb, depth, paradigm, "every-cell")
     assert r["probe_bal_raw"] <= LIMIT_EVERY_CELL[paradigm] and r["probe_bal_norm"] <= LIMIT_EVERY_CELL[paradigm]
