@@ -2,6 +2,7 @@
 artifact, Lightning checkpoint), evidence validation, and the depth it reaches on the embedded model
 (one request per paradigm, on cached embeddings: see benchmarks/deep_sweep.py)."""
 import copy
+import warnings
 
 import lightning as L
 import open_clip
@@ -252,7 +253,11 @@ def test_evidence_of_every_cell_adds_the_normalised_direction(emb, depth):
     request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
     every = evidence_of(D, request.forget_cells + request.retain_cells, 2)
     for evidence, normalised in [(every, True), (dict(list(every.items())[:-1]), False)]:  # one cell short
-        u = unlearn_(model, emb.tokenizer, request, evidence=evidence, **FAST_DEEP)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            u = unlearn_(model, emb.tokenizer, request, evidence=evidence, **FAST_DEEP)
+        # the depth/surface trade-off is announced (and how to get the surface back globally)
+        assert any("towers=('image', 'text')" in str(w.message) for w in caught) is normalised
         assert u.stats["image"]["eraser_normalised"] is normalised
         assert u.stats["image"]["eraser_rank"] == (2 if normalised else 1)
         restore_(model)
