@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
-from lightning_unlearn.audit import balanced_accuracy, fit_probe  # noqa: E402
+from lightning_unlearn.audit import binary_probe  # noqa: E402
 from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
 from lightning_unlearn.metrics import forget_mask  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
@@ -77,9 +77,8 @@ def depth(h_fit, y_fit, h_test, y_test, request) -> dict:
     """The binary probe "forgotten cells vs the rest" (balanced accuracy) on the raw and the
     L2-normalised embeddings, fitted on ``h_fit`` and scored on ``h_test`` (lightning_unlearn.audit)."""
     forget = forget_mask(request, request.classnames, request.domains)
-    f_fit, f_test = forget[y_fit[:, 0], y_fit[:, 1]].long(), forget[y_test[:, 0], y_test[:, 1]].long()
-    return {f"probe_balanced_acc{suffix}": balanced_accuracy(fit_probe(f(h_fit), f_fit, 2, balanced=True)(f(h_test)),
-                                                             f_test)
+    f_fit, f_test = forget[y_fit[:, 0], y_fit[:, 1]], forget[y_test[:, 0], y_test[:, 1]]
+    return {f"probe_balanced_acc{suffix}": binary_probe(f(h_fit), f_fit, f(h_test), f_test)
             for suffix, f in [("", lambda h: h), ("_normalised", lambda h: F.normalize(h, dim=-1))]}
 
 

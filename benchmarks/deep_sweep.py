@@ -43,7 +43,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
 from lightning_unlearn import cache, deep  # noqa: E402
-from lightning_unlearn.audit import balanced_accuracy, fit_probe  # noqa: E402
+from lightning_unlearn.audit import binary_probe, fit_probe  # noqa: E402
 from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
 from lightning_unlearn.zeroshot import classifier  # noqa: E402
@@ -85,7 +85,7 @@ def measure(Hv, yv, Ht, yt, request, T, Tc) -> dict:
     out = {"zs_forget": mean(zs[ft]), "zs_retain": mean(zs[~ft]), "zs_same": mean(zs[st]),
            "colour": mean((F.normalize(Ht, dim=-1) @ Tc).argmax(1) == yt[:, 2])}
     for name, f in [("raw", lambda h: h), ("norm", lambda h: F.normalize(h, dim=-1))]:
-        out[f"probe_bal_{name}"] = balanced_accuracy(fit_probe(f(Hv), fv.long(), 2, balanced=True)(f(Ht)), ft.long())
+        out[f"probe_bal_{name}"] = binary_probe(f(Hv), fv, f(Ht), ft)
     ok = fit_probe(Hv, yv[:, 0], len(request.classnames))(Ht) == yt[:, 0]
     return out | {"probe_recall": mean(ok[ft]), "probe_recall_same": mean(ok[st]),
                   "probe_retain_acc": mean(ok[~ft & ~st])}

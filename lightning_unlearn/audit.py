@@ -197,6 +197,14 @@ def balanced_accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
     return sum(recalls) / len(recalls)
 
 
+def binary_probe(fit_x: torch.Tensor, fit_mask: torch.Tensor, test_x: torch.Tensor, test_mask: torch.Tensor,
+                 weight_decay: float = 1e-3) -> float:
+    """Balanced accuracy of a class-balanced linear probe "mask vs the rest" fitted on ``fit_x`` and
+    scored on ``test_x`` (chance 0.5)."""
+    probe = fit_probe(fit_x, fit_mask.long(), 2, weight_decay, balanced=True)
+    return balanced_accuracy(probe(test_x), test_mask.long())
+
+
 def knn_predict(memory: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, n_classes: int,
                 k: int = 10) -> torch.Tensor:
     """Majority vote of the ``k`` cosine-nearest ``memory`` rows (ties: the larger summed similarity)."""
@@ -215,10 +223,9 @@ def probe_metrics(fit_x, fit: Features, test_x, test: Features, forget: torch.Te
                   k: int = 10, weight_decay: float = 1e-3) -> dict:
     """Binary probe, multi-class probe and k-NN on one layer; ``forget`` is the C x D cell mask."""
     f_fit, f_test = forget[fit.cls, fit.dom], forget[test.cls, test.dom]
-    binary = fit_probe(fit_x, f_fit.long(), 2, weight_decay, balanced=True)
     multi = fit_probe(fit_x, fit.cls, n_classes, weight_decay)(test_x)
     knn = knn_predict(fit_x, fit.cls, test_x, n_classes, k)
-    return {"probe_balanced_acc": balanced_accuracy(binary(test_x), f_test.long()),
+    return {"probe_balanced_acc": binary_probe(fit_x, f_fit, test_x, f_test, weight_decay),
             "probe_recall": _acc(multi, test.cls, f_test), "probe_retain_acc": _acc(multi, test.cls, ~f_test),
             "knn_recall": _acc(knn, test.cls, f_test), "knn_retain_acc": _acc(knn, test.cls, ~f_test)}
 
@@ -275,8 +282,8 @@ def audit_features(model, tokenizer, request: ForgetRequest, fit: Features, test
         out |= {(key if name == "output" else f"{key}@{name.replace(':', '')}"): v for key, v in m.items()}
         if name == "output":
             nf, nt = F.normalize(fit.layers[name], dim=-1), F.normalize(test.layers[name], dim=-1)
-            out["probe_balanced_acc_normalised"] = probe_metrics(
-                nf, fit, nt, test, forget, C, k, weight_decay)["probe_balanced_acc"]
+            out["probe_balanced_acc_normalised"] = binary_probe(nf, forget[fit.cls, fit.dom], nt,
+                                                                forget[test.cls, test.dom], weight_decay)
     if "output" not in test.layers:
         return out
     h, f_test = test.layers["output"], forget[test.cls, test.dom]
