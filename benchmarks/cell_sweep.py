@@ -5,7 +5,7 @@
 
 Every variant is ``UnlearnConfig()`` with its overrides, run on every request of the chosen
 paradigms: global = every class, domain-specific = every (class, domain) cell, domain = every
-domain, multi-domain = every pair of domains, multi-ds = nine domain-specific requests of several classes and/or domains. Variants are
+domain, multi-domain = every pair of domains, multi-global = eight requests of 2-3 classes, multi-ds = nine domain-specific requests of several classes and/or domains. Variants are
 chosen on ``World("val", n)``; the test split is scored beside it (``test_*`` keys, the
 ``table_test`` summary) only to show that a choice holds on held-out images. Depth beside it
 (``depth_before`` / ``depth_after``): the binary probe "forgotten cells vs the rest" fitted on the
@@ -39,6 +39,10 @@ PARADIGMS = {"global": [{"forget_classes": [c]} for c in CLASSES],
              "domain-specific": [{"forget_classes": [c], "forget_domains": [d]} for c in CLASSES for d in DOMAINS],
              "domain": [{"forget_domains": [d]} for d in DOMAINS],
              "multi-domain": [{"forget_domains": [DOMAINS[i], DOMAINS[j]]} for i in range(4) for j in range(i + 1, 4)],
+             # several classes globally: five pairs, two triples by stride, and the benchmark's triple
+             "multi-global": ([{"forget_classes": list(CLASSES[i:i + 2])} for i in range(0, 10, 2)]
+                              + [{"forget_classes": list(CLASSES[j::3][:3])} for j in (0, 1)]
+                              + [{"forget_classes": ["triangle", "moon", "hexagon"]}]),
              # several classes in several domains (fixed before any result): 2 x 2, 2-3 classes in 1 domain,
              # 1 class in 3 domains, chosen by index so every class and domain appears
              "multi-ds": ([{"forget_classes": list(CLASSES[i:i + 2]), "forget_domains": [DOMAINS[i // 2 % 4],

@@ -124,7 +124,7 @@ def child(arch: str, method: str, paradigm: str, classes: int, domains: int, ima
             "stages": stages, "load_seconds": round(load_seconds, 3),
             "image_size": size[0] if isinstance(size, (tuple, list)) else size,
             "solver": result.config.solver, "n_prototypes": result.config.n_prototypes,
-            "proto_steps": result.config.prototype_steps(paradigm), "n_prototypes": result.config.prototypes_per_cell(paradigm), "ranks": result.ranks,
+            "proto_steps": result.config.prototype_steps(paradigm), "ranks": result.ranks,
             "stats": {tower: dict(s) for tower, s in result.stats.items()},
             "n_forget_cells": len(request.forget_cells), "n_retain_cells": len(request.retain_cells),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,

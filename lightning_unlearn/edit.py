@@ -45,14 +45,12 @@ class EditError(RuntimeError):
 #: Fields every edit reads; the prototype fields (method "multimodal" only); each solver's own.
 COMMON_FIELDS = ("method", "solver", "alpha", "towers", "site", "class_templates", "depth")
 PROTOTYPE_FIELDS = ("n_prototypes", "proto_steps", "proto_lr", "seed")
-#: Prototypes per cell and synthesis steps when ``n_prototypes`` / ``proto_steps`` are None, by what is
-#: synthesised, chosen on every request of each paradigm at three seeds (README "Prototype settings per
-#: paradigm"): domain-specific requests need 4 x 120 for every cell to stay forgotten; a global request
-#: is carried by its text constraints, and 1 x 20 measured the same as 4 x 120 on every class; whole
-#: domains (every cell synthesised) need 4 per cell to hold at every seed, and 30 steps held better than 60. The
-#: deep mode's eraser takes ``deep_prototypes`` per cell.
-AUTO_PROTOTYPES = {"global": 1, "domain-specific": 4, "domain": 4}
-AUTO_PROTO_STEPS = {"global": 20, "domain-specific": 120, "domain": 30, "eraser": 60}
+#: Prototype steps when ``proto_steps`` is None, by what is synthesised, chosen on every request of each
+#: paradigm (README "Prototype settings per paradigm"): class requests need 120 (domain-specific: for
+#: every cell to stay forgotten; global: fewer prototypes or steps held on single classes but cost
+#: retain accuracy on requests of several classes); whole domains (every cell synthesised) held at
+#: every seed with 30, better than 60; the deep mode's eraser (one prototype of every cell) 60.
+AUTO_PROTO_STEPS = {"global": 120, "domain-specific": 120, "domain": 30, "eraser": 60}
 SOLVER_FIELDS = {
     "two-sided": ("text_first", "lam", "mu", "text_weight", "image_weight", "margin", "sink_margin",
                   "retain_prompts"),
@@ -70,8 +68,7 @@ class UnlearnConfig:
     projection) or "pooled" (D x D before it, image tower only). Two-sided only: ``text_first``
     (stage 1, see :func:`compute_map`), ``margin`` and ``sink_margin`` (where forgotten prototypes
     are sent, see :func:`directions.build_constraints`), the weights of text and image constraints.
-    ``n_prototypes`` and ``proto_steps`` None (the defaults) pick the prototypes per cell and the
-    synthesis steps per paradigm (:data:`AUTO_PROTOTYPES`, :data:`AUTO_PROTO_STEPS`).
+    ``proto_steps`` None (the default) picks the steps per paradigm (:data:`AUTO_PROTO_STEPS`).
     ``depth``: "shallow" (the surface edit alone) or "deep" (the surface edit after the output eraser
     of :func:`deep.output_eraser`, from ``deep_prototypes`` prototypes per cell; joint site only).
 
@@ -96,17 +93,13 @@ class UnlearnConfig:
     sink_margin: float = 0.25
     text_first: bool = True
     retain_prompts: tuple = ATTRIBUTE_PROMPTS
-    n_prototypes: int | None = None
+    n_prototypes: int = 4
     proto_steps: int | None = None
     proto_lr: float = 0.05
     class_templates: tuple = CLASS_TEMPLATES
     seed: int = 0
     depth: str = "shallow"
     deep_prototypes: int = 1
-
-    def prototypes_per_cell(self, paradigm: str) -> int:
-        """``n_prototypes``, or when it is None the count of :data:`AUTO_PROTOTYPES` for ``paradigm``."""
-        return AUTO_PROTOTYPES[paradigm] if self.n_prototypes is None else self.n_prototypes
 
     def prototype_steps(self, what: str) -> int:
         """``proto_steps``, or when it is None the steps of :data:`AUTO_PROTO_STEPS` for ``what`` (a
@@ -158,7 +151,7 @@ class UnlearnConfig:
                              f"got site={self.site!r}, towers={towers}")
         if self.deep_prototypes < 1:
             raise ValueError(f"`deep_prototypes`={self.deep_prototypes} must be >= 1 (prototypes per cell of the eraser)")
-        if any(v is not None and v < 1 for v in (self.n_prototypes, self.proto_steps)):
+        if self.n_prototypes < 1 or (self.proto_steps is not None and self.proto_steps < 1):
             raise ValueError(f"`n_prototypes`={self.n_prototypes} and `proto_steps`={self.proto_steps} must be >= 1")
         acting = self.acting_fields()
         for name, default in _DEFAULTS.items():
@@ -377,7 +370,7 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
     prototypes, read through ``M1``, go where :func:`directions.build_constraints` sends them.
     """
     common = dict(multimodal=cfg.method == "multimodal", class_templates=cfg.class_templates,
-                  n_prototypes=cfg.prototypes_per_cell(request.paradigm), proto_steps=cfg.prototype_steps(request.paradigm),
+                  n_prototypes=cfg.n_prototypes, proto_steps=cfg.prototype_steps(request.paradigm),
                   proto_lr=cfg.proto_lr, seed=cfg.seed, progress=progress)
     if cfg.solver != "two-sided":
         d = build(model, tokenizer, request, site, cfg.site, protect=cfg.protect, center=cfg.center, **common)
