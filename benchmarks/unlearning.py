@@ -57,8 +57,10 @@ REQUESTS = ([("single", p, [kw], kw) for p, kw in SINGLE] + [("multi", p, [kw], 
 QUICK = list(QUICK_REQUESTS)  # the demo's requests, one per paradigm
 QUICK_RUNS = [("single", p, [kw], kw) for p, kw in QUICK]
 DOMAIN_SPECIFIC = [(c, d) for c in CLASSES for d in DOMAINS]
-#: The baseline tuned for the embedded model on the val split (benchmarks/finetune_sweep.py).
-TUNED = Recipe(lr=3e-4, steps_per_epoch=10)
+#: The baseline tuned for the embedded model on the val split (benchmarks/finetune_sweep.py): of the
+#: grid points, the one that reaches its criterion on the most global requests (8 of 10; 3e-4 x 10,
+#: chosen first on star alone, reaches it on 6).
+TUNED = Recipe(lr=3e-3, steps_per_epoch=1)
 METHODS = {"text": {"method": "text"}, "regularized": {"method": "text", "solver": "regularized"},
            "multimodal": {}, "deep": {"depth": "deep"}}
 
