@@ -32,3 +32,26 @@ def test_edit_cost_json_has_every_run_its_stages_and_the_growth_law(tmp_path):
     law = {(g["method"], g["warm"]): g for g in result["growth"]}
     assert set(law) == {("text", False), ("text", True)}
     assert law[("text", False)]["cells_measured"] == [6, 8, 10] and law[("text", False)]["a"] > 0
+
+
+def _row(method, forget, seconds, converged=None):
+    accs = {f"{k}_{w}": 1.0 for k in ("forget_acc", "retain_acc", "unrelated_acc") for w in ("before", "after")}
+    return {"set": "single", "paradigm": "global", "method": method, "forget": forget, "edit_seconds": seconds,
+            "same_class_other_domains_acc_before": None, "same_class_other_domains_acc_after": None,
+            "converged": converged, **accs}
+
+
+def test_unlearning_summary_reports_the_total_and_the_worst_time_ratio():
+    """The baseline's time over the edit time of the same requests: the ratio of the sums, and the
+    worst (smallest) single request's, over the requests where the baseline reached its criterion."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.unlearning import summary
+    runs = [_row("multimodal", "a", 1.0), _row("multimodal", "b", 2.0),
+            _row("finetune", "a", 10.0, True), _row("finetune", "b", 4.0, True),
+            _row("multimodal", "c", 1.0), _row("finetune", "c", 0.5, False)]  # short of its criterion: no ratio
+    table, summ = summary({"runs": runs})
+    ft = next(s for s in summ["summary"] if s["method"] == "finetune")
+    assert ft["time_ratio"] == pytest.approx(14.0 / 3.0) and ft["time_ratio_worst"] == pytest.approx(2.0)
+    assert "4.7 (2.0)" in table
+    mm = next(s for s in summ["summary"] if s["method"] == "multimodal")
+    assert mm["time_ratio"] is None and mm["time_ratio_worst"] is None

@@ -57,6 +57,21 @@ def test_targets_are_met(setup, paradigm):
         assert drop[key] <= limit, f"{key} dropped {drop[key]:.2f} points (limit {limit})"
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_whole_domain_targets_hold_at_other_seeds(setup, seed):
+    """Whole domains synthesise 4 prototypes x 30 steps per cell. Chosen on every domain and every
+    pair of domains at seeds 0, 1 and 2 (README, "Prototype settings per paradigm"): fewer
+    prototypes held at seed 0 and lost 2.8-4.3 retain points at seed 1, and the earlier 60 steps
+    lost 6.5-7.5 at seed 2. Limits: chance (plus the sweep's worst 0.027 over it) and 1 point."""
+    emb, batches, colour_T = setup
+    request = ForgetRequest(emb.classnames, emb.domains, **dict(QUICK)["domain"])
+    before = measure(emb.model, emb, batches, request, colour_T)
+    with unlearned(emb.model, emb.tokenizer, request, progress=False, seed=seed):
+        after = measure(emb.model, emb, batches, request, colour_T)
+    assert after["forget_acc"] <= 0.13
+    assert POINTS * (before["retain_acc"] - after["retain_acc"]) <= 1.0
+
+
 # --------------------------------------------------------------------------- the default solver: composition, alpha, names
 
 
