@@ -5,9 +5,10 @@
 
 Every variant is ``UnlearnConfig()`` with its overrides, run on every request of the chosen
 paradigms: global = every class, domain-specific = every (class, domain) cell, domain = every
-domain, multi-domain = every pair of domains, multi-global = eight requests of 2-3 classes, multi-ds = nine domain-specific requests of several classes and/or domains. Variants are
-chosen on ``World("val", n)``; the test split is scored beside it (``test_*`` keys, the
-``table_test`` summary) only to show that a choice holds on held-out images. Depth beside it
+domain, multi-domain = every pair of domains, multi-global = eight requests of 2-3 classes,
+multi-ds = nine domain-specific requests of several classes and/or domains. Variants are chosen
+on ``World("val", n)``; the test split is scored beside it (``test_*`` keys, the ``table_test``
+summary) only to show that a choice holds on held-out images. Depth beside it
 (``depth_before`` / ``depth_after``): the binary probe "forgotten cells vs the rest" fitted on the
 edited val embeddings and scored on the edited test ones, raw and L2-normalised.
 The edit sits after the image projection (site "joint", image tower), so the edited embedding of

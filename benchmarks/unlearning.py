@@ -188,7 +188,8 @@ def summary(result: dict) -> tuple[str, dict]:
              "same_class_drop_mean": sum(sc) / len(sc) if sc else None,
              "same_class_drop_worst": max(sc) if sc else None,
              "unrelated_drop_worst": max(drop("unrelated_acc")),
-             "edit_seconds_mean": sum(x["edit_seconds"] for x in rs) / len(rs), "time_ratio": ratio, "time_ratio_worst": worst,
+             "edit_seconds_mean": sum(x["edit_seconds"] for x in rs) / len(rs),
+             "time_ratio": ratio, "time_ratio_worst": worst,
              "converged": [x.get("converged") for x in rs] if method == "finetune" else None}
         for key in audit:
             v = [x["audit_after"][key] for x in rs if "audit_after" in x]
