@@ -14,7 +14,8 @@ from .request import ForgetRequest, RequestError
 
 #: Which way each key of :meth:`UnlearningAccuracy.compute` should move after unlearning.
 HIGHER_IS_BETTER = {"forget_accuracy": False, "forget_accuracy_macro": False, "retain_accuracy": True,
-                    "retain_accuracy_macro": True, "same_class_other_domains_accuracy": True, "accuracy": None}
+                    "retain_accuracy_macro": True, "same_class_other_domains_accuracy": True, "accuracy": None,
+                    "worst_forget_cell_accuracy": False, "worst_retain_cell_accuracy": True}
 
 
 def forget_mask(request: ForgetRequest, classnames: Sequence[str] | None = None,
@@ -54,7 +55,8 @@ class UnlearningAccuracy(Metric):
     ``update(preds, target_class, target_domain)`` takes predicted class indices ``(N,)`` or
     scores ``(N, C)`` (arg-maxed). ``compute()`` returns a dict of scalar tensors:
     ``forget_accuracy`` / ``retain_accuracy`` (micro: over images; ``*_macro``: mean over the cells
-    seen), ``same_class_other_domains_accuracy`` (retained cells of a forgotten class; only when
+    seen), ``worst_forget_cell_accuracy`` / ``worst_retain_cell_accuracy`` (the most accurate
+    forgotten cell, the least accurate retained cell; :meth:`worst_cells` names them), ``same_class_other_domains_accuracy`` (retained cells of a forgotten class; only when
     the request has such cells, i.e. domain-specific ones), ``accuracy`` (every image) and
     ``accuracy_<domain>`` per domain. A set with no image yet is ``nan``.
 
@@ -146,9 +148,21 @@ class UnlearningAccuracy(Metric):
                "retain_accuracy": micro(~self.forget_cells), "retain_accuracy_macro": macro(~self.forget_cells)}
         if self.same_class_cells.any():
             out["same_class_other_domains_accuracy"] = micro(self.same_class_cells)
+        worst = self.worst_cells()
+        for key, kind in (("worst_forget_cell_accuracy", "worst_forget_cell"),
+                          ("worst_retain_cell_accuracy", "worst_retain_cell")):
+            out[key] = nan if worst[kind] is None else torch.tensor(worst[kind]["acc"], dtype=torch.float64,
+                                                                    device=acc.device)
         out["accuracy"] = micro(torch.ones_like(self.forget_cells))
         for j, d in enumerate(self.domains):
             column = torch.zeros_like(self.forget_cells)
             column[:, j] = True
             out[f"accuracy_{d}"] = micro(column)
         return {k: v.float() for k, v in out.items()}
+
+    def worst_cells(self) -> dict:
+        """The most accurate forgotten and the least accurate retained cell seen so far, named
+        (:func:`~lightning_unlearn.zeroshot.worst_cells`: ``{"worst_forget_cell": {"cell": [class,
+        domain], "acc"}, "worst_retain_cell": ...}``, None where no image of that kind was seen)."""
+        from .zeroshot import worst_cells
+        return worst_cells(self.correct, self.total, self.forget_cells, self.classnames, self.domains)

@@ -100,7 +100,7 @@ def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress
     from .data import QUICK_REQUESTS, rendered_batches
     from .edit import EditError, unlearned
     from .request import ForgetRequest
-    from .zeroshot import evaluate, split_accuracy
+    from .zeroshot import evaluate, format_worst, split_accuracy, worst_cells
     t0 = time.perf_counter()
     batches = rendered_batches("test", n_per_cell, lc.preprocess, batch_size, progress)
     n_images = sum(len(b[0]) for b in batches)
@@ -123,6 +123,7 @@ def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress
             u, after, refused = None, before, str(e)
         sb = split_accuracy(before["correct"], before["total"], request)
         sa = split_accuracy(after["correct"], after["total"], request)
+        worst = worst_cells(after["correct"], after["total"], request, before=(before["correct"], before["total"]))
         rows.append({"paradigm": paradigm, "forget": {"classes": spec.get("forget_classes"),
                                                       "domains": spec.get("forget_domains")},
                      "describe": request.describe(), "forget_cells": [list(cell) for cell in request.forget_cells],
@@ -130,41 +131,54 @@ def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress
                      "retain_acc_before": sb["retain_acc"], "retain_acc_after": sa["retain_acc"],
                      "same_class_other_domains_acc_before": sb.get("same_class_other_domains_acc"),
                      "same_class_other_domains_acc_after": sa.get("same_class_other_domains_acc"),
-                     "ranks": u.ranks if u else {}, "seconds": round(u.seconds, 2) if u else 0.0, "refused": refused,
+                     **worst, "ranks": u.ranks if u else {}, "seconds": round(u.seconds, 2) if u else 0.0,
+                     "refused": refused,
                      "acc_before": cell_accuracy(before).numpy(), "acc_after": cell_accuracy(after).numpy()})
         print(f"== {request.describe()}  " + (f"[edit: rank {u.ranks}, {u.seconds:.1f} s]" if u else
                                               f"[refused, no edit: {refused}]"))
         print(cell_table(lc.classnames, lc.domains, (before["correct"], before["total"]),
                          (after["correct"], after["total"]), request.forget_cells))
         print(f"forget accuracy {pct(sb['forget_acc'])}% -> {pct(sa['forget_acc'])}%, "
-              f"retain accuracy {pct(sb['retain_acc'])}% -> {pct(sa['retain_acc'])}%\n")
+              f"retain accuracy {pct(sb['retain_acc'])}% -> {pct(sa['retain_acc'])}%\n{format_worst(worst)}\n")
     out.mkdir(parents=True, exist_ok=True)
     figure = cell_heatmaps(rows, list(lc.classnames), list(lc.domains), out / "demo.png")
     width = max(len(r["paradigm"]) for r in rows)
-    print(f"{'paradigm'.ljust(width)}  forget acc (%)  retain acc (%)")
+    print(f"{'paradigm'.ljust(width)}  forget acc (%)  retain acc (%)  worst forgotten cell (%)  "
+          "worst retained cell (drop, points)")
     for r in rows:
+        wf, wr = r["worst_forget_cell"], r["worst_retain_cell"]
         print(f"{r['paradigm'].ljust(width)}  {pct(r['forget_acc_before']):>5} -> {pct(r['forget_acc_after']):<5}"
-              f"  {pct(r['retain_acc_before']):>5} -> {pct(r['retain_acc_after']):<5}")
+              f"  {pct(r['retain_acc_before']):>5} -> {pct(r['retain_acc_after']):<5}"
+              f"  {_cell_name(wf) + ' ' + pct(wf['acc']) if wf else '-':<24}"
+              f"  {_cell_name(wr) + ' ' + format(-wr['drop_points'], '+.1f') if wr else '-'}")
     seconds = time.perf_counter() - t0
     print(f"\nfigure: {figure}   ({seconds:.0f} s in all)")
     keep = ("paradigm", "forget", "describe", "forget_cells", "forget_acc_before", "forget_acc_after",
             "retain_acc_before", "retain_acc_after", "same_class_other_domains_acc_before",
-            "same_class_other_domains_acc_after", "ranks", "seconds", "refused")
+            "same_class_other_domains_acc_after", "worst_forget_cell", "worst_retain_cell", "ranks", "seconds",
+            "refused")
     return {"model": lc.label, "n_per_cell": n_per_cell, "config": config_dict(config), "figure": str(figure),
             "seconds": round(seconds, 1), "classnames": list(lc.classnames), "domains": list(lc.domains),
             "paradigms": [{k: r[k] for k in keep} | {"cells_before": grid_json(r["acc_before"]),
                                                      "cells_after": grid_json(r["acc_after"])} for r in rows]}
 
 
+def _cell_name(w: dict) -> str:
+    return f"{w['cell'][0]}/{w['cell'][1]}"
+
+
 def evaluation(label: str, root, ds, res: dict, request=None, prog: str = "lightning-unlearn") -> dict:
     """Print the cell table of a zero-shot evaluation ``res`` of dataset ``ds`` and return it as JSON data
     (with the forget / retain split of ``request`` if given)."""
-    from .zeroshot import split_accuracy
+    from .zeroshot import format_worst, split_accuracy, worst_cells
     correct, total = res["correct"], res["total"]
     print(f"{prog} evaluate: {label} on {root} ({len(ds)} images, {len(ds.classnames)} classes x "
           f"{len(ds.domains)} domains); zero-shot accuracy in %")
     print(cell_table(ds.classnames, ds.domains, (correct, total), forget=request.forget_cells if request else ()))
-    print(f"micro {pct(res['micro'])}%, macro {pct(res['macro'])}%")
+    worst = worst_cells(correct, total, torch.zeros(tuple(correct.shape), dtype=torch.bool), ds.classnames, ds.domains)
+    print(f"micro {pct(res['micro'])}%, macro {pct(res['macro'])}%" + (f"; least accurate cell "
+          f"{_cell_name(worst['worst_retain_cell'])} {pct(worst['worst_retain_cell']['acc'])}%"
+          if worst["worst_retain_cell"] else ""))
     report = {"model": label, "data": str(root), "n_images": len(ds), "classnames": list(ds.classnames),
               "domains": list(ds.domains), "micro": res["micro"], "macro": res["macro"],
               "per_domain": res["per_domain"],
@@ -172,11 +186,12 @@ def evaluation(label: str, root, ds, res: dict, request=None, prog: str = "light
                             for i, c in enumerate(ds.classnames) if total[i].sum() > 0},
               "cells": [{"class": c, "domain": d, "accuracy": float(correct[i, j] / total[i, j]),
                          "n": int(total[i, j])}
-                        for i, c in enumerate(ds.classnames) for j, d in enumerate(ds.domains) if total[i, j] > 0]}
+                        for i, c in enumerate(ds.classnames) for j, d in enumerate(ds.domains) if total[i, j] > 0],
+              "worst_forget_cell": None, "worst_retain_cell": worst["worst_retain_cell"]}  # no request: every cell
     if request is not None:
-        split = split_accuracy(correct, total, request)
+        split = split_accuracy(correct, total, request) | worst_cells(correct, total, request)
         print(f"{request.describe()}: forget accuracy {pct(split['forget_acc'])}%, retain accuracy "
-              f"{pct(split['retain_acc'])}%")
+              f"{pct(split['retain_acc'])}%; {format_worst(split)}")
         report |= {"forget": {"classes": request.forget_classes and list(request.forget_classes),
                               "domains": request.forget_domains and list(request.forget_domains),
                               "paradigm": request.paradigm}} | split

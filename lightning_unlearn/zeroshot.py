@@ -137,3 +137,68 @@ def split_accuracy(correct: torch.Tensor, total: torch.Tensor, request) -> dict:
         return float(correct[i, j].sum() / total[i, j].sum().clamp(min=1))
     return {"forget_acc": acc(request.forget_cells), "retain_acc": acc(request.retain_cells),
             "same_class_other_domains_acc": acc(request.same_class_other_domain_cells())}
+
+
+def worst_cells(correct: torch.Tensor, total: torch.Tensor, forget, classnames=None, domains=None,
+                before: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """The worst forgotten and the worst retained (class, domain) cell, from C x D counts: the one place
+    every summary (demo, ``evaluate``, :class:`~lightning_unlearn.metrics.UnlearningAccuracy`, the
+    benchmarks, the self-check) takes them from. ``forget``: a request, or a C x D boolean mask (then
+    ``classnames`` / ``domains`` name the cells; default their indices). ``before``: the unedited
+    model's ``(correct, total)``.
+
+    Returns ``{"worst_forget_cell": {"cell": [class, domain], "acc", ["acc_before"]},
+    "worst_retain_cell": {"cell", "acc", ["acc_before", "drop_points"]}}`` (None where no cell of that
+    kind has images). The worst forgotten cell is the one most accurate after the edit; the worst
+    retained cell is the one that lost the most points (with ``before``; ties go to the lower accuracy
+    after), or without ``before`` the least accurate one. Cells with no image are skipped."""
+    if isinstance(forget, torch.Tensor):
+        mask = forget.bool().cpu()
+        classnames = list(classnames) if classnames is not None else [str(i) for i in range(mask.shape[0])]
+        domains = list(domains) if domains is not None else [str(j) for j in range(mask.shape[1])]
+    else:
+        classnames, domains = list(forget.classnames), list(forget.domains)
+        mask = torch.zeros(len(classnames), len(domains), dtype=torch.bool)
+        for c, d in forget.forget_cells:
+            mask[classnames.index(c), domains.index(d)] = True
+    correct, total = correct.detach().double().cpu(), total.detach().double().cpu()
+    acc = correct / total.clamp(min=1)
+    seen = total > 0
+    acc_b = seen_b = None
+    if before is not None:
+        cb, tb = before[0].detach().double().cpu(), before[1].detach().double().cpu()
+        acc_b, seen_b = cb / tb.clamp(min=1), tb > 0
+        seen = seen & seen_b
+
+    def entry(i: int, j: int) -> dict:
+        out = {"cell": [classnames[i], domains[j]], "acc": float(acc[i, j])}
+        if acc_b is not None:
+            out |= {"acc_before": float(acc_b[i, j]), "drop_points": 100 * float(acc_b[i, j] - acc[i, j])}
+        return out
+
+    def pick(cells: torch.Tensor, key) -> dict | None:
+        idx = [(i, j) for i, j in cells.nonzero().tolist()]
+        return entry(*max(idx, key=key)) if idx else None
+
+    worst_forget = pick(mask & seen, lambda ij: float(acc[ij]))
+    if acc_b is not None:
+        worst_retain = pick(~mask & seen, lambda ij: (float(acc_b[ij] - acc[ij]), -float(acc[ij])))
+    else:
+        worst_retain = pick(~mask & seen, lambda ij: -float(acc[ij]))
+    return {"worst_forget_cell": worst_forget, "worst_retain_cell": worst_retain}
+
+
+def format_worst(worst: dict) -> str:
+    """One line naming the worst forgotten and retained cells of :func:`worst_cells`."""
+    parts = []
+    for key, label in (("worst_forget_cell", "worst forgotten cell"), ("worst_retain_cell", "worst retained cell")):
+        w = worst.get(key)
+        if w is None:
+            continue
+        where = f"{w['cell'][0]} in {w['cell'][1]}"
+        if "acc_before" in w:
+            drop = f", {-w['drop_points']:+.1f} points" if key == "worst_retain_cell" else ""
+            parts.append(f"{label} {where} {100 * w['acc_before']:.0f}% -> {100 * w['acc']:.0f}%{drop}")
+        else:
+            parts.append(f"{label} {where} {100 * w['acc']:.0f}%")
+    return "; ".join(parts)
