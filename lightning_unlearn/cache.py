@@ -5,7 +5,9 @@ Everything computed from the model (prompt embeddings, synthesised prototypes) i
 so one cache serves any number of models in one process and never hands one model's result to
 another. :func:`use` makes a cache the current one for a block (nested blocks stack); by default
 every call shares one process-wide :class:`Cache`. A :class:`PrototypeBank` can also live on disk
-(safetensors, written atomically) and refuses to load for other weights.
+(safetensors, written atomically, merged with what is on disk under a lock) with a checksum per
+entry; a damaged bank, one of other weights or one whose contents changed is refused, naming the
+file and the fix.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 import weakref
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -62,20 +65,62 @@ def settings_key(**settings) -> str:
     return hashlib.blake2b(json.dumps(settings, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
 
 
+FORMAT = "prototype-bank-2"
+
+
+def _checksum(key: str, t: torch.Tensor) -> str:
+    """Digest of one entry: its key, shape, dtype and every byte of its values."""
+    h = hashlib.blake2b(f"{key}|{tuple(t.shape)}|{t.dtype}|".encode(), digest_size=16)
+    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _refused(path, why: str) -> ValueError:
+    where = "the in-memory prototype bank" if path is None else f"the prototype bank {str(path)!r}"
+    fix = ("clear it (cache.current().clear())" if path is None else
+           "delete or move the file (a bank is a cache: it is rebuilt on the next run) or use another cache directory")
+    return ValueError(f"{where} {why}; {fix}")
+
+
+@contextmanager
+def _locked(folder: Path):
+    """An exclusive lock on ``folder`` (``flock``; where there is none, e.g. Windows, no lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class PrototypeBank:
     """Synthesised prototypes of one model's weights: ``{key: tensor}`` where the key names the
     cell's prompts, the label space, the seed and the synthesis settings (see
     :func:`prototypes.synthesize`). ``path`` (a ``.safetensors`` file) makes it persistent:
-    :meth:`save` writes it atomically, :meth:`load` reads it and raises if it was made for
-    other weights."""
+    :meth:`save` merges it with the file's entries and writes it atomically, under a lock on the
+    folder, with a checksum per entry; :meth:`load` reads it and raises, naming the file and the
+    fix, if it is damaged, was made for other weights or its contents changed since it was saved.
+    :meth:`get` checks an entry's shape and values."""
 
     def __init__(self, weights: str, path: str | os.PathLike | None = None):
         self.weights, self.path = weights, None if path is None else Path(path)
         self.entries: dict[str, torch.Tensor] = {}
         self.dirty = False
 
-    def get(self, key: str) -> torch.Tensor | None:
-        return self.entries.get(key)
+    def get(self, key: str, shape: tuple | None = None) -> torch.Tensor | None:
+        """The entry ``key`` (None if absent); raises if it does not have ``shape`` or finite values."""
+        t = self.entries.get(key)
+        if t is not None and shape is not None and tuple(t.shape) != tuple(shape):
+            raise _refused(self.path, f"has an entry of shape {tuple(t.shape)} where {tuple(shape)} was expected: it "
+                                      "does not hold prototypes of these settings")
+        if t is not None and not torch.isfinite(t).all():
+            raise _refused(self.path, f"has an entry with {int((~torch.isfinite(t)).sum())} NaN or inf values")
+        return t
 
     def put(self, key: str, value: torch.Tensor) -> None:
         self.entries[key] = value.detach().cpu().contiguous()
@@ -85,21 +130,31 @@ class PrototypeBank:
         return len(self.entries)
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
-        """Write the bank (safetensors) through a temporary file and an atomic rename."""
+        """Write the bank (safetensors), merged with the entries already in the file (another
+        process may have added some), under a lock on the folder, through a temporary file and an
+        atomic rename."""
         from safetensors.torch import save_file
         path = Path(path or self.path or "")
         if not path.name:
             raise ValueError("the bank has no `path`; pass one to save(path) or to PrototypeBank(weights, path)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
         try:
-            save_file(dict(self.entries), tmp, metadata={"weights": self.weights, "format": "prototype-bank-1"})
-            os.replace(tmp, path)
-            self.dirty = False
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(path.parent):
+                self.entries = PrototypeBank.load(path, self.weights).entries | self.entries
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+                os.close(fd)
+                try:
+                    sums = json.dumps({k: _checksum(k, t) for k, t in self.entries.items()}, sort_keys=True)
+                    save_file(dict(self.entries), tmp, metadata={"weights": self.weights, "format": FORMAT,
+                                                                 "checksums": sums})
+                    os.replace(tmp, path)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+        except OSError as e:
+            raise OSError(f"cannot write the prototype bank {str(path)!r} ({e}); make {str(path.parent)!r} a "
+                          "writable folder or use another cache directory") from e
+        self.dirty = False
         return path
 
     @classmethod
@@ -107,15 +162,30 @@ class PrototypeBank:
         """The bank at ``path`` for the model whose :func:`weights_key` is ``weights``; an empty bank
         if the file does not exist yet."""
         from safetensors import safe_open
-        bank = cls(weights, path)
-        if not Path(path).exists():
+        bank, path = cls(weights, path), Path(path)
+        if not path.exists():
             return bank
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("weights") != weights:
-                raise ValueError(f"the prototype bank {str(path)!r} was made for weights {meta.get('weights')!r}, "
-                                 f"not for this model ({weights!r}); use another path or delete the file")
-            bank.entries = {k: f.get_tensor(k) for k in f.keys()}
+        if not path.is_file():
+            raise _refused(path, "is not a file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                entries = {k: f.get_tensor(k) for k in f.keys()}
+            sums = json.loads(meta.get("checksums", "{}"))
+        except Exception as e:  # noqa: BLE001 - safetensors, OSError, JSON: every way a file can be damaged
+            raise _refused(path, f"cannot be read ({type(e).__name__}: {e}): it is damaged, truncated or not a "
+                                 "bank") from e
+        if meta.get("format") != FORMAT:
+            raise _refused(path, f"has format {meta.get('format')!r}, not {FORMAT!r} (it is not a bank, or one "
+                                 "written without checksums)")
+        if meta.get("weights") != weights:
+            raise _refused(path, f"was made for weights {meta.get('weights')!r}, not for this model ({weights!r})")
+        changed = sorted(set(sums) ^ set(entries) | {k for k, t in entries.items() if sums.get(k) != _checksum(k, t)})
+        if changed:
+            raise _refused(path, f"has {len(changed)} of {len(entries)} entries that do not match the checksums "
+                                 f"written with them (e.g. {changed[0][:16]!r}): its contents changed after it "
+                                 "was saved")
+        bank.entries = entries
         return bank
 
 
@@ -127,6 +197,11 @@ class Cache:
 
     def __init__(self, directory: str | os.PathLike | None = None, max_texts: int = 100_000):
         self.directory = None if directory is None else Path(directory)
+        if self.directory is not None:  # checked now: a bank that cannot be saved is only found at the end
+            ancestor = next(p for p in (self.directory, *self.directory.parents) if p.exists())
+            if not ancestor.is_dir():
+                raise NotADirectoryError(f"the cache directory {str(self.directory)!r} cannot be created: "
+                                         f"{str(ancestor)!r} is a file; give a folder (it is created if missing)")
         self.max_texts = max_texts
         self.texts: dict[tuple, torch.Tensor] = {}
         self.banks: dict[str, PrototypeBank] = {}
@@ -169,7 +244,8 @@ def current() -> Cache | None:
 @contextmanager
 def use(cache: Cache | None):
     """Use ``cache`` (None: no caching) inside the block; blocks nest, and the previous cache is
-    back after each one, also on error."""
+    back after each one, also on error. The banks are saved on exit; a bank that cannot be saved
+    gives a warning naming the file, never an exception: what the block did (e.g. an edit) stands."""
     if cache is not None and not isinstance(cache, Cache):
         raise TypeError(f"`cache` must be a lightning_unlearn.cache.Cache or None, got {type(cache).__name__}")
     token = _current.set(cache)
@@ -178,4 +254,8 @@ def use(cache: Cache | None):
     finally:
         _current.reset(token)
         if cache is not None:
-            cache.flush()
+            try:
+                cache.flush()
+            except (OSError, ValueError) as e:
+                warnings.warn(f"{e}. What the block computed is kept; only its prototypes were not saved for "
+                              "reuse", UserWarning, stacklevel=3)

@@ -110,6 +110,7 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
     settings = dict(labels=label_key, seed=seed, n=n_prototypes, steps=proto_steps, lr=proto_lr, where=where,
                     site=site.weight, dims=site.dims) | ({} if normalise else {"raw": True})
     size = protos.model_io(model)[0]
+    shape = (n_prototypes, (site.dims[1] if where == "joint" else site.dims[0]) + 2)  # a bank entry: a cell's rows
     per = max(1, min(CHUNK_224 * 224 ** 2 // size ** 2, CHUNK_MAX) // n_prototypes)  # cells per batch
     found, seconds, todo = {}, 0.0, 0
     order = sorted(range(len(keys)), key=lambda i: keys[i])  # batches of the same cells, whatever the request's order
@@ -117,7 +118,7 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
         idx = order[j:j + per]
         batch = cache.settings_key(cells=[keys[i] for i in idx])
         names = [cache.settings_key(cell=keys[i], batch=batch, **settings) for i in idx]
-        hits = [bank.get(nm) for nm in names] if bank is not None else [None] * len(idx)
+        hits = [bank.get(nm, shape) for nm in names] if bank is not None else [None] * len(idx)
         if all(h is not None for h in hits):
             found.update(zip(idx, hits))
             continue
