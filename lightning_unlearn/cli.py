@@ -130,7 +130,13 @@ def cmd_export(args) -> dict:
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description/epilog layout; appends "(default: X)" only for meaningful defaults."""
+    """Wraps descriptions to the terminal width, keeps the epilog's example lines as written, and appends
+    "(default: X)" only for meaningful defaults."""
+    def _fill_text(self, text, width, indent):
+        if text.startswith("examples:"):  # the epilog: one example per line
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
     def _get_help_string(self, action):
         text = action.help or ""
         if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
@@ -167,12 +173,13 @@ def _name_options(p: argparse.ArgumentParser, title: str, classes: str, domains:
 
 
 def _output_options(p: argparse.ArgumentParser, *, folder=False, batches=False, json=True) -> None:
-    p.add_argument("--overwrite", action="store_true", help="replace --output (a folder this tool wrote) and --json"
-                   if folder else "replace the --json file if it exists")
+    p.add_argument("--overwrite", action="store_true", help=("replace --output (a folder this tool wrote)"
+                                                             + (" and --json" if json else "")) if folder
+                   else "replace the --json file if it exists")
     if folder:
         p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write (must not exist)")
     if batches:
-        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per batch")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     if json:
         p.add_argument("--json", metavar="PATH", help="write the numbers as JSON ('-' for stdout; an existing file "
