@@ -2,20 +2,18 @@
 
 Implements the multimodal-nullspace edit of "Selective, Controlled and Domain-Agnostic Unlearning
 in Pretrained CLIP" (arXiv 2512.14113) as a frozen linear layer, for plain PyTorch and Lightning.
-The Lightning pieces are imported lazily, so ``import lightning_unlearn`` does not import Lightning.
+Everything but the request is imported lazily (on first use), so ``import lightning_unlearn`` imports
+neither torch nor Lightning: the command line answers an interrupt during its start-up.
 """
-from .edit import (EditError, ProjectorEdit, UnlearnConfig, Unlearned, edits, fold_, inject_, remove_edit_, restore_,
-                   unlearn_, unlearned)
 from .request import ForgetRequest, RequestError
-from .encoders import hf_tokenizer
-from .sites import UnsupportedModelError
 
-_LAZY = {"CLIPUnlearning": "module", "NullspaceUnlearning": "callback", "UnlearningAccuracy": "metrics",
+_LAZY = {**dict.fromkeys(("EditError", "ProjectorEdit", "UnlearnConfig", "Unlearned", "edits", "fold_", "inject_",
+                          "remove_edit_", "restore_", "unlearn_", "unlearned"), "edit"),
+         "hf_tokenizer": "encoders", "UnsupportedModelError": "sites",
+         "CLIPUnlearning": "module", "NullspaceUnlearning": "callback", "UnlearningAccuracy": "metrics",
          "WorldDataModule": "datamodules", "FolderDataModule": "datamodules"}
 
-__all__ = ["ForgetRequest", "RequestError", "UnlearnConfig", "Unlearned", "unlearn_", "fold_", "restore_",
-           "inject_", "edits", "remove_edit_", "unlearned", "ProjectorEdit", "EditError", "UnsupportedModelError",
-           "hf_tokenizer", *_LAZY]
+__all__ = ["ForgetRequest", "RequestError", *_LAZY]
 __version__ = "0.1.0"
 
 

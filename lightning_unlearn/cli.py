@@ -1,6 +1,8 @@
 """``lightning-unlearn`` (``demo``, ``unlearn``, ``evaluate``, ``export``): maps arguments onto
 :mod:`~lightning_unlearn.load`, :mod:`~lightning_unlearn.edit`, :mod:`~lightning_unlearn.export` and
-:mod:`~lightning_unlearn.report`. Bad input ends with a one-line message on stderr and exit code 2."""
+:mod:`~lightning_unlearn.report`. Bad input ends with a one-line message on stderr and exit code 2; an
+interrupt (Ctrl-C), at any point, with a one-line message saying which outputs were complete and exit
+code 130."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .request import ForgetRequest, read_names
 
@@ -26,6 +29,10 @@ class CLIError(Exception):
 
 def _cli_names(message: str) -> str:
     return functools.reduce(lambda m, kv: m.replace(*kv), _OPTION_NAMES.items(), message)
+
+
+def _warn(args, notes) -> None:
+    print("".join(f"{PROG} {args.command}: warning: {n}\n" for n in notes), end="", file=sys.stderr)
 
 
 def _config(args):
@@ -63,7 +70,7 @@ def cmd_demo(args) -> dict:
 
 
 def cmd_unlearn(args) -> dict:
-    from .data.datasets import evidence_from_folder
+    from .data.datasets import evidence_from_folder, recorded
     from .data.world import CLASSES, DOMAINS
     from .edit import unlearn_
     from .export import EDIT_NAME, check_output, save_model_and_edit
@@ -80,9 +87,12 @@ def cmd_unlearn(args) -> dict:
                             read_names(args.forget_domains, "--forget-domains"))
     cfg, lm = _config(args), load_model(args)  # a bad option fails before the model loads
     print(f"{PROG} unlearn: {lm.label}; {request.describe()}", file=sys.stderr)
-    evidence = evidence_from_folder(args.evidence, request, lm.preprocess) if args.evidence else None
+    evidence, notes = recorded(evidence_from_folder, args.evidence, request, lm.preprocess) if args.evidence \
+        else (None, [])
+    _warn(args, notes)
     u = unlearn_(lm.model, lm.tokenizer, request, cfg, progress=not args.no_progress, evidence=evidence)
     files = save_model_and_edit(lm.model, lm.model_cfg, out, args.overwrite, inputs=inputs)
+    args.done.append(f"{out}/")
     print(f"forgot {request.describe()} in {u.seconds:.1f} s (removed rank {u.ranks})\nwrote {out}/: {', '.join(files)}"
           f"\nload it with open_clip.create_model_and_transforms('local-dir:{out}'), or re-apply the edit alone to "
           f"the original model with lightning_unlearn.export.apply_edit(model, '{out / EDIT_NAME}')")
@@ -100,7 +110,7 @@ def cmd_evaluate(args) -> dict:
         raise CLIError(f"--data {root} " + ("is a file; give a folder laid out as <root>/<domain>/<class>/<image>"
                                             if root.exists() else "does not exist"))
     ds, notes = scan_folder(root, read_names(args.domains, "--domains"), read_names(args.classnames, "--classnames"))
-    print("".join(f"{PROG} evaluate: warning: {n}\n" for n in notes), end="", file=sys.stderr)
+    _warn(args, notes)
     forget = read_names(args.forget_classes, "--forget-classes"), read_names(args.forget_domains, "--forget-domains")
     request = ForgetRequest(ds.classnames, ds.domains, *forget) if any(forget) else None
     if args.audit and request is None:
@@ -125,6 +135,7 @@ def cmd_evaluate(args) -> dict:
 def cmd_export(args) -> dict:
     from .module import export_checkpoint  # imports Lightning: only this subcommand needs it
     files = export_checkpoint(args.checkpoint, out := Path(args.output), model=args.model, overwrite=args.overwrite)
+    args.done.append(f"{out}/")
     print(f"wrote {out}/: {', '.join(files)}; load it with open_clip.create_model_and_transforms('local-dir:{out}')")
     return {"checkpoint": str(args.checkpoint), "output": str(out), "files": files}
 
@@ -267,9 +278,71 @@ def _user_error(e: BaseException) -> bool:  # ValueError covers RequestError; OS
                           FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError))
 
 
+def _interrupted(args, done: list[str]) -> str:
+    """The line an interrupt prints: which outputs were written and complete before it."""
+    where = PROG if args is None else f"{PROG} {args.command}"
+    if not done:
+        return f"{where}: interrupted before any output was complete; nothing half-written was left behind"
+    json_path = getattr(args, "json", None)
+    missing = f"; --json {json_path} was not written" if json_path and f"--json {json_path}" not in done else ""
+    return f"{where}: interrupted; complete: {', '.join(done)}{missing}"
+
+
+def _end(code: int, args, done: list[str]) -> NoReturn:
+    """End the command line's own process once its outputs are written: exit handlers run, then the
+    process exits without the interpreter's teardown (seconds of freeing torch, during which an
+    interrupt would end it with no word); an interrupt from here on prints :func:`_interrupted` and
+    exits 130."""
+    import atexit
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: _exit_now(130, _interrupted(args, done)))
+    atexit._run_exitfuncs()
+    _exit_now(code)
+
+
+def _exit_now(code: int, line: str = "") -> NoReturn:
+    for stream, text in ((sys.stdout, ""), (sys.stderr, line and line + "\n")):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe
+            stream.write(text)
+            stream.flush()
+    os._exit(code)
+
+
+def _note_interrupts(caught: list) -> None:
+    """Interrupts raise ``KeyboardInterrupt`` as usual and are also noted in ``caught``: one raised where
+    Python drops exceptions (a finaliser, a weakref callback) is then still reported, without a traceback."""
+    import signal
+
+    def handler(signum, frame):
+        caught.append(signum)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, handler)
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: None if issubclass(u.exc_type, KeyboardInterrupt) else hook(u)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit code (0 ok, 2 bad input, 130 interrupted). Without
+    ``argv`` (the process's own command line) it also takes the process's interrupts and ends the
+    process (:func:`_end`)."""
+    args, done, caught = None, [], []  # done: the outputs written and complete so far, by their names
+    if argv is None:
+        _note_interrupts(caught)
+    try:
+        args = build_parser().parse_args(argv)
+        args.done = done
+        code = _run(args)
+    except KeyboardInterrupt:
+        code = 130
+    if code == 130 or caught:
+        print(_interrupted(args, done), file=sys.stderr)
+        code = 130
+    if argv is None:
+        _end(code, args, done)
+    return code
+
+
+def _run(args) -> int:
     json_path = getattr(args, "json", None)
     try:
         demo = args.command == "demo" and "OMP_NUM_THREADS" not in os.environ  # too small to gain from more than one
@@ -286,15 +359,17 @@ def main(argv: list[str] | None = None) -> int:
         # with --json -: stdout carries the JSON alone; the tables go to stderr
         with contextlib.redirect_stdout(sys.stderr) if json_path == "-" else contextlib.nullcontext():
             report = args.func(args)
+        if not args.done:  # a command whose output is what it printed
+            args.done.append(f"the {args.command} output")
         if json_path == "-" and report is not None:
             print(json.dumps(report, indent=2, default=str))
+            args.done.append("--json -")
         elif json_path and report is not None:
             from .export import write_json
-            print(f"wrote {write_json(report, json_path, overwrite=getattr(args, 'overwrite', False))}", file=sys.stderr)
+            written = write_json(report, json_path, overwrite=getattr(args, "overwrite", False))
+            args.done.append(f"--json {json_path}")
+            print(f"wrote {written}", file=sys.stderr)
         return 0
-    except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted; nothing half-written was left behind", file=sys.stderr)
-        return 130
     except Exception as e:  # noqa: BLE001 - user errors become one line; bugs keep their traceback
         if args.traceback or not _user_error(e):
             raise

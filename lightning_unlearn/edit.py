@@ -235,6 +235,21 @@ def fresh_name(model: nn.Module, base: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def _all_or_nothing(model: nn.Module, name: str):
+    """Injections under ``name`` inside the block: if it raises (an interrupt included) and ``name`` was
+    a new edit, every map injected under it is removed (the model is as before) and the error goes on."""
+    new = name not in edits(model)
+    try:
+        yield
+    except BaseException:
+        if new and name in edits(model):
+            remove_edit_(model, name)
+        elif not edits(model):  # a layer installed for it
+            uninstall_(model)
+        raise
+
+
 def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str = "joint",
             info: dict | None = None, *, name: str | None = None) -> str:
     """Append the frozen map ``M`` to ``tower``'s projection (composes with earlier edits).
@@ -249,14 +264,15 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
     if name is not None and (not isinstance(name, str) or not name):
         raise ValueError(f"`name`={name!r} must be a non-empty string")
     name = name or fresh_name(model, "edit")
-    if s.slot is not None and s.slot.installed is None:  # a tower with no projection: add the layer
-        s.slot.install(s.module)
-    for module, tensor, layout in _edited_tensors(s, site):
-        edit = ProjectorEdit(n, site, layout, dict(info or {}, name=name))
-        with torch.no_grad():
-            edit.P.weight.copy_(M.float())
-        edit.to(getattr(module, tensor).device)  # before registering: torch evaluates the parametrization at once
-        parametrize.register_parametrization(module, tensor, edit)
+    with _all_or_nothing(model, name):  # the weight and the bias
+        if s.slot is not None and s.slot.installed is None:  # a tower with no projection: add the layer
+            s.slot.install(s.module)
+        for module, tensor, layout in _edited_tensors(s, site):
+            edit = ProjectorEdit(n, site, layout, dict(info or {}, name=name))
+            with torch.no_grad():
+                edit.P.weight.copy_(M.float())
+            edit.to(getattr(module, tensor).device)  # before registering: torch evaluates the parametrization at once
+            parametrize.register_parametrization(module, tensor, edit)
     return name
 
 
@@ -500,9 +516,10 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
         info["evidence"] = stats["image"]["evidence_images"]
     # each edit records the edits it was computed on top of: it is only re-applied after them
     infos = {tower: info | {"after": chain(model, tower)} for tower in maps}
-    for tower, M in maps.items():
-        inject_(model, M, tower, cfg.site, infos[tower], name=name)
-    return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0, infos=infos, name=name)
+    with _all_or_nothing(model, name):  # every tower or none
+        for tower, M in maps.items():
+            inject_(model, M, tower, cfg.site, infos[tower], name=name)
+        return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0, infos=infos, name=name)
 
 
 @contextlib.contextmanager

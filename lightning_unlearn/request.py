@@ -182,7 +182,7 @@ def read_names(value: str | None, what: str) -> tuple[str, ...] | None:
             raise ValueError(f"{what}: names file {path} does not exist" if not path.exists()
                              else f"{what}: {path} is not a file")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not a name
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"{what}: cannot read names file {path}: {e}") from e
         names = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]

@@ -56,29 +56,60 @@ def rendered_batches(split: str, n_per_cell: int, transform: Callable | None = N
     return [(torch.stack([x for x, *_ in chunk]), *(torch.tensor(col) for col in list(zip(*chunk))[1:]))
             for chunk in (items[i:i + batch_size] for i in range(0, len(items), batch_size))]
 
-def scan_folder(root: str | Path, domains=None, classnames=None) -> tuple["DomainFolderDataset", list[str]]:
-    """:class:`DomainFolderDataset` of ``root`` and the warnings its scan raised (skipped files,
-    missing cells), as text, for callers that report them in their own words."""
+def recorded(fn: Callable, *args, **kwargs) -> tuple:
+    """``fn(*args, **kwargs)`` and the warnings it raised, as text, for callers that report them in
+    their own words."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = DomainFolderDataset(root, domains=domains, classnames=classnames)
-    return ds, [str(w.message) for w in caught]
+        out = fn(*args, **kwargs)
+    return out, [str(w.message) for w in caught]
+
+
+def scan_folder(root: str | Path, domains=None, classnames=None) -> tuple["DomainFolderDataset", list[str]]:
+    """:class:`DomainFolderDataset` of ``root`` and the warnings its scan raised (skipped files,
+    missing cells), as text."""
+    return recorded(DomainFolderDataset, root, domains=domains, classnames=classnames)
+
+
+def _spelled(folders: Sequence[str], names: Sequence[str], parent: Path, what: str) -> dict[str, str | None]:
+    """Each folder name as spelled in ``names``, matched as a request matches names (case-insensitively),
+    or None; two folders that name one entry of ``names`` are refused."""
+    from ..request import _key
+    spelled, seen = {_key(n): n for n in names}, {}
+    for f in folders:
+        if (other := seen.setdefault(_key(f), f)) != f:
+            raise ValueError(f"evidence folders {parent / other} and {parent / f} differ only in case and name one "
+                             f"{what}; merge them into one folder")
+    return {f: spelled.get(_key(f)) for f in folders}
 
 
 def evidence_from_folder(root: str | Path, request, transform: Callable) -> dict[tuple[str, str], torch.Tensor]:
     """Real images of cells of ``request``'s label space, ``root/<domain>/<class>/<image>``, as the
     ``evidence`` of a deep edit: ``{(class, domain): transform(images) stacked (N, 3, H, W)}``.
     Forgotten and retained cells are both welcome (depth needs both); a folder whose class or domain
-    is not in the label space is refused."""
-    ds, _ = scan_folder(root)
-    cells = [(c, d) for d in ds.domains for c in ds.classnames if ds.support[d][c]]
-    if other := [(c, d) for c, d in cells if c not in request.classnames or d not in request.domains]:
+    is not in the label space is refused. Folder names match the request's names case-insensitively
+    (as ``forget_classes`` do; two folders differing only in case are refused); unreadable images
+    and class folders with no readable image are skipped with one ``UserWarning`` (how many, and
+    the first paths)."""
+    ds, _ = scan_folder(root)  # a cell with no folder is expected here: evidence may cover any cells
+    root = Path(root)
+    domains = _spelled(ds.domains, request.domains, root, "domain")
+    classes = {d: _spelled(_subdirs(root / d), request.classnames, root / d, "class") for d in ds.domains}
+    cells = [(c, d) for d in ds.domains for c in classes[d] if ds.support[d][c]]
+    if other := [(c, d) for c, d in cells if classes[d][c] is None or domains[d] is None]:
         raise ValueError(f"evidence folder {root} has images of cells outside this request's label space: "
                          f"{', '.join(f'{d}/{c}' for c, d in other[:5])}; expected <domain>/<class> folders with a "
                          f"domain of {list(request.domains)} and a class of {list(request.classnames)}")
+    empty = [root / d / c for d in ds.domains for c in classes[d] if not ds.support[d][c]]
+    skipped = [f"{len(paths)} {what} (first: {', '.join(map(str, paths[:3]))})" for what, paths in
+               (("unreadable image file(s)", ds.skipped), ("class folder(s) with no readable image", empty)) if paths]
+    if skipped:
+        warnings.warn(f"evidence folder {root}: skipped {'; '.join(skipped)}; replace or remove them", UserWarning,
+                      stacklevel=2)
     ds.transform, out = transform, {}
     for i, (_, c, d) in enumerate(ds.samples):
-        out.setdefault((ds.classnames[c], ds.domains[d]), []).append(ds[i][0])
+        d = ds.domains[d]
+        out.setdefault((classes[d][ds.classnames[c]], domains[d]), []).append(ds[i][0])
     return {cell: torch.stack(xs) for cell, xs in out.items()}
 
 
