@@ -75,7 +75,38 @@ class UnlearnConfig:
     Each solver reads its own fields (:data:`SOLVER_FIELDS`; the prototype fields only under
     "multimodal", ``deep_prototypes`` only under depth "deep"): a field the chosen solver ignores
     must keep its default, otherwise the config is refused with the field, the solver and the fix
-    named. The edit id covers the acting fields only (:meth:`acting_fields`)."""
+    named. The edit id covers the acting fields only (:meth:`acting_fields`).
+
+    Attributes:
+        method: "multimodal" (text constraints + visual prototypes) or "text" (prompts only).
+        solver: "two-sided" (default), "projector" (the paper's exact nullspace) or "regularized".
+        alpha: strength in [0, 1]; the map is ``I + alpha (M - I)`` (0 = no edit).
+        towers: the towers to edit, a subset of ``("image", "text")``.
+        site: "joint" (the d x d map after the projection) or "pooled" (D x D before it; image only).
+        protect: what the projector solver keeps exactly: "classes", "cells" or "none" (projector only).
+        center: centre prompt directions on the mean prompt before solving.
+        energy: share of the forget directions' energy the projector removes (projector only).
+        retain_energy: share of the retain directions' energy the projector protects (projector only).
+        lam: weight of the forgotten prompts in the regularised closed form (stage 1 of two-sided).
+        mu: weight of the retained prompts in the regularised closed form.
+        text_weight: weight of the text constraints in the two-sided solve.
+        image_weight: weight of the prototype constraints in the two-sided solve.
+        margin: how far forgotten prototypes are sent past the sink class (two-sided).
+        sink_margin: how far whole-domain prototypes are sent towards the sink class (two-sided).
+        text_first: run the regularised text stage before the two-sided stage.
+        retain_prompts: generic attribute words whose scores the edit keeps (colours, sizes, ...).
+        n_prototypes: visual prototypes synthesised per (class, domain) cell (multimodal).
+        proto_steps: synthesis steps per prototype; None picks them per paradigm (:data:`AUTO_PROTO_STEPS`).
+        proto_lr: learning rate of the prototype synthesis.
+        class_templates: prompt templates of the class vectors (``{c}``: the class name).
+        seed: seed of the prototypes' starting noise and jitter.
+        depth: "shallow" (the surface edit) or "deep" (+ the output eraser; no whole domains).
+        deep_prototypes: prototypes per cell the deep eraser reads where no evidence is given.
+
+    Raises:
+        ValueError: a field outside its allowed values, or a field set that the chosen method or
+            solver does not read.
+    """
     method: str = "multimodal"
     solver: str = "two-sided"
     alpha: float = 1.0
@@ -207,7 +238,18 @@ class ProjectorEdit(nn.Module):
 
 @dataclass
 class Unlearned:
-    """What :func:`unlearn_` returns: the maps, their ranks, the request and timings."""
+    """What :func:`unlearn_` returns: the maps, their ranks, the request and timings.
+
+    Attributes:
+        request: the :class:`~lightning_unlearn.ForgetRequest` that was forgotten.
+        config: the :class:`UnlearnConfig` the edit was computed with (overrides applied).
+        maps: ``{tower: M}``, the d x d float32 map injected on each edited tower.
+        ranks: ``{tower: rank}`` of the removed subspace (projector solver) or of the constraints.
+        stats: per-tower solver statistics (constraint counts, ranks of the text stage).
+        seconds: wall time of the computation, injection included.
+        infos: ``{tower: provenance}`` attached to each injected edit (request, config, ids, digests).
+        name: the injected edit's name (see :func:`edits`, :func:`remove_edit_`).
+    """
     request: ForgetRequest
     config: UnlearnConfig
     maps: dict  # tower -> M (float32, n x n)
@@ -464,6 +506,23 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     An already edited model raises unless ``compose=True``: the new edit is then computed on the
     edited model and appended, so both requests stay forgotten; :func:`remove_edit_` removes one
     edit by name, :func:`restore_` all of them.
+
+    Args:
+        model: an open_clip CLIP model, or a transformers ``CLIPModel`` / ``SiglipModel`` (edited in place).
+        tokenizer: ``list[str] -> LongTensor [n, L]`` (``open_clip.get_tokenizer(name)``, or :func:`hf_tokenizer`).
+        request: what to forget, in which label space.
+        config: the settings; ``None`` = the defaults, updated by ``overrides``.
+
+    Returns:
+        The :class:`Unlearned` record of the injected edit.
+
+    Raises:
+        TypeError: ``request`` is not a :class:`~lightning_unlearn.ForgetRequest`.
+        ValueError: an invalid config or override, ``evidence`` outside the label space or without
+            ``depth="deep"``, a deep edit of whole domains, ``method="text"`` on whole domains.
+        EditError: the model already carries edits and ``compose`` is False, it has NaN / inf or
+            meta-device weights, or the computed edit is the identity.
+        UnsupportedModelError: the model has no tower this library can edit.
     """
     if not isinstance(request, ForgetRequest):
         raise TypeError(f"`request` must be a ForgetRequest, got {type(request).__name__}")
