@@ -206,7 +206,7 @@ class Constraints:
 def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, multimodal: bool,
                   class_templates, n_prototypes: int, proto_steps: int, proto_lr: float, seed: int,
                   text_weight: float, image_weight: float, margin: float, sink_margin: float,
-                  retain_prompts=(), pre: torch.Tensor | None = None, progress: bool = True) -> Constraints:
+                  retain_prompts=(), pre: torch.Tensor | None = None, avoid=(), progress: bool = True) -> Constraints:
     """Constraints of the two-sided edit, read as zero-shot scores with the unchanged prompts:
 
     - every class with no forgotten cell keeps its score on every image (``T_k -> T_k``), and so
@@ -230,7 +230,8 @@ def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, wher
       sending the whole domain to one class is then the best it can do (forget = 1 / classes:
       the sink's own images stay right).
 
-    ``pre`` (n x n) is an edit applied before this one: the prototypes are read through it.
+    ``pre`` (n x n) is an edit applied before this one: the prototypes are read through it. ``avoid``:
+    classes that cannot be the sink (other edits forget them; ``stats["sink"]`` names the one chosen).
     """
     forget_cells, classes = request.forget_cells, request.classnames
     kept = request.kept_classes
@@ -239,7 +240,8 @@ def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, wher
     T_kept = T[[classes.index(c) for c in kept]]
     # A forgotten class should score like the average kept one; with no kept class (whole domains)
     # every forgotten image goes to one "sink" class, the most generic class text.
-    sink = T_kept.mean(0) if kept else T[int((T @ T.mean(0)).argmax())]
+    generic = (T @ T.mean(0)).masked_fill(torch.tensor([c in avoid for c in classes]), -torch.inf)
+    sink = T_kept.mean(0) if kept else T[int(generic.argmax())]
     A = [T_kept] + ([encode(model, tokenizer, list(retain_prompts))] if retain_prompts else [])
     B = list(A)
     if request.paradigm == "global":
@@ -250,7 +252,7 @@ def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, wher
     A, B = torch.cat(A), torch.cat(B)
     wt = text_weight ** 0.5
     At, Bt = to_site(model, site, where, A) * wt, to_site(model, site, where, B) * wt
-    stats = {"n_text": len(A)}
+    stats = {"n_text": len(A)} | ({} if kept else {"sink": classes[int(generic.argmax())]})
     n = At.shape[0]
     V = Vt = torch.zeros(n, 0)
     if multimodal:

@@ -30,7 +30,7 @@ from .directions import build, build_constraints
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
 from .sites import SITES, TOWERS, EditLinear, Site, find_site, uninstall_
-from .state import info_edit_id, provenance
+from .state import map_digest, provenance, text_anchored
 
 METHODS = ("multimodal", "text")
 SOLVERS = ("two-sided", "projector", "regularized")
@@ -102,6 +102,7 @@ class UnlearnConfig:
         seed: seed of the prototypes' starting noise and jitter.
         depth: "shallow" (the surface edit) or "deep" (+ the output eraser; no whole domains).
         deep_prototypes: prototypes per cell the deep eraser reads where no evidence is given.
+        rounds: correction rounds after the edit (multimodal, two-sided, joint site; 0 = none).
 
     Raises:
         ValueError: a field outside its allowed values, or a field set that the chosen method or
@@ -131,6 +132,7 @@ class UnlearnConfig:
     seed: int = 0
     depth: str = "shallow"
     deep_prototypes: int = 1
+    rounds: int = 0
 
     def prototype_steps(self, what: str) -> int:
         """``proto_steps``, or when it is None the steps of :data:`AUTO_PROTO_STEPS` for ``what`` (a
@@ -144,7 +146,12 @@ class UnlearnConfig:
         if self.solver == "two-sided" and not self.text_first:
             solver = tuple(f for f in solver if f not in ("lam", "mu"))
         deep = ("deep_prototypes", "proto_steps", "proto_lr", "seed") if self.depth == "deep" else ()  # the eraser's
-        return fields + solver + tuple(f for f in deep if f not in fields)
+        rounds = ("rounds",) if self.corrects() else ()
+        return fields + solver + tuple(f for f in deep if f not in fields) + rounds
+
+    def corrects(self) -> bool:
+        """Whether correction ``rounds`` can act: the two-sided multimodal edit at the joint site."""
+        return self.method == "multimodal" and self.solver == "two-sided" and self.site == "joint"
 
     def __post_init__(self):
         for name, value, allowed in [("method", self.method, METHODS), ("solver", self.solver, SOLVERS),
@@ -182,6 +189,8 @@ class UnlearnConfig:
                              f"got site={self.site!r}, towers={towers}")
         if self.deep_prototypes < 1:
             raise ValueError(f"`deep_prototypes`={self.deep_prototypes} must be >= 1 (prototypes per cell of the eraser)")
+        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or self.rounds < 0:
+            raise ValueError(f"`rounds`={self.rounds!r} must be an integer >= 0 (correction rounds; 0 = none)")
         if self.n_prototypes < 1 or (self.proto_steps is not None and self.proto_steps < 1):
             raise ValueError(f"`n_prototypes`={self.n_prototypes} and `proto_steps`={self.proto_steps} must be >= 1")
         acting = self.acting_fields()
@@ -191,6 +200,8 @@ class UnlearnConfig:
                 why, fix = ((f"method={self.method!r} builds no visual prototypes", "pass method='multimodal'")
                             if name in PROTOTYPE_FIELDS else
                             ("depth='shallow' builds no eraser", "pass depth='deep'") if name == "deep_prototypes" else
+                            ("correction rounds need method='multimodal', solver='two-sided' and site='joint'",
+                             "use those") if name == "rounds" else
                             ("text_first=False skips stage 1", "pass text_first=True")
                             if name in SOLVER_FIELDS[self.solver] else
                             (f"solver={self.solver!r} ignores it", f"pass solver={users[0]!r}"))
@@ -258,6 +269,7 @@ class Unlearned:
     seconds: float = 0.0
     infos: dict = field(default_factory=dict)  # tower -> the provenance attached to its injected edit
     name: str = ""  # the injected edit's name (see :func:`edits`, :func:`remove_edit_`)
+    check: object = None  # the self-check on held-out prototypes (selfcheck.Check), when it ran
 
 
 def _edited_tensors(site: Site, where: str) -> list[tuple[nn.Module, str, str]]:
@@ -293,11 +305,18 @@ def _all_or_nothing(model: nn.Module, name: str):
 
 
 def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str = "joint",
-            info: dict | None = None, *, name: str | None = None) -> str:
-    """Append the frozen map ``M`` to ``tower``'s projection (composes with earlier edits).
+            info: dict | None = None, *, name: str | None = None, position: int | None = None) -> str:
+    """Add the frozen map ``M`` to ``tower``'s projection (composes with earlier edits): last in the
+    chain, or at index ``position`` of it (0 = applied first). The edit's ``info`` records the map's
+    :func:`~lightning_unlearn.state.map_digest` (a given ``info["map"]`` must match ``M``).
 
     Returns the edit's name: ``name`` if given (maps injected under one name form one edit, removed
     together by :func:`remove_edit_`), else a fresh one."""
+    digest = map_digest(M)
+    if info and info.get("map", digest) != digest:
+        raise EditError(f"the map does not match the digest its info records ({info['map']} != {digest}): the map "
+                        "or its info was altered; recompute the edit or load it again from its file")
+    info = dict(info or {}, map=digest)
     s = find_site(model, tower)
     n = s.dims[1] if site == "joint" else s.dims[0]
     if tuple(M.shape) != (n, n):
@@ -315,17 +334,66 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
                 edit.P.weight.copy_(M.float())
             edit.to(getattr(module, tensor).device)  # before registering: torch evaluates the parametrization at once
             parametrize.register_parametrization(module, tensor, edit)
+            if position is not None:  # move it from the end of the chain to `position`
+                plist = getattr(module.parametrizations, tensor)
+                order = list(plist)
+                order.insert(position, order.pop())
+                for i, e in enumerate(order):
+                    plist[i] = e
     return name
 
 
-def chain(model: nn.Module, tower: str) -> list[str | None]:
-    """The edit id (:func:`~lightning_unlearn.state.info_edit_id`) of every edit on ``tower``'s projection
-    weight, in application order."""
+def _stack(model: nn.Module, tower: str) -> list[ProjectorEdit]:
+    """The edits on ``tower``'s projection weight, in application order."""
     site = find_site(model, tower)
     if not parametrize.is_parametrized(site.module, site.weight):
         return []
-    return [info_edit_id(e.info) for e in getattr(site.module.parametrizations, site.weight)
-            if isinstance(e, ProjectorEdit)]
+    return [e for e in getattr(site.module.parametrizations, site.weight) if isinstance(e, ProjectorEdit)]
+
+
+def chain(model: nn.Module, tower: str) -> list[str]:
+    """The :func:`~lightning_unlearn.state.map_digest` of every edit on ``tower``'s projection weight, in
+    application order."""
+    return [e.info.get("map") or map_digest(e.P.weight) for e in _stack(model, tower)]
+
+
+def place(model: nn.Module, tower: str, info: dict) -> int:
+    """Where in ``tower``'s chain an edit with provenance ``info`` goes: last if it is text-anchored
+    (:func:`~lightning_unlearn.state.text_anchored`: it holds on any input), else below the first
+    text-anchored edit, on the image features it needs (measured: a domain-specific edit computed on
+    top of a global one forgets nothing, as the global edit flattens the domain directions; below it,
+    both hold)."""
+    stack = _stack(model, tower)
+    if text_anchored(info):
+        return len(stack)
+    return next((i for i, e in enumerate(stack) if text_anchored(e.info)), len(stack))
+
+
+def check_after(model: nn.Module, tower: str, info: dict, position: int, what: str) -> None:
+    """Refuse an edit whose ``info["after"]`` (the maps it was computed on top of) is not what lies
+    below ``position`` of ``tower``'s chain. A text-anchored edit holds on any input and is never
+    refused."""
+    below, after = chain(model, tower)[:position], list(info.get("after") or [])
+    if not text_anchored(info) and below != after:
+        raise EditError(f"{what} was computed on top of {len(after)} other edit(s) ({after}), and this model's "
+                        f"{tower} projection carries {below or 'none'} where it would go: it only holds on top of "
+                        "those. Apply them first (in order), or save the whole chain with save_edit(edited_model, path)")
+
+
+@contextlib.contextmanager
+def suspended(model: nn.Module, positions: dict[str, int]):
+    """Inside the block, every edit at or past ``positions[tower]`` of a tower's chain acts as the
+    identity: the model as a composed edit computed for that position sees it."""
+    saved = [(e, e.P.weight.detach().clone()) for tower, k in positions.items() for e in _stack(model, tower)[k:]]
+    try:
+        with torch.no_grad():
+            for e, w in saved:
+                e.P.weight.copy_(torch.eye(w.shape[0], dtype=w.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for e, w in saved:
+                e.P.weight.copy_(w)
 
 
 def edit_modules(model: nn.Module) -> list[tuple[str, ProjectorEdit]]:
@@ -366,14 +434,40 @@ def restore_(model: nn.Module) -> list[str]:
     return names
 
 
-def remove_edit_(model: nn.Module, name: str) -> list[str]:
-    """Remove the edit called ``name`` and keep the others (their maps were computed on the model as
-    it was then: removing the last edit gives back exactly the model before it). Returns ``[name]``."""
+def dependents(model: nn.Module, name: str) -> list[str]:
+    """The edits that hold only on top of edit ``name``: feature-bound edits computed on top of it (their
+    ``info["after"]`` holds one of its maps, directly or through another such edit), in chain order.
+    Text-anchored edits (:func:`~lightning_unlearn.state.text_anchored`) hold on any input."""
+    mods = [e for _, e in edit_modules(model) if not text_anchored(e.info)]
+    maps, out = {e.info.get("map") for e in mods if e.info.get("name") == name}, []
+    grew = True
+    while grew:
+        grew = False
+        for e in mods:
+            other = e.info.get("name", "")
+            if other != name and other not in out and maps & set(e.info.get("after") or ()):
+                out.append(other)
+                maps |= {x.info.get("map") for x in mods if x.info.get("name") == other}
+                grew = True
+    return [n for n in edits(model) if n in out]
+
+
+def remove_edit_(model: nn.Module, name: str, *, cascade: bool = False) -> list[str]:
+    """Remove the edit called ``name`` and keep the others: removing the last edit gives back exactly
+    the model before it. An edit that later edits were computed on top of (:func:`dependents`) is
+    only removed with ``cascade=True``, which removes those too: without it they would no longer
+    hold. Returns the names removed, in chain order."""
     if name not in edits(model):
         raise KeyError(f"the model carries no edit named {name!r}; its edits are {edits(model)}")
+    later = dependents(model, name)
+    if later and not cascade:
+        raise EditError(f"edit {name!r} cannot be removed alone: {later} were computed on top of it and would no "
+                        "longer hold without it (their maps were solved on the image features it produces). Pass "
+                        "cascade=True to remove them too, or restore_(model) to remove every edit")
+    gone = [n for n in edits(model) if n == name or n in later]
     for module, tensor in _parametrized(model):
         plist = getattr(module.parametrizations, tensor)
-        hit = [i for i, e in enumerate(plist) if isinstance(e, ProjectorEdit) and e.info.get("name", "") == name]
+        hit = [i for i, e in enumerate(plist) if isinstance(e, ProjectorEdit) and e.info.get("name", "") in gone]
         if len(hit) == len(plist):
             _remove(module, tensor, leave_parametrized=False)
         else:
@@ -381,7 +475,7 @@ def remove_edit_(model: nn.Module, name: str) -> list[str]:
                 del plist[i]
     if not edits(model):  # the last edit: the layers edits installed go too
         uninstall_(model)
-    return [name]
+    return gone
 
 
 def fold_(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -415,10 +509,12 @@ def solve(F: torch.Tensor, R: torch.Tensor, cfg: UnlearnConfig) -> tuple[torch.T
 
 
 def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: UnlearnConfig,
-                progress: bool = True, pre: torch.Tensor | None = None) -> tuple[torch.Tensor, int, dict]:
+                progress: bool = True, pre: torch.Tensor | None = None,
+                avoid: tuple = ()) -> tuple[torch.Tensor, int, dict]:
     """The edit ``M`` (float32) for one tower, the rank of its change, and statistics. ``pre``: a map
     applied first (the deep mode's eraser): ``M = M_surface pre``, the prototypes of the surface
-    edit read through ``pre``, and ``alpha`` scaling the surface part only.
+    edit read through ``pre``, and ``alpha`` scaling the surface part only. ``avoid``: classes a
+    whole-domain edit must not send its images to (forgotten by other edits).
 
     The default "two-sided" solver has two stages, ``M = M2 M1``. ``M1`` (``text_first``) is the
     regularised map of 2512.14137 on text alone: it takes the forgotten cells' own prompt
@@ -445,11 +541,18 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
         through = M1.double() if through is None else M1.double() @ through
     t = build_constraints(model, tokenizer, request, site, cfg.site, text_weight=cfg.text_weight,
                           image_weight=cfg.image_weight, margin=cfg.margin,
-                          sink_margin=cfg.sink_margin, retain_prompts=cfg.retain_prompts, pre=through, **common)
-    M = nullspace.two_sided_map(t.A, t.B, t.V, t.Vt)
-    M = M if M1 is None else M @ M1.double()
-    eye = torch.eye(M.shape[0], dtype=M.dtype)
-    M = eye + cfg.alpha * (M - eye)
+                          sink_margin=cfg.sink_margin, retain_prompts=cfg.retain_prompts, pre=through, avoid=avoid,
+                          **common)
+
+    def finish(M2: torch.Tensor) -> torch.Tensor:  # the stage-2 map -> the whole map, alpha applied (before pre)
+        M = M2 if M1 is None else M2 @ M1.double()
+        eye = torch.eye(M.shape[0], dtype=M.dtype)
+        return eye + cfg.alpha * (M - eye)
+    M = finish(nullspace.two_sided_map(t.A, t.B, t.V, t.Vt))
+    if cfg.rounds and cfg.corrects() and site.tower == "image":  # see selfcheck.correct
+        from .selfcheck import correct
+        M, correction = correct(model, tokenizer, request, cfg, t, M, finish, through, pre, progress=progress)
+        stats["correction"] = correction
     return _after(M, pre, stats | t.stats)
 
 
@@ -492,9 +595,25 @@ def check_model(model: nn.Module) -> None:
                                 "them; reload the original checkpoint")
 
 
+def _check_composition(model: nn.Module, request: ForgetRequest) -> tuple[str, ...]:
+    """The classes the model's edits forget globally (a whole-domain edit must not send its images to
+    one of them), after refusing a global ``request`` that forgets the class an earlier whole-domain
+    edit sends its images to (measured: the domain is then recognised again)."""
+    infos = {e.info.get("name"): e.info for _, e in edit_modules(model)}
+    for other, info in infos.items():
+        if request.paradigm == "global" and info.get("sink") in request.forget_classes:
+            raise EditError(
+                f"this request forgets {info['sink']!r}, the class that the whole-domain edit {other!r} sends its "
+                f"domain's images to: on top of it that domain would be recognised again. Compose them in the other "
+                f"order: restore_(model), forget {list(request.forget_classes)} first, then the domain (a whole-domain "
+                "edit sends its images to a class no other edit forgets)")
+    forgotten = [c for info in infos.values() if text_anchored(info) for c in info["request"]["forget_classes"]]
+    return tuple(dict.fromkeys(forgotten))
+
+
 def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: UnlearnConfig | None = None, *,
              compose: bool = False, name: str | None = None, progress: bool = True, evidence: dict | None = None,
-             **overrides) -> Unlearned:
+             check=None, **overrides) -> Unlearned:
     """Compute the edit for ``request`` and inject it in place under ``name`` (default: ``forget-``
     and the request digest); see :class:`UnlearnConfig` for the options; keyword ``overrides``
     replace config fields, e.g. ``alpha=0.5``. Returns the :class:`Unlearned` record (``.name``).
@@ -502,6 +621,11 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     ``evidence`` (``depth="deep"`` only): ``{(class, domain): preprocessed images (N, 3, H, W)}`` for
     any cells of the label space; the eraser then reads those cells' mean output from real images
     instead of prototypes (a linear probe stops reading the class only with evidence of every cell).
+
+    ``check``: the self-check (:mod:`~lightning_unlearn.selfcheck`) of the edit on held-out
+    prototypes, in ``Unlearned.check``: True, False, or a :class:`~lightning_unlearn.selfcheck.CheckThresholds`
+    (run, with those thresholds); None (the default) runs it when :data:`CHECK_BY_DEFAULT` or when
+    correction ``rounds`` ran (they check the result anyway).
 
     An already edited model raises unless ``compose=True``: the new edit is then computed on the
     edited model and appended, so both requests stay forgotten; :func:`remove_edit_` removes one
@@ -540,45 +664,73 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     t0 = time.perf_counter()
     sites = {tower: find_site(model, tower) for tower in cfg.towers}  # fail early on unsupported models
     deep.check_evidence(evidence, request, model)  # and on bad evidence
+    info = provenance(request, cfg)
+    avoid = _check_composition(model, request)
+    positions = {tower: place(model, tower, info) for tower in sites}  # computed on what lies below it
     maps, ranks, stats = {}, {}, {}
     was_training = model.training
     model.eval()
     try:
-        E, deep_stats = None, {}
-        if cfg.depth == "deep":  # the eraser first, on the raw output; the surface edit is computed after it
-            E, deep_stats = deep.output_eraser(
-                model, tokenizer, request, n_prototypes=cfg.deep_prototypes, proto_steps=cfg.prototype_steps("eraser"),
-                proto_lr=cfg.proto_lr, seed=cfg.seed, class_templates=cfg.class_templates, evidence=evidence,
-                progress=progress)
-        for tower, site in sites.items():  # prompts and prototypes go through cache.current()
-            maps[tower], ranks[tower], stats[tower] = compute_map(model, tokenizer, request, site, cfg, progress,
-                                                                  pre=E if tower == "image" else None)
-            change = (maps[tower] - torch.eye(maps[tower].shape[0])).abs().max().item()
-            if cfg.alpha > 0 and change < 1e-6 * cfg.alpha:  # the full (alpha = 1) map is the identity
-                raise EditError(f"the {tower} edit computed for this request is the identity (largest change "
-                                f"{change:.1e} at alpha={cfg.alpha}): it would forget nothing. With "
-                                f"method={cfg.method!r}, solver={cfg.solver!r} the request gives no direction to "
-                                "remove; try method='multimodal' or solver='projector'")
-        if E is not None:
-            stats["image"] |= deep_stats
-            if deep_stats["eraser_normalised"] and "text" not in cfg.towers:
-                warnings.warn(
-                    "with real images of every cell the deep edit reaches depth, but the erased images sit where "
-                    "the forgotten prompt ties with the others: measured zero-shot on the forgotten cells 0.05-0.21 "
-                    "for global and 0.20-0.30 for domain-specific requests (0.00 for the shallow edit). For a "
-                    "global request add towers=('image', 'text'), which moves the forgotten prompt too "
-                    "(measured 0.00-0.03)", UserWarning, stacklevel=2)
+        with suspended(model, positions):
+            E, deep_stats = None, {}
+            if cfg.depth == "deep":  # the eraser first, on the raw output; the surface edit is computed after it
+                E, deep_stats = deep.output_eraser(
+                    model, tokenizer, request, n_prototypes=cfg.deep_prototypes,
+                    proto_steps=cfg.prototype_steps("eraser"), proto_lr=cfg.proto_lr, seed=cfg.seed,
+                    class_templates=cfg.class_templates, evidence=evidence, progress=progress)
+            for tower, site in sites.items():  # prompts and prototypes go through cache.current()
+                maps[tower], ranks[tower], stats[tower] = compute_map(
+                    model, tokenizer, request, site, cfg, progress, pre=E if tower == "image" else None, avoid=avoid)
+                change = (maps[tower] - torch.eye(maps[tower].shape[0])).abs().max().item()
+                if cfg.alpha > 0 and change < 1e-6 * cfg.alpha:  # the full (alpha = 1) map is the identity
+                    raise EditError(f"the {tower} edit computed for this request is the identity (largest change "
+                                    f"{change:.1e} at alpha={cfg.alpha}): it would forget nothing. With "
+                                    f"method={cfg.method!r}, solver={cfg.solver!r} the request gives no direction to "
+                                    "remove; try method='multimodal' or solver='projector'")
+            if E is not None:
+                stats["image"] |= deep_stats
+                if deep_stats["eraser_normalised"] and "text" not in cfg.towers:
+                    warnings.warn(
+                        "with real images of every cell the deep edit reaches depth, but the erased images sit where "
+                        "the forgotten prompt ties with the others: measured zero-shot on the forgotten cells "
+                        "0.05-0.21 for global and 0.20-0.30 for domain-specific requests (0.00 for the shallow edit). For a "
+                        "global request add towers=('image', 'text'), which moves the forgotten prompt too "
+                        "(measured 0.00-0.03)", UserWarning, stacklevel=2)
+            result_check = _self_check(model, tokenizer, request, maps, cfg, stats, check, progress)
     finally:
         model.train(was_training)
-    info = provenance(request, cfg)
     if evidence is not None:
         info["evidence"] = stats["image"]["evidence_images"]
-    # each edit records the edits it was computed on top of: it is only re-applied after them
-    infos = {tower: info | {"after": chain(model, tower)} for tower in maps}
+    if "sink" in stats[next(iter(stats))]:
+        info["sink"] = stats[next(iter(stats))]["sink"]
+    # each edit records the maps it was computed on top of: it is only re-applied on them
+    infos = {tower: info | {"after": chain(model, tower)[:positions[tower]], "map": map_digest(M)}
+             for tower, M in maps.items()}
     with _all_or_nothing(model, name):  # every tower or none
         for tower, M in maps.items():
-            inject_(model, M, tower, cfg.site, infos[tower], name=name)
-        return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0, infos=infos, name=name)
+            inject_(model, M, tower, cfg.site, infos[tower], name=name, position=positions[tower])
+        return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0, infos=infos, name=name,
+                         check=result_check)
+
+
+#: Whether :func:`unlearn_` runs the self-check when ``check`` is None and no correction round ran
+#: (measured: benchmarks/self_check.py; a check set costs prototype synthesis of every cell).
+CHECK_BY_DEFAULT = False
+
+
+def _self_check(model, tokenizer, request, maps, cfg, stats, check, progress):
+    """The edit's :class:`~lightning_unlearn.selfcheck.Check` (None when not asked for): the one the
+    correction rounds ended with if they ran, else a fresh one (before the edit is injected)."""
+    from .selfcheck import CheckThresholds, judge, self_check
+    if check is not None and not isinstance(check, (bool, CheckThresholds)):
+        raise TypeError(f"`check`={check!r} must be True, False, None or a CheckThresholds")
+    thresholds = check if isinstance(check, CheckThresholds) else None
+    ran = stats.get("image", {}).get("correction", {}).pop("check", None)
+    if check is False or (check is None and ran is None and not CHECK_BY_DEFAULT):
+        return None
+    if ran is not None:
+        return judge(ran, request, thresholds) if thresholds else ran
+    return self_check(model, tokenizer, request, maps, cfg, thresholds=thresholds, progress=progress)
 
 
 @contextlib.contextmanager

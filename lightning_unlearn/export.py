@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -41,13 +42,16 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .edit import EditError, ProjectorEdit, Unlearned, chain, check_model, edit_modules, edits, fold_, fresh_name, inject_, restore_
+from .edit import (EditError, ProjectorEdit, Unlearned, chain, check_after, check_model, edit_modules, edits, fold_,
+                   fresh_name, inject_, place, remove_edit_, restore_)
 from .encoders import hf_kind
 from .sites import TOWERS, UnsupportedModelError, find_site, folded_config
-from .state import check_digest, info_edit_id, missing_digest, provenance, weights_digest
+from .state import check_digest, map_digest, missing_digest, provenance, weights_digest
 
 FORMAT = "lightning_unlearn.edit"
-VERSION = 2  # 2: the weights digest covers every weight, per precision; edits record their predecessors
+#: 2: the weights digest covers every weight, per precision; edits record their predecessors. 3: a content
+#: digest covers the maps and the metadata; edits are chained by their maps' digests.
+VERSION = 3
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 EDIT_NAME = "edit.safetensors"
@@ -494,6 +498,13 @@ def _metadata(entries: list[dict], digest: dict) -> dict:
                             "tensors": digest}}  # the weights digest
 
 
+def content_digest(meta: dict, maps: list[torch.Tensor]) -> str:
+    """sha256 of an edit file's metadata (canonical JSON, without this digest) and of its maps: a file
+    whose maps or metadata changed after :func:`save_edit` wrote it is refused on load."""
+    body = json.dumps({k: v for k, v in meta.items() if k != "content"}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode() + "".join(map_digest(m) for m in maps).encode()).hexdigest()
+
+
 def save_edit(obj: Unlearned | nn.Module, path: str | Path, *, model: nn.Module | None = None,
               overwrite: bool = False) -> Path:
     """Save an edit alone: ``path`` (safetensors: one map per edit, the JSON metadata in the file's
@@ -524,6 +535,7 @@ def save_edit(obj: Unlearned | nn.Module, path: str | Path, *, model: nn.Module 
     check_output(path, overwrite, folder=False)
     check_output(sidecar, overwrite, folder=False)
     meta = _metadata(entries, weights_digest(model))
+    meta["content"] = content_digest(meta, maps)
     tensors = {f"maps.{i}": m.contiguous() for i, m in enumerate(maps)}
     with staged_file(path, overwrite) as tmp:
         save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(meta)})
@@ -561,6 +573,14 @@ def load_edit(path: str | Path) -> EditArtifact:
             raise ArtifactError(f"{path} is damaged: edit {i} ({e.get('tower')!r}) has "
                                 + ("no map" if m is None else f"a map of shape {tuple(m.shape)}"))
         maps.append(m)
+    if version >= 3 and meta.get("content") != content_digest(meta, maps):
+        raise ArtifactError(f"{path} was altered after it was saved: its maps or metadata do not match the content "
+                            f"digest it carries ({str(meta.get('content'))[:12]}..., computed "
+                            f"{content_digest(meta, maps)[:12]}...). Use the file save_edit wrote, or save the edit "
+                            "again from the edited model")
+    for i, (m, e) in enumerate(zip(maps, entries)):
+        if e["info"].get("map", map_digest(m)) != map_digest(m):
+            raise ArtifactError(f"{path} is damaged: edit {i}'s map does not match the digest its metadata records")
     return EditArtifact(maps, entries, digest, meta)
 
 
@@ -594,38 +614,38 @@ def apply_edit(model: nn.Module, artifact: EditArtifact | str | Path, *, compose
                 "on this model")
         for note in notes:
             logging.getLogger(__name__).warning("apply_edit: %s", note)
-    _check_chain(model, artifact)
-    plan = []
     for i, (M, e) in enumerate(zip(artifact.maps, artifact.entries)):
         site = find_site(model, e["tower"])
         n = site.dims[1] if e["site"] == "joint" else site.dims[0]
         if tuple(M.shape) != (n, n):
             raise ArtifactError(f"edit {i} has shape {tuple(M.shape)} but the {e['tower']} projection needs ({n}, {n}) "
                                 f"at site {e['site']!r}")
-        plan.append((M, e))
-    names = {}  # an edit's maps share its name; a name the model already carries gets a suffix
-    for M, e in plan:
-        base = e["info"].get("name") or "edit"
-        names.setdefault(base, fresh_name(model, base))
-        inject_(model, M, e["tower"], e["site"], e["info"], name=names[base])
+    names, before = {}, edits(model)  # an edit's maps share its name; a name the model carries gets a suffix
+    try:
+        for i, (M, e) in enumerate(zip(artifact.maps, artifact.entries)):
+            _check_entry(model, i, M, e)
+            base = e["info"].get("name") or "edit"
+            names.setdefault(base, fresh_name(model, base))
+            inject_(model, M, e["tower"], e["site"], e["info"], name=names[base],
+                    position=place(model, e["tower"], e["info"]))
+    except BaseException:  # all or nothing: the edits of this file that went in come out
+        for name in reversed([n for n in edits(model) if n not in before]):
+            if name in edits(model):
+                remove_edit_(model, name, cascade=True)
+        raise
     return model
 
 
-def _check_chain(model: nn.Module, artifact: EditArtifact) -> None:
-    """Refuse an edit already applied, or one computed on top of edits the model does not carry (in
-    that order): each artifact entry records in ``info["after"]`` the edits it was computed after."""
-    chains = {t: chain(model, t) for t in {e["tower"] for e in artifact.entries}}
-    for i, e in enumerate(artifact.entries):
-        have, after, this = chains[e["tower"]], e["info"].get("after") or [], info_edit_id(e["info"])
-        what = f"edit {i} ({e['tower']} tower, {_describe(e['info'].get('request') or {})})"
-        if this is not None and this in have and have != after:
-            raise EditError(f"{what} is already applied to this model (edit id {this}); applying it again would "
-                            "apply the same map twice. Call remove_edit(model) first to start over")
-        if after and have != after:
-            raise EditError(f"{what} was computed on top of {len(after)} other edit(s) ({after}), and this model's "
-                            f"{e['tower']} projection carries {have or 'none'}: it only holds after its predecessors. "
-                            "Apply the predecessors first, or save the whole chain with save_edit(edited_model, path)")
-        have.append(this)
+def _check_entry(model: nn.Module, i: int, M: torch.Tensor, e: dict) -> None:
+    """Refuse an entry whose map the model already carries (by its digest: the same map twice), or
+    that was computed on top of edits the model does not carry where it would go
+    (:func:`~lightning_unlearn.edit.check_after`)."""
+    what = f"edit {i} ({e['tower']} tower, {_describe(e['info'].get('request') or {})})"
+    if map_digest(M) in chain(model, e["tower"]):
+        raise EditError(f"{what} is already applied to this model (its map, digest {map_digest(M)[:12]}..., is in "
+                        "the chain): applying it again would apply the same map twice. Call remove_edit(model) first "
+                        "to start over")
+    check_after(model, e["tower"], e["info"], place(model, e["tower"], e["info"]), what)
 
 
 def _describe(request: dict) -> str:

@@ -15,7 +15,7 @@ from torch.nn.utils import parametrize
 from .edit import EditError, ProjectorEdit, UnlearnConfig, Unlearned, edit_modules, edits, restore_, unlearn_
 from .request import ForgetRequest
 from .sites import find_site, is_clip
-from .state import info_edit_id
+from .state import info_edit_id, map_digest
 
 #: Strategies that shard or flatten parameters: the parametrized projection cannot live there.
 SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
@@ -153,6 +153,8 @@ def compute_edit_(model: nn.Module, tokenizer: Callable, request: ForgetRequest,
         for tower, tower_maps in tower_edits(model, config).items():
             for e in tower_maps:
                 e.P.weight.copy_(maps[tower].to(e.P.weight))
+                e.info["map"] = map_digest(maps[tower])  # the map's identity follows the map
+            result.infos[tower]["map"] = map_digest(maps[tower])
     result.maps = maps
     return result
 

@@ -65,6 +65,22 @@ def info_edit_id(info: Mapping) -> str | None:
     return edit_id(info["request"], info["config"])
 
 
+def map_digest(M: torch.Tensor) -> str:
+    """sha256 (32 hex digits) of a map's shape and float32 values: what identifies an injected map in a
+    chain of edits (``info["after"]``), in the duplicate check and in an edit file."""
+    t = M.detach().float().cpu().contiguous()
+    return hashlib.sha256(str(tuple(t.shape)).encode() + t.numpy().tobytes()).hexdigest()[:32]
+
+
+def text_anchored(info: Mapping) -> bool:
+    """Whether an edit's forgetting holds whatever image features reach it: a shallow global request,
+    whose forgotten prompts score like the kept classes on every image. The others (domain-specific,
+    whole domains, deep) forget by moving image features, and hold on the features they were computed
+    on: a composed edit of theirs goes below the text-anchored ones (see ``edit.unlearn_``)."""
+    req, cfg = info.get("request") or {}, info.get("config") or {}
+    return bool(req.get("forget_classes")) and not req.get("forget_domains") and cfg.get("depth") != "deep"
+
+
 def describe_info(info: Mapping) -> str:
     """The request an edit's provenance names, in words."""
     try:

@@ -336,28 +336,36 @@ def test_write_json_refuses_to_overwrite_unless_asked(tmp_path):
 
 @pytest.fixture(scope="module")
 def artifacts(emb, tmp_path_factory):
-    """Edit A (forget star), and B (forget moon) computed on top of A, saved alone and as a chain."""
+    """Edit A (forget star in photos), and B (forget moon in photos) computed on top of A (both bound to
+    the image features they were computed on), saved alone and as a chain."""
     from lightning_unlearn.export import save_edit
     folder = tmp_path_factory.mktemp("edits")
     model = copy.deepcopy(emb.model)
     kw = dict(method="text", progress=False)
-    a = unlearn_(model, emb.tokenizer, ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"]), **kw)
+    a = unlearn_(model, emb.tokenizer, ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"],
+                                                     forget_domains=["photo"]), **kw)
     save_edit(a, folder / "a.safetensors", model=model)
-    b = unlearn_(model, emb.tokenizer, ForgetRequest(emb.classnames, emb.domains, forget_classes=["moon"]),
-                 compose=True, **kw)
+    b = unlearn_(model, emb.tokenizer, ForgetRequest(emb.classnames, emb.domains, forget_classes=["moon"],
+                                                     forget_domains=["photo"]), compose=True, **kw)
     save_edit(b, folder / "b-alone.safetensors", model=model)
     save_edit(model, folder / "a-then-b.safetensors")
     return folder, model
 
 
-def _rewrite(src: Path, dst: Path, change) -> Path:
+def _rewrite(src: Path, dst: Path, change, change_maps=None, consistent: bool = True) -> Path:
+    """A copy of an edit file with its metadata (and maps) changed; ``consistent``: with the content
+    digest recomputed, as a file written that way would carry."""
     import json
     from safetensors import safe_open
     from safetensors.torch import save_file
-    from lightning_unlearn.export import FORMAT
+    from lightning_unlearn.export import FORMAT, content_digest
     with safe_open(str(src), framework="pt") as f:
         meta, tensors = json.loads(f.metadata()[FORMAT]), {k: f.get_tensor(k) for k in f.keys()}
     change(meta)
+    if change_maps is not None:
+        tensors = {k: change_maps(v) for k, v in tensors.items()}
+    if consistent:
+        meta["content"] = content_digest(meta, [tensors[f"maps.{i}"] for i in range(len(tensors))])
     save_file(tensors, str(dst), metadata={FORMAT: json.dumps(meta)})
     return dst
 
@@ -388,7 +396,7 @@ def test_an_edit_computed_on_top_of_another_needs_its_predecessor(emb, artifacts
     from lightning_unlearn.export import apply_edit
     folder, edited = artifacts
     model = copy.deepcopy(emb.model)
-    with pytest.raises(EditError, match=r"computed on top of 1 other edit.*carries none.*predecessors first"):
+    with pytest.raises(EditError, match=r"computed on top of 1 other edit.*carries none.*Apply them first"):
         apply_edit(model, folder / "b-alone.safetensors")
     assert not edits(model)
     apply_edit(model, folder / "a.safetensors")
@@ -399,6 +407,41 @@ def test_an_edit_computed_on_top_of_another_needs_its_predecessor(emb, artifacts
         want = edited.encode_image(x)
         torch.testing.assert_close(model.encode_image(x), want, rtol=0, atol=1e-6)
         torch.testing.assert_close(chained.encode_image(x), want, rtol=0, atol=1e-6)
+
+
+def _relabel(meta):  # forget "moon" instead of "star", in every place the metadata names the request
+    for r in [meta["request"]] + [e["info"]["request"] for e in meta["edits"]]:
+        r["forget_classes"] = ["moon"]
+
+
+@pytest.mark.parametrize("tamper", ["request", "identity maps", "one value"])
+def test_an_edit_file_altered_after_saving_is_refused(emb, artifacts, tmp_path, tamper):
+    from lightning_unlearn.export import ArtifactError, apply_edit
+    change, maps = {"request": (_relabel, None), "identity maps": (lambda m: None, lambda t: torch.eye(t.shape[0])),
+                    "one value": (lambda m: None, lambda t: t + torch.eye(t.shape[0]) * 1e-3)}[tamper]
+    path = _rewrite(artifacts[0] / "a.safetensors", tmp_path / "altered.safetensors", change, maps, consistent=False)
+    model = copy.deepcopy(emb.model)
+    with pytest.raises(ArtifactError, match=r"altered after it was saved: its maps or metadata do not match"):
+        apply_edit(model, path)
+    assert not edits(model)
+
+
+def test_the_same_map_under_another_label_is_still_a_duplicate(emb, artifacts, tmp_path):
+    from lightning_unlearn.export import apply_edit
+    relabelled = _rewrite(artifacts[0] / "a.safetensors", tmp_path / "relabelled.safetensors", _relabel)
+    model = apply_edit(copy.deepcopy(emb.model), relabelled)  # a consistent file: read as what it says
+    with pytest.raises(EditError, match=r"already applied to this model \(its map.*same map twice"):
+        apply_edit(model, artifacts[0] / "a.safetensors", compose=True)
+    assert len(edits(model)) == 1
+
+
+def test_a_map_that_does_not_match_its_recorded_digest_is_refused(emb, artifacts, tmp_path):
+    from lightning_unlearn.export import ArtifactError, apply_edit
+    def swap(meta):  # the maps of another edit under this file's per-edit digests
+        meta["edits"][0]["info"]["map"] = "0" * 32
+    path = _rewrite(artifacts[0] / "a.safetensors", tmp_path / "swapped.safetensors", swap)
+    with pytest.raises(ArtifactError, match=r"damaged: edit 0's map does not match the digest"):
+        apply_edit(copy.deepcopy(emb.model), path)
 
 
 @pytest.mark.parametrize("where", ["visual.transformer.resblocks.0.mlp.c_fc.weight", "token_embedding.weight",

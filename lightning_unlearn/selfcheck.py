@@ -1,0 +1,351 @@
+"""A self-check that needs no data: how the edit treats held-out prototypes, per (class, domain) cell.
+
+After the map is computed, visual prototypes of the request's cells are synthesised with another seed
+than the edit's (they are never constraints of the map they check) and classified zero-shot by the
+model before and after the edit. Per cell this predicts the accuracy on the forgotten cells (should
+fall) and the retained ones (should stay): :class:`Check` holds the cells, the means, the worst
+forgotten and the worst retained cell (:func:`~lightning_unlearn.zeroshot.worst_cells`) and a
+pass / fail against :class:`CheckThresholds`.
+
+The check reads the edit through its maps, so it covers edits at the "joint" site (either tower, any
+depth); prototypes come from the current :mod:`~lightning_unlearn.cache` like the edit's own, so a
+check set is synthesised once per model and seed and reused by later requests.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from . import cache, nullspace
+from .directions import cell_keys, cell_texts, class_texts, encode, prototype_columns
+from .prompts import fill_template
+from .request import ForgetRequest
+from .sites import find_site
+from .zeroshot import worst_cells
+
+#: The check set's seed is the edit's seed plus this (round ``k`` of the corrections: plus ``k`` more).
+SEED_OFFSET = 1000
+#: Prototypes per cell and synthesis steps of a check set (chosen by measurement: benchmarks/self_check.py).
+CHECK_PROTOTYPES, CHECK_STEPS = 2, 30
+#: At most this many cells are checked (every forgotten cell up to half of it, then the retained
+#: cells whose prompts are nearest the forgotten ones): bounds the cost on large label spaces.
+MAX_CELLS = 256
+import os
+#: A retained held-out prototype becomes a constraint when the edit misnames it, or lowers its
+#: margin (cosine with its class minus the best other's) by more than this.
+STAY_DROP = float(os.environ.get("LU_STAY_DROP", "1.0"))
+
+
+@dataclass(frozen=True)
+class CheckThresholds:
+    """When :class:`Check` passes. Accuracies are fractions of a cell's held-out prototypes named as
+    their class; drops are in points. ``forget_cell``: the most a forgotten cell may keep after the
+    edit (global and domain-specific requests); ``forget_mean``: the most the forgotten cells may keep
+    on average (None: ``forget_cell`` for class requests, chance (1 / classes) plus ``forget_cell``
+    for whole domains, where one class per domain keeps its images: the floor of a linear map);
+    ``retain_drop_cell`` / ``retain_drop_mean``: the most the worst retained cell / the retained cells
+    on average may lose."""
+    forget_cell: float = 0.05
+    forget_mean: float | None = None
+    retain_drop_cell: float = 5.0
+    retain_drop_mean: float = 1.0
+
+
+@dataclass
+class Check:
+    """The self-check of one edit: ``cells`` (per cell: ``cell``, ``forget``, ``n`` counted prototypes,
+    ``coverage``, ``acc_after``, ``margin_before`` / ``margin_after``; see :func:`evaluate_check`), the means, the worst
+    cells, ``passed`` and the ``failures`` (in words)."""
+    cells: list[dict]
+    forget_acc_before: float | None
+    forget_acc_after: float | None
+    retain_acc_before: float | None
+    retain_acc_after: float | None
+    worst_forget_cell: dict | None
+    worst_retain_cell: dict | None
+    passed: bool
+    failures: list[str]
+    thresholds: CheckThresholds
+    seed: int
+    n_prototypes: int
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["thresholds"] = asdict(self.thresholds)
+        return d
+
+    def summary(self) -> str:
+        """A few lines: verdict, means and the worst cells."""
+        def pct(x):
+            return "-" if x is None else f"{100 * x:.0f}%"
+        wf, wr = self.worst_forget_cell, self.worst_retain_cell
+        unchecked = len(self.extra.get("unchecked_cells", ()))
+        lines = [f"self-check ({self.n_prototypes} held-out prototypes per cell, seed {self.seed}, "
+                 f"{len(self.cells) - unchecked} of {len(self.cells)} cells checked, {self.seconds:.1f} s): "
+                 f"{'PASS' if self.passed else 'FAIL'}",
+                 f"  predicted forget accuracy {pct(self.forget_acc_before)} -> {pct(self.forget_acc_after)}, "
+                 f"retain accuracy {pct(self.retain_acc_before)} -> {pct(self.retain_acc_after)}"]
+        if wf:
+            lines.append(f"  worst forgotten cell {wf['cell'][0]} in {wf['cell'][1]}: {pct(wf['acc_before'])} -> "
+                         f"{pct(wf['acc'])}")
+        if wr:
+            lines.append(f"  worst retained cell {wr['cell'][0]} in {wr['cell'][1]}: {pct(wr['acc_before'])} -> "
+                         f"{pct(wr['acc'])} ({-wr['drop_points']:+.1f} points)")
+        lines += [f"  fails: {f}" for f in self.failures]
+        return "\n".join(lines)
+
+
+def chosen_cells(model, tokenizer, request: ForgetRequest, limit: int = MAX_CELLS) -> list[tuple[str, str]]:
+    """The cells a check covers: every cell when there are at most ``limit``; otherwise every
+    forgotten cell (evenly spaced, at most half of ``limit``) and the retained cells whose cell
+    prompts are nearest any forgotten cell's."""
+    forget, retain = list(request.forget_cells), list(request.retain_cells)
+    if len(forget) + len(retain) <= limit:
+        return forget + retain
+    if len(forget) > limit // 2:
+        step = len(forget) / (limit // 2)
+        forget = [forget[int(i * step)] for i in range(limit // 2)]
+    T = cell_texts(model, tokenizer, forget + retain, request.templates)
+    near = (T[len(forget):] @ T[:len(forget)].T).max(1).values
+    keep = sorted(near.topk(limit - len(forget)).indices.tolist())
+    return forget + [retain[i] for i in keep]
+
+
+def holdout(model, tokenizer, request: ForgetRequest, cells, *, seed: int, n_prototypes: int = CHECK_PROTOTYPES,
+            proto_steps: int = CHECK_STEPS, proto_lr: float = 0.05, class_templates, progress: bool = False):
+    """Held-out prototypes of ``cells`` on the unedited model: their normalised joint image
+    embeddings (len(cells) * n_prototypes x d, cell-major), the class texts (C x d) they are labelled
+    against, and the seconds spent synthesising (0 when the cache had them)."""
+    site = find_site(model, "image")
+    classes = list(request.classnames)
+    T = class_texts(model, tokenizer, classes, class_templates)
+    targets = cell_texts(model, tokenizer, cells, request.templates)
+    cols, stats = prototype_columns(model, site, "joint", targets, cell_keys(cells, request.templates), T,
+                                    cache.settings_key(classes=classes, templates=class_templates, check=True),
+                                    n_prototypes=n_prototypes, proto_steps=proto_steps, proto_lr=proto_lr,
+                                    seed=seed, progress=progress)
+    return cols.T.contiguous(), T, stats["prototype_seconds"]
+
+
+def edited_classifier(model, tokenizer, classes, class_templates, M_text: torch.Tensor | None) -> torch.Tensor:
+    """The class texts (C x d) as the edited model's text tower gives them: each template embedding
+    goes through ``M_text`` (the joint-site text edit, or None) before the mean (exact: the edit is
+    linear and the embeddings are normalised after it)."""
+    emb = encode(model, tokenizer, [fill_template(t, c=c) for c in classes for t in class_templates])
+    if M_text is not None:
+        emb = F.normalize(emb @ M_text.float().T.to(emb), dim=-1)
+    return F.normalize(emb.view(len(classes), len(class_templates), -1).mean(1), dim=-1)
+
+
+def predict(H: torch.Tensor, T: torch.Tensor, own: torch.Tensor, M_image: torch.Tensor | None = None):
+    """Per prototype (rows of ``H``), after the image edit ``M_image`` (None: unedited): whether it is
+    named as its class ``own``, and its margin: the cosine with its own class minus the best other's."""
+    h = H if M_image is None else F.normalize(H @ M_image.float().T.to(H), dim=-1)
+    cos = h @ T.T.to(h)
+    mine = cos.gather(1, own[:, None]).squeeze(1)
+    other = cos.scatter(1, own[:, None], float("-inf")).max(1).values
+    return cos.argmax(-1) == own, mine - other
+
+
+def evaluate_check(request: ForgetRequest, cells, H, T_before, T_after, M_image, n_prototypes: int,
+                   thresholds: CheckThresholds, seed: int) -> Check:
+    """The :class:`Check` of the map ``M_image`` (and the edited class texts ``T_after``) on the
+    held-out embeddings ``H`` of ``cells``.
+
+    Only the prototypes the unedited model names as their class count (a synthesised image that
+    does not show its class to the model says nothing about what the edit does to that class): per
+    cell ``n`` is how many do, ``coverage`` their share of the cell's prototypes, ``acc_after`` the
+    share of them still named after the edit and ``margin_before`` / ``margin_after`` their mean margin
+    (cosine with their class minus the best other class's).
+    A cell none of whose prototypes counts is listed with ``n`` 0 and left out of the means and the
+    worst cells."""
+    classes, domains = list(request.classnames), list(request.domains)
+    own = torch.tensor([classes.index(c) for c, _ in cells]).repeat_interleave(n_prototypes)
+    hit_b, p_b = predict(H, T_before, own)
+    hit_a, p_a = predict(H, T_after, own, M_image)
+    shape = (len(classes), len(domains))
+    valid, after = torch.zeros(shape), torch.zeros(shape)
+    forget = set(request.forget_cells)
+    rows = []
+    for i, (c, d) in enumerate(cells):
+        sl = slice(i * n_prototypes, (i + 1) * n_prototypes)
+        ok = hit_b[sl]
+        n = int(ok.sum())
+        ci, di = classes.index(c), domains.index(d)
+        valid[ci, di], after[ci, di] = n, float(hit_a[sl][ok].sum())
+        rows.append({"cell": [c, d], "forget": (c, d) in forget, "n": n, "coverage": n / n_prototypes,
+                     "acc_after": float(hit_a[sl][ok].float().mean()) if n else None,
+                     "margin_after": float(p_a[sl][ok].mean()) if n else None,
+                     "margin_before": float(p_b[sl][ok].mean()) if n else None})
+    worst = worst_cells(after, valid, request, before=(valid, valid))
+
+    def mean(is_forget):
+        v = [r["acc_after"] for r in rows if r["forget"] == is_forget and r["n"]]
+        return sum(v) / len(v) if v else None
+    fa, ra = mean(True), mean(False)
+    check = Check(rows, None if fa is None else 1.0, fa, None if ra is None else 1.0, ra, worst["worst_forget_cell"],
+                  worst["worst_retain_cell"], True, [], thresholds, seed, n_prototypes,
+                  extra={"unchecked_cells": [r["cell"] for r in rows if not r["n"]]})
+    return judge(check, request, thresholds)
+
+
+def judge(check: Check, request: ForgetRequest, thresholds: CheckThresholds) -> Check:
+    """``check`` with ``passed`` / ``failures`` set against ``thresholds`` (in place; returned)."""
+    failures, t = [], thresholds
+    fa, wf, wr = check.forget_acc_after, check.worst_forget_cell, check.worst_retain_cell
+    domain = request.paradigm == "domain"
+    forget_mean = t.forget_mean if t.forget_mean is not None else (
+        1 / len(request.classnames) + t.forget_cell if domain else t.forget_cell)
+    if fa is not None and fa > forget_mean + 1e-9:
+        failures.append(f"forgotten cells keep {100 * fa:.0f}% on average (at most {100 * forget_mean:.0f}%)")
+    if not domain and wf is not None and wf["acc"] > t.forget_cell + 1e-9:
+        failures.append(f"forgotten cell {wf['cell'][0]} in {wf['cell'][1]} keeps {100 * wf['acc']:.0f}% "
+                        f"(at most {100 * t.forget_cell:.0f}%)")
+    if wr is not None and wr["drop_points"] > t.retain_drop_cell + 1e-9:
+        failures.append(f"retained cell {wr['cell'][0]} in {wr['cell'][1]} loses {wr['drop_points']:.1f} points "
+                        f"(at most {t.retain_drop_cell:g})")
+    if check.retain_acc_after is not None and 100 * (1 - check.retain_acc_after) > t.retain_drop_mean + 1e-9:
+        failures.append(f"retained cells lose {100 * (1 - check.retain_acc_after):.1f} points on average "
+                        f"(at most {t.retain_drop_mean:g})")
+    check.passed, check.failures, check.thresholds = not failures, failures, t
+    return check
+
+
+def self_check(model, tokenizer, request: ForgetRequest, maps: dict, config, *, seed: int | None = None,
+               n_prototypes: int = CHECK_PROTOTYPES, proto_steps: int = CHECK_STEPS,
+               thresholds: CheckThresholds | None = None, progress: bool = False) -> Check | None:
+    """The :class:`Check` of ``maps`` (tower -> map, as :func:`~lightning_unlearn.edit.unlearn_`
+    computed them) on a held-out set of prototypes (seed ``config.seed + SEED_OFFSET`` unless given),
+    synthesised on ``model`` as it is (call it before the edit is injected). None for an edit at the
+    "pooled" site, which this check does not read."""
+    if config.site != "joint":
+        return None
+    t0 = time.perf_counter()
+    seed = config.seed + SEED_OFFSET if seed is None else seed
+    cells = chosen_cells(model, tokenizer, request)
+    H, T, _ = holdout(model, tokenizer, request, cells, seed=seed, n_prototypes=n_prototypes, proto_steps=proto_steps,
+                      proto_lr=config.proto_lr, class_templates=config.class_templates, progress=progress)
+    T_after = T if "text" not in maps else edited_classifier(model, tokenizer, list(request.classnames),
+                                                             config.class_templates, maps["text"])
+    check = evaluate_check(request, cells, H, T, T_after, maps.get("image"), n_prototypes,
+                           thresholds or CheckThresholds(), seed)
+    check.seconds = round(time.perf_counter() - t0, 3)
+    return check
+
+
+def _retain_key(check: Check) -> tuple[float, float]:
+    """How badly ``check``'s retained cells fare: (worst cell's drop, mean drop), in points."""
+    wr = check.worst_retain_cell
+    return (0.0 if wr is None else wr["drop_points"],
+            0.0 if check.retain_acc_after is None else 100 * (1 - check.retain_acc_after))
+
+
+def no_worse(candidate: Check, reference: Check, forget_limit: float) -> bool:
+    """Whether ``candidate`` keeps the retained cells at least as well as ``reference`` on the same
+    held-out set (its worst retained cell loses no more points) and keeps no more of the forgotten
+    cells on average than ``reference`` or ``forget_limit``, whichever is higher."""
+    fc, fr = candidate.forget_acc_after or 0.0, reference.forget_acc_after or 0.0
+    return _retain_key(candidate)[0] <= _retain_key(reference)[0] + 1e-9 and fc <= max(fr, forget_limit) + 1e-9
+
+
+def correct(model, tokenizer, request: ForgetRequest, cfg, t, M: torch.Tensor, finish, through, pre, *,
+            n_prototypes: int = CHECK_PROTOTYPES, proto_steps: int = CHECK_STEPS,
+            thresholds: CheckThresholds | None = None, progress: bool = False) -> tuple[torch.Tensor, dict]:
+    """Correction rounds of the two-sided edit (``cfg.rounds`` at most), and the self-check of the result.
+
+    Round ``k`` synthesises a fresh held-out set (seed ``cfg.seed + SEED_OFFSET + k``) and checks the
+    current map on it. If the check fails, the prototypes it gets wrong become constraints of the
+    two-sided map (:func:`~lightning_unlearn.nullspace.two_sided_map`, with the constraints ``t`` of
+    :func:`~lightning_unlearn.directions.build_constraints`): a retained prototype the edit misnames
+    must stay where it was; a forgotten one still named goes where the edit sends its cell's
+    prototypes (``margin`` past the sink along its class-minus-sink direction; whole domains: along
+    the common shift towards the sink, ``sink_margin`` past it). The map is solved again and the next
+    round's fresh set checks it against the map before: a corrected map that loses more points on
+    its worst retained cell (or keeps more of the forgotten cells, beyond the thresholds) than the
+    one before is dropped, and so, at the end, is any result worse on the last set than the map
+    without corrections. The check of the returned map is on a set none of its constraints came from.
+
+    ``M`` is the map without corrections, ``finish`` turns a stage-2 map into the whole map (text
+    stage and alpha), ``through`` is what prototypes are read through before stage 2 (None: nothing)
+    and ``pre`` the map applied first (the deep mode's eraser). Returns the map and
+    ``{"rounds_run", "constraints_added", "rejected", "history", "seconds", "check"}``."""
+    t0 = time.perf_counter()
+    thresholds = thresholds or CheckThresholds()
+    classes, kept = list(request.classnames), request.kept_classes
+    cells = chosen_cells(model, tokenizer, request)
+    own = torch.tensor([classes.index(c) for c, _ in cells]).repeat_interleave(n_prototypes)
+    is_forget = torch.tensor([cell in set(request.forget_cells) for cell in cells]).repeat_interleave(n_prototypes)
+    domain = request.paradigm == "domain"
+    forget_limit = thresholds.forget_mean if thresholds.forget_mean is not None else (
+        1 / len(classes) + thresholds.forget_cell if domain else thresholds.forget_cell)
+    eye = torch.eye(M.shape[0], dtype=torch.float64)
+
+    def whole(X):  # the map the image embeddings see
+        return (X if pre is None else X @ pre.double()).float()
+
+    wv = cfg.image_weight ** 0.5
+    V_extra, Vt_extra, history, rejected = [], [], [], False
+    M0, accepted = M, M
+    sets = []
+    for k in range(cfg.rounds + 1):
+        seed = cfg.seed + SEED_OFFSET + k
+        H, T, _ = holdout(model, tokenizer, request, cells, seed=seed, n_prototypes=n_prototypes,
+                          proto_steps=proto_steps, proto_lr=cfg.proto_lr, class_templates=cfg.class_templates,
+                          progress=progress)
+        sets.append((H, seed))
+        check = evaluate_check(request, cells, H, T, T, whole(M), n_prototypes, thresholds, seed)
+        if k > 0:
+            before = evaluate_check(request, cells, H, T, T, whole(accepted), n_prototypes, thresholds, seed)
+            if not no_worse(check, before, forget_limit):  # the correction did harm on fresh prototypes: undo it
+                M, check, rejected = accepted, before, True
+        history.append({"round": k, "seed": seed, "passed": check.passed, "worst_retain_drop": _retain_key(check)[0],
+                        "retain_drop_mean": _retain_key(check)[1], "forget_acc_after": check.forget_acc_after,
+                        "constraints": sum(v.shape[1] for v in V_extra)})
+        accepted = M
+        if rejected or check.passed or k == cfg.rounds:
+            break
+        # the prototypes of this set the map gets wrong become constraints (never the next set's)
+        hit_b, p_b = predict(H, T, own)
+        hit_a, p_a = predict(H, T, own, whole(M))
+        sink = T[[classes.index(c) for c in kept]].mean(0) if kept else T[int((T @ T.mean(0)).argmax())]
+        stay = hit_b & ~is_forget & (~hit_a | (p_a < p_b - STAY_DROP))
+        named = hit_b & hit_a & is_forget
+        if domain:
+            named &= own != classes.index(classes[int((T @ T.mean(0)).argmax())])  # the sink's own cell stays named
+        if not (stay.any() or named.any()):
+            break
+        Hd = H.double()
+        read = Hd if through is None else F.normalize(Hd @ through.double().T, dim=-1)
+        cols, targets = [read[stay]], [Hd[stay]]
+        if named.any():
+            v = read[named]
+            g = (T.double()[own[named]] - sink.double())
+            gg = (g * g).sum(1, keepdim=True).clamp(min=1e-12)
+            coef = (v * g).sum(1, keepdim=True) / gg
+            if kept:
+                target = v - (coef + cfg.margin) * g
+            else:
+                u = (sink - T.mean(0)).double()[None]
+                need = (coef + cfg.sink_margin) * gg / (-(u * g).sum(1, keepdim=True)).clamp(min=1e-12)
+                target = v + need * u
+            cols.append(v)
+            targets.append(target)
+        V_extra.append(torch.cat(cols).T * wv)
+        Vt_extra.append(torch.cat(targets).T * wv)
+        V = torch.cat([t.V.double()] + V_extra, 1)
+        Vt = torch.cat([t.Vt.double()] + Vt_extra, 1)
+        M = finish(nullspace.two_sided_map(t.A, t.B, V, Vt))
+    if M is not M0:  # never worse than no correction on the last, fresh set
+        H, seed = sets[-1]
+        plain = evaluate_check(request, cells, H, T, T, whole(M0), n_prototypes, thresholds, seed)
+        if not no_worse(check, plain, forget_limit):
+            M, check, rejected = M0, plain, True
+    check.seconds = round(time.perf_counter() - t0, 3)
+    del eye
+    return M, {"rounds_run": len(history) - 1, "constraints_added": sum(v.shape[1] for v in V_extra),
+               "rejected": rejected, "history": history, "seconds": check.seconds, "check": check}
