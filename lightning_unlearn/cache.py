@@ -171,7 +171,7 @@ class PrototypeBank:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 entries = {k: f.get_tensor(k) for k in f.keys()}
-            sums = json.loads(meta.get("checksums", "{}"))
+            sums = dict(json.loads(meta.get("checksums", "{}")))
         except Exception as e:  # noqa: BLE001 - safetensors, OSError, JSON: every way a file can be damaged
             raise _refused(path, f"cannot be read ({type(e).__name__}: {e}): it is damaged, truncated or not a "
                                  "bank") from e
