@@ -311,7 +311,13 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
     :func:`~lightning_unlearn.state.map_digest` (a given ``info["map"]`` must match ``M``).
 
     Returns the edit's name: ``name`` if given (maps injected under one name form one edit, removed
-    together by :func:`remove_edit_`), else a fresh one."""
+    together by :func:`remove_edit_`), else a fresh one.
+
+    Raises:
+        ValueError: ``M`` does not have the shape the projection needs, or ``name`` is empty.
+        EditError: ``info["map"]`` records a digest that does not match ``M``.
+        UnsupportedModelError: ``tower`` has no projection this library can edit.
+    """
     digest = map_digest(M)
     if info and info.get("map", digest) != digest:
         raise EditError(f"the map does not match the digest its info records ({info['map']} != {digest}): the map "
@@ -407,7 +413,8 @@ def edit_modules(model: nn.Module) -> list[tuple[str, ProjectorEdit]]:
 
 
 def edits(model: nn.Module) -> list[str]:
-    """The names of the edits ``model`` carries, in application order ("" for an unnamed legacy edit)."""
+    """The names of the edits ``model`` carries, in application order ("" for an unnamed legacy edit);
+    an empty list for a model without edits. Never raises."""
     return list(dict.fromkeys(e.info.get("name", "") for _, e in edit_modules(model)))
 
 
@@ -426,7 +433,8 @@ def _remove(module: nn.Module, name: str, leave_parametrized: bool) -> None:
 
 def restore_(model: nn.Module) -> list[str]:
     """Remove every injected edit (and every layer an edit installed): the state_dict is then
-    bit-identical to the original. Returns the names removed."""
+    bit-identical to the original. Returns the names removed (an empty list for a model without
+    edits, which is left as it is)."""
     names = edits(model)
     for module, name in _parametrized(model):
         _remove(module, name, leave_parametrized=False)
@@ -456,7 +464,12 @@ def remove_edit_(model: nn.Module, name: str, *, cascade: bool = False) -> list[
     """Remove the edit called ``name`` and keep the others: removing the last edit gives back exactly
     the model before it. An edit that later edits were computed on top of (:func:`dependents`) is
     only removed with ``cascade=True``, which removes those too: without it they would no longer
-    hold. Returns the names removed, in chain order."""
+    hold. Returns the names removed, in chain order.
+
+    Raises:
+        KeyError: the model carries no edit called ``name``.
+        EditError: later edits were computed on top of it and ``cascade`` is False.
+    """
     if name not in edits(model):
         raise KeyError(f"the model carries no edit named {name!r}; its edits are {edits(model)}")
     later = dependents(model, name)
@@ -482,7 +495,8 @@ def fold_(model: nn.Module) -> dict[str, torch.Tensor]:
     """Merge every injected edit into its projection weight: a plain open_clip model with the
     original state_dict keys and no inference overhead. Returns the original weights by key, the
     only way back (``model.load_state_dict(originals, strict=False)``). A layer an edit installed on
-    a tower with no projection stays, as a plain ``nn.Linear`` holding the edit."""
+    a tower with no projection stays, as a plain ``nn.Linear`` holding the edit. A model without
+    edits is left as it is (returns ``{}``)."""
     names = {id(m): n for n, m in model.named_modules()}
     originals = {}
     for module, name in _parametrized(model):
@@ -736,7 +750,8 @@ def _self_check(model, tokenizer, request, maps, cfg, stats, check, progress):
 @contextlib.contextmanager
 def unlearned(model: nn.Module, tokenizer, request: ForgetRequest, config: UnlearnConfig | None = None, **kwargs):
     """``with unlearned(model, tokenizer, request) as u:`` runs the block on the edited model and
-    removes this edit on exit, also on an exception (``kwargs`` go to :func:`unlearn_`)."""
+    removes this edit on exit, also on an exception (``kwargs`` go to :func:`unlearn_`). Yields the
+    :class:`Unlearned` record; raises what :func:`unlearn_` raises."""
     u = unlearn_(model, tokenizer, request, config, **kwargs)
     try:
         yield u

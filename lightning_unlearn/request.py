@@ -96,6 +96,11 @@ class ForgetRequest:
     >>> r = ForgetRequest(["cat", "dog"], ["photo", "sketch"], forget_classes=["dog"], forget_domains=["sketch"])
     >>> r.paradigm, r.forget_cells
     ('domain-specific', (('dog', 'sketch'),))
+
+    Raises:
+        RequestError: a list missing, empty or holding empty / non-string / duplicate names, a forget
+            name that is not in ``classnames`` / ``domains``, nothing to forget, or every cell forgotten
+            (nothing retained).
     """
     classnames: Sequence[str]
     domains: Sequence[str]
