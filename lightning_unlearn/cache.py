@@ -192,8 +192,8 @@ class PrototypeBank:
 class Cache:
     """Prompt embeddings ``{(weights key, tokenizer, text): embedding}`` and prototype banks
     ``{weights key: PrototypeBank}``, in memory; ``directory`` keeps the banks on disk as
-    ``<directory>/<weights key>.safetensors``. ``max_texts`` bounds the embeddings kept (oldest
-    dropped first)."""
+    ``<directory>/<weights key>.safetensors`` (a ``directory`` that is, or lies under, a file is
+    refused at once). ``max_texts`` bounds the embeddings kept (oldest dropped first)."""
 
     def __init__(self, directory: str | os.PathLike | None = None, max_texts: int = 100_000):
         self.directory = None if directory is None else Path(directory)
