@@ -54,6 +54,15 @@ class NullspaceUnlearning(Callback):
     model-parallel strategies are refused, and so are ``"ddp_spawn"`` / ``"ddp_fork"`` (the
     parametrized model cannot be pickled or sent back to the main process).
 
+    Raises:
+        TypeError: a ``tokenizer`` that is not callable, a non-bool ``compose`` / ``progress``.
+        ValueError: a malformed ``model_attr``, an invalid config or override, ``evidence`` without
+            ``depth="deep"`` or outside the label space, a deep edit of whole domains (all at
+            construction, before any Trainer runs). In ``setup``: a refused strategy, a second
+            callback on one Trainer, no tokenizer found.
+        RequestError: the request is malformed, names classes or domains the module's data does not
+            have, or a restored checkpoint carries an edit for another request or config.
+
     Example::
 
         trainer = Trainer(callbacks=[NullspaceUnlearning(ForgetRequest(classes, domains, forget_classes=["dog"]))])

@@ -64,6 +64,9 @@ class WorldDataModule(_Loaders):
 
     ``fit`` trains on ``train_split`` and validates on ``val_split``; ``validate`` uses
     ``val_split``; ``test`` and ``predict`` use ``test_split``.
+
+    Raises:
+        ValueError: ``n_per_cell`` or ``batch_size`` below 1, ``num_workers`` below 0, or an unknown split.
     """
 
     def __init__(self, n_per_cell: int = 20, batch_size: int = 200, num_workers: int = 0, size: int = 32,
@@ -98,6 +101,11 @@ class FolderDataModule(_Loaders):
 
     ``classnames`` / ``domains`` fix the label order (default: sorted folder names); they are read
     in ``setup``.
+
+    Raises:
+        ValueError: ``batch_size`` below 1 or ``num_workers`` below 0; in ``setup``, roots whose
+            classes or domains differ.
+        FileNotFoundError: a root that is not a folder.
     """
 
     def __init__(self, root: str, batch_size: int = 64, num_workers: int = 0,

@@ -63,6 +63,11 @@ class UnlearningAccuracy(Metric):
     Lower is better for the forget keys and higher for the others (see :data:`HIGHER_IS_BETTER`),
     so the metric as a whole declares ``higher_is_better = None``.
 
+    Raises:
+        TypeError: ``forget`` is neither a request nor a tensor.
+        ValueError: a mask that is not 2-D bool, does not match ``classnames`` x ``domains`` or marks
+            no cell; in ``update`` (with ``validate_args``), mismatched shapes or labels out of range.
+
     >>> r = ForgetRequest(["cat", "dog"], ["photo", "sketch"], forget_classes=["dog"], forget_domains=["sketch"])
     >>> m = UnlearningAccuracy(r)
     >>> m.update(torch.tensor([0, 1, 0, 0]), target_class=torch.tensor([0, 1, 1, 0]),

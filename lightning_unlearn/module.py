@@ -68,6 +68,15 @@ class CLIPUnlearning(LightningModule):
     Logged per stage (``val/``, ``test/``): the keys of :class:`UnlearningAccuracy` and, with
     colours, ``unrelated_accuracy``. ``predict_step`` returns ``{"pred", "scores"}`` (and the labels
     when the batch has them).
+
+    Raises:
+        ValueError: conflicting or missing arguments (``request`` and ``forget_*`` together, nothing to
+            forget, ``arch`` without ``classnames`` / ``domains``, an unknown ``arch``, ``model`` and
+            ``weights`` together, a ``trainable`` prefix matching nothing), an invalid config.
+        TypeError: a ``tokenizer`` that is not callable, a ``model`` that is not a CLIP model.
+        FileNotFoundError: ``weights`` is not a file.
+        EditError: a passed ``model`` already carries edits.
+        RequestError: a malformed request.
     """
 
     #: Tells :class:`~lightning_unlearn.callback.NullspaceUnlearning` not to add a second edit.
