@@ -140,3 +140,33 @@ def test_own_model_folder_data_example(tmp_path):
     assert "reloaded" in proc.stdout
     assert (tmp_path / "out" / "open_clip_config.json").is_file()
     assert (tmp_path / "out" / "edit.safetensors").is_file()
+
+
+def _results(name: str) -> dict:
+    import json
+    return json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+
+
+def test_numbers_in_readme_prose_match_their_json():
+    """The few numbers the README states in prose (outside the generated table) against their JSON."""
+    text = " ".join((ROOT / "README.md").read_text().split())
+    demo = _results("demo_steps30.json")
+    assert f"{demo['seconds']:.0f} s of demo in `benchmarks/results/demo_steps30.json`" in text
+    cov = _results("coverage.json")["summary"]
+    assert f"Of the {cov['configs']} open_clip configs, {cov['built']} build" in text
+    assert cov["editable"] == cov["built"]  # "all of them edit, fold, restore and export"
+    rows = _results("cell_sweep.json")["rows"]
+    kept = [r["after"]["forget_acc"] for r in rows if r["variant"] in ("p4s120seed1", "p4s120seed2")
+            and round(r["after"]["forget_acc"], 2) > 0.05]
+    assert f"a few cells keep {min(kept):.2f}-{max(kept):.2f}" in text
+    steps = [r["optimizer_steps_kept"] for f in ("time_ratio.json", "time_ratio_ds.json") for r in _results(f)["runs"]
+             if r["method"] == "finetune" and r["converged"]]
+    assert f"forgets in {min(steps)}-{max(steps)} steps" in text
+
+
+def test_seed_cells_in_results_limitations():
+    rows = _results("cell_sweep.json")["rows"]
+    counts = [sum(round(r["after"]["forget_acc"], 2) > 0.05 for r in rows if r["variant"] == v)
+              for v in ("p4s120seed1", "p4s120seed2")]
+    text = " ".join((DOCS / "results.md").read_text().split())
+    assert f"at seeds 1 and 2, {counts[0]} and {counts[1]} cells keep" in text
