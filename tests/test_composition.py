@@ -31,6 +31,7 @@ def requests(e):
     return {"global": ForgetRequest(C, D, forget_classes=["star"]),
             "domain-specific": ForgetRequest(C, D, forget_classes=["heart"], forget_domains=["sketch"]),
             "domain-specific 2": ForgetRequest(C, D, forget_classes=["arrow"], forget_domains=["cartoon"]),
+            "domain-specific 3": ForgetRequest(C, D, forget_classes=["arrow"], forget_domains=["sketch"]),
             "domain": ForgetRequest(C, D, forget_domains=["painting"])}
 
 
@@ -53,7 +54,7 @@ def test_global_and_domain_specific_requests_compose_in_either_order(world, emb,
 def test_an_edit_that_a_later_edit_was_computed_on_cannot_be_removed_alone(emb):
     R = requests(emb)
     a = unlearn_(emb.model, emb.tokenizer, R["domain-specific"], method="text", progress=False).name
-    b = unlearn_(emb.model, emb.tokenizer, R["domain-specific 2"], method="text", compose=True, progress=False).name
+    b = unlearn_(emb.model, emb.tokenizer, R["domain-specific 3"], method="text", compose=True, progress=False).name
     g = unlearn_(emb.model, emb.tokenizer, R["global"], method="text", compose=True, progress=False).name
     assert dependents(emb.model, a) == [b] and dependents(emb.model, b) == [] and dependents(emb.model, g) == []
     kept = chain(emb.model, "image")
@@ -92,3 +93,15 @@ def test_composed_edits_restore_bit_identically(emb):
     restore_(emb.model)
     sd = emb.model.state_dict()
     assert set(sd) == set(snapshot) and all(torch.equal(sd[k], snapshot[k]) for k in sd)
+
+
+def test_a_checkerboard_of_forgotten_cells_is_refused_and_its_rectangle_is_not(emb):
+    R = requests(emb)
+    unlearn_(emb.model, emb.tokenizer, R["domain-specific"], method="text", progress=False)  # heart in sketches
+    kept = chain(emb.model, "image")
+    with pytest.raises(EditError, match=r"forget \('heart', 'sketch'\) and \('arrow', 'cartoon'\) but keep "
+                                        r"\('heart', 'cartoon'\) and \('arrow', 'sketch'\).*whole rectangle"):
+        unlearn_(emb.model, emb.tokenizer, R["domain-specific 2"], method="text", compose=True, progress=False)
+    assert chain(emb.model, "image") == kept
+    unlearn_(emb.model, emb.tokenizer, R["domain-specific 3"], method="text", compose=True, progress=False)  # same domain
+    assert len(edits(emb.model)) == 2
