@@ -170,3 +170,21 @@ def test_seed_cells_in_results_limitations():
               for v in ("p4s120seed1", "p4s120seed2")]
     text = " ".join((DOCS / "results.md").read_text().split())
     assert f"at seeds 1 and 2, {counts[0]} and {counts[1]} cells keep" in text
+
+
+@pytest.mark.parametrize("command", [None, "demo", "unlearn", "evaluate", "export"])
+def test_help_text_wraps_cleanly(command, monkeypatch):
+    """Descriptions fill the line (no break after the first words); export --help has no --json."""
+    import argparse
+    from lightning_unlearn.cli import build_parser
+    monkeypatch.setenv("COLUMNS", "100")
+    parser = build_parser()
+    if command:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[command]
+    text = parser.format_help()
+    description = text.split("\n\n")[1].splitlines()
+    assert all(len(line) <= 100 for line in text.splitlines() if not line.startswith("  "))
+    assert len(description) == 1 or len(description[0]) > 70, description
+    if command == "export":
+        assert "--json" not in text
