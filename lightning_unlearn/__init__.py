@@ -5,6 +5,7 @@ in Pretrained CLIP" (arXiv 2512.14113) as a frozen linear layer, for plain PyTor
 Everything but the request is imported lazily (on first use), so ``import lightning_unlearn`` imports
 neither torch nor Lightning: the command line answers an interrupt during its start-up.
 """
+from .errors import UnlearnError
 from .request import ForgetRequest, RequestError
 
 _LAZY = {**dict.fromkeys(("EditError", "ProjectorEdit", "UnlearnConfig", "Unlearned", "edits", "fold_", "inject_",
@@ -13,7 +14,7 @@ _LAZY = {**dict.fromkeys(("EditError", "ProjectorEdit", "UnlearnConfig", "Unlear
          "CLIPUnlearning": "module", "NullspaceUnlearning": "callback", "UnlearningAccuracy": "metrics",
          "WorldDataModule": "datamodules", "FolderDataModule": "datamodules"}
 
-__all__ = ["ForgetRequest", "RequestError", *_LAZY]
+__all__ = ["ForgetRequest", "RequestError", "UnlearnError", *_LAZY]
 __version__ = "0.1.0"
 
 

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UnlearnError
 from .prompts import CLASS_TEMPLATES, fill_template
 from .request import ForgetRequest
 from .sites import find_site
@@ -56,7 +57,7 @@ HIGHER_IS_BETTER = {"probe_balanced_acc": False, "probe_balanced_acc_normalised"
                     "zeroshot_acc": False, "zeroshot_retain_acc": True}
 
 
-class AuditError(ValueError):
+class AuditError(UnlearnError, ValueError):
     """Input the audit cannot score; the message says what and how to fix it."""
 
 

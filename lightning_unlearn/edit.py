@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize
 
 from . import deep, nullspace
 from .directions import build, build_constraints, cell_texts
+from .errors import UnlearnError
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
 from .sites import SITES, TOWERS, EditLinear, Site, find_site, uninstall_
@@ -38,7 +39,7 @@ DEPTHS = ("shallow", "deep")
 PROTECT = ("none", "classes", "cells")
 
 
-class EditError(RuntimeError):
+class EditError(UnlearnError, RuntimeError):
     """An edit that cannot be applied to this model in its current state."""
 
 

@@ -45,6 +45,7 @@ from torch.nn.utils import parametrize
 from .edit import (EditError, ProjectorEdit, Unlearned, chain, check_after, check_model, edit_modules, edits, fold_,
                    fresh_name, inject_, place, remove_edit_, restore_)
 from .encoders import hf_kind
+from .errors import UnlearnError
 from .sites import TOWERS, UnsupportedModelError, find_site, folded_config
 from .state import check_digest, map_digest, missing_digest, provenance, weights_digest
 
@@ -57,7 +58,7 @@ WEIGHTS_NAME = "open_clip_model.safetensors"
 EDIT_NAME = "edit.safetensors"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UnlearnError, ValueError):
     """An edit artifact (or model folder) that cannot be read or does not fit."""
 
 
@@ -70,7 +71,7 @@ class WeightsMismatchError(EditError):
 MARKER_NAME = ".lightning_unlearn"
 
 
-class OutputError(FileExistsError):
+class OutputError(UnlearnError, FileExistsError):
     """An output path that may not be written or replaced; the message says why and what to do."""
 
 

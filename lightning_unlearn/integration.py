@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .edit import EditError, ProjectorEdit, UnlearnConfig, Unlearned, edit_modules, edits, restore_, unlearn_
+from .errors import UnlearnError
 from .request import ForgetRequest
 from .sites import find_site, is_clip
 from .state import info_edit_id, map_digest
@@ -21,7 +22,7 @@ from .state import info_edit_id, map_digest
 SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
 
 
-class UnsupportedStrategyError(ValueError):
+class UnsupportedStrategyError(UnlearnError, ValueError):
     """The Trainer's strategy cannot carry a parametrized edit."""
 
 

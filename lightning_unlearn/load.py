@@ -16,13 +16,14 @@ from pathlib import Path
 import open_clip
 
 from . import embedded
+from .errors import UnlearnError
 from .export import WEIGHTS_NAME, describe_key_mismatch, quiet_open_clip, read_local_dir_config
 from .prompts import CELL_TEMPLATES, CLASS_TEMPLATES
 
 EMBEDDED = "embedded"
 
 
-class LoadError(ValueError):
+class LoadError(UnlearnError, ValueError):
     """A model or weights file that cannot be loaded (the message says what and why)."""
 
 

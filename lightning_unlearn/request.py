@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .errors import UnlearnError
 from .prompts import CELL_TEMPLATES, validate_templates
 
 PARADIGMS = ("global", "domain-specific", "domain")
 Cell = tuple[str, str]
 
 
-class RequestError(ValueError):
+class RequestError(UnlearnError, ValueError):
     """A forget request that cannot be served; the message says what and how to fix it."""
 
 

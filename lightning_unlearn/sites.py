@@ -25,6 +25,7 @@ from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
 
 from .encoders import encode_image, hf_kind
+from .errors import UnlearnError
 
 SITES = ("joint", "pooled")
 TOWERS = ("image", "text")
@@ -32,7 +33,7 @@ TOWERS = ("image", "text")
 _VIT_PRIVATE = ("_embeds", "_pool")
 
 
-class UnsupportedModelError(TypeError):
+class UnsupportedModelError(UnlearnError, TypeError):
     """The model (or tower) has no projection this library knows how to edit."""
 
 
