@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from .errors import UnlearnError
 from .request import ForgetRequest, read_names
 
 PROG = "lightning-unlearn"
@@ -24,7 +23,7 @@ _OPTION_NAMES = {f"`{n}`": "--" + n.replace("_", "-") for n in (
 _OPTION_NAMES["pass overwrite=True (--overwrite on the command line)"] = "pass --overwrite"
 
 
-class CLIError(UnlearnError):
+class CLIError(Exception):
     """Bad input: printed as one line on stderr, exit code 2."""
 
 
@@ -67,7 +66,8 @@ def cmd_demo(args) -> dict:
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file; give a folder for the figure")
     cfg, args.model, args.embedded = _config(args), None, True
-    return demo(load_model(args), cfg, args.n_per_cell, out, args.batch_size, not args.no_progress, PROG)
+    return demo(load_model(args), cfg, args.n_per_cell, out, args.batch_size, not args.no_progress, PROG,
+                check=not args.no_check)
 
 
 def cmd_unlearn(args) -> dict:
@@ -91,15 +91,19 @@ def cmd_unlearn(args) -> dict:
     evidence, notes = recorded(evidence_from_folder, args.evidence, request, lm.preprocess) if args.evidence \
         else (None, [])
     _warn(args, notes)
-    u = unlearn_(lm.model, lm.tokenizer, request, cfg, progress=not args.no_progress, evidence=evidence)
+    u = unlearn_(lm.model, lm.tokenizer, request, cfg, progress=not args.no_progress, evidence=evidence,
+                 check=True if args.check else None)
     files = save_model_and_edit(lm.model, lm.model_cfg, out, args.overwrite, inputs=inputs)
     args.done.append(f"{out}/")
     print(f"forgot {request.describe()} in {u.seconds:.1f} s (removed rank {u.ranks})\nwrote {out}/: {', '.join(files)}"
           f"\nload it with open_clip.create_model_and_transforms('local-dir:{out}'), or re-apply the edit alone to "
           f"the original model with lightning_unlearn.export.apply_edit(model, '{out / EDIT_NAME}')")
+    if u.check is not None:
+        print(u.check.summary())
     return {"model": lm.label, "request": request.to_dict(), "paradigm": request.paradigm,
             "config": config_dict(u.config), "ranks": u.ranks, "seconds": round(u.seconds, 3), "output": str(out),
-            "files": files, "evidence": u.infos.get("image", {}).get("evidence")}
+            "files": files, "evidence": u.infos.get("image", {}).get("evidence"),
+            "check": None if u.check is None else u.check.to_dict()}
 
 
 def cmd_evaluate(args) -> dict:
@@ -225,6 +229,8 @@ time; print class x domain accuracy before/after and write demo.png (heatmaps) i
     p.add_argument("--out", default="unlearn-demo", metavar="DIR", help="folder for demo.png")
     p.add_argument("--pretrained", metavar="PATH", help="weights for the embedded architecture (default: shipped)")
     p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--no-check", action="store_true", help="skip the self-check on held-out synthesised prototypes "
+                   "(printed per request beside the real accuracies)")
     _output_options(p, batches=True)
     _method_options(p)
 
@@ -242,6 +248,8 @@ alone, re-appliable to the original weights with lightning_unlearn.export.apply_
                   "all domain names (default: photo,sketch,cartoon,painting)", "at least one")
     _method_options(p)
     p.add_argument("--evidence", metavar="ROOT", help="--depth deep: real images of any cells, <root>/<domain>/<class>/<image>")
+    p.add_argument("--check", action="store_true", help="self-check the edit on held-out synthesised prototypes "
+                   "(predicted accuracy per cell, worst cells, pass/fail; costs prototype synthesis of every cell)")
     _output_options(p, folder=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

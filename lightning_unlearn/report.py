@@ -93,10 +93,11 @@ def cell_heatmaps(rows: list[dict], classnames, domains, path: Path) -> Path:
 
 
 def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress: bool = True,
-         prog: str = "lightning-unlearn") -> dict:
+         prog: str = "lightning-unlearn", check: bool = True) -> dict:
     """Forget each of :data:`~lightning_unlearn.data.world.QUICK_REQUESTS` in turn on the loaded
     embedded model ``lc`` (a :class:`~lightning_unlearn.load.LoadedCLIP`), print a cell table per
-    request and a summary, write ``out/demo.png`` and return the numbers as JSON data."""
+    request and a summary, write ``out/demo.png`` and return the numbers as JSON data. ``check``: also
+    run and print the self-check of each edit (:mod:`~lightning_unlearn.selfcheck`)."""
     from .data import QUICK_REQUESTS, rendered_batches
     from .edit import EditError, unlearned
     from .request import ForgetRequest
@@ -116,7 +117,7 @@ def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress
     for paradigm, spec in QUICK_REQUESTS:
         request = ForgetRequest(lc.classnames, lc.domains, **spec)
         try:
-            with unlearned(lc.model, lc.tokenizer, request, config, progress=progress) as u:
+            with unlearned(lc.model, lc.tokenizer, request, config, progress=progress, check=check) as u:
                 after = run()
             refused = None
         except (ValueError, EditError) as e:  # this config cannot serve this request (e.g. text-only, whole domains)
@@ -131,7 +132,8 @@ def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress
                      "retain_acc_before": sb["retain_acc"], "retain_acc_after": sa["retain_acc"],
                      "same_class_other_domains_acc_before": sb.get("same_class_other_domains_acc"),
                      "same_class_other_domains_acc_after": sa.get("same_class_other_domains_acc"),
-                     **worst, "ranks": u.ranks if u else {}, "seconds": round(u.seconds, 2) if u else 0.0,
+                     **worst, "check": u.check.to_dict() if u and u.check else None,
+                     "ranks": u.ranks if u else {}, "seconds": round(u.seconds, 2) if u else 0.0,
                      "refused": refused,
                      "acc_before": cell_accuracy(before).numpy(), "acc_after": cell_accuracy(after).numpy()})
         print(f"== {request.describe()}  " + (f"[edit: rank {u.ranks}, {u.seconds:.1f} s]" if u else
@@ -139,7 +141,8 @@ def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress
         print(cell_table(lc.classnames, lc.domains, (before["correct"], before["total"]),
                          (after["correct"], after["total"]), request.forget_cells))
         print(f"forget accuracy {pct(sb['forget_acc'])}% -> {pct(sa['forget_acc'])}%, "
-              f"retain accuracy {pct(sb['retain_acc'])}% -> {pct(sa['retain_acc'])}%\n{format_worst(worst)}\n")
+              f"retain accuracy {pct(sb['retain_acc'])}% -> {pct(sa['retain_acc'])}%\n{format_worst(worst)}")
+        print((u.check.summary() + "\n") if u and u.check else "")
     out.mkdir(parents=True, exist_ok=True)
     figure = cell_heatmaps(rows, list(lc.classnames), list(lc.domains), out / "demo.png")
     width = max(len(r["paradigm"]) for r in rows)
@@ -150,12 +153,12 @@ def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress
         print(f"{r['paradigm'].ljust(width)}  {pct(r['forget_acc_before']):>5} -> {pct(r['forget_acc_after']):<5}"
               f"  {pct(r['retain_acc_before']):>5} -> {pct(r['retain_acc_after']):<5}"
               f"  {_cell_name(wf) + ' ' + pct(wf['acc']) if wf else '-':<24}"
-              f"  {_cell_name(wr) + ' ' + format(-wr['drop_points'], '+.1f') if wr else '-'}")
+              f"  {_cell_name(wr) + ' ' + format(0.0 - wr['drop_points'] + 0.0, '+.1f') if wr else '-'}")
     seconds = time.perf_counter() - t0
     print(f"\nfigure: {figure}   ({seconds:.0f} s in all)")
     keep = ("paradigm", "forget", "describe", "forget_cells", "forget_acc_before", "forget_acc_after",
             "retain_acc_before", "retain_acc_after", "same_class_other_domains_acc_before",
-            "same_class_other_domains_acc_after", "worst_forget_cell", "worst_retain_cell", "ranks", "seconds",
+            "same_class_other_domains_acc_after", "worst_forget_cell", "worst_retain_cell", "check", "ranks", "seconds",
             "refused")
     return {"model": lc.label, "n_per_cell": n_per_cell, "config": config_dict(config), "figure": str(figure),
             "seconds": round(seconds, 1), "classnames": list(lc.classnames), "domains": list(lc.domains),

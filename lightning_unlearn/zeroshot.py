@@ -197,7 +197,7 @@ def format_worst(worst: dict) -> str:
             continue
         where = f"{w['cell'][0]} in {w['cell'][1]}"
         if "acc_before" in w:
-            drop = f", {-w['drop_points']:+.1f} points" if key == "worst_retain_cell" else ""
+            drop = f", {0.0 - w['drop_points'] + 0.0:+.1f} points" if key == "worst_retain_cell" else ""
             parts.append(f"{label} {where} {100 * w['acc_before']:.0f}% -> {100 * w['acc']:.0f}%{drop}")
         else:
             parts.append(f"{label} {where} {100 * w['acc']:.0f}%")
