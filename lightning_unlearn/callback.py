@@ -21,8 +21,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from .edit import UnlearnConfig, Unlearned, check_mode, edits, restore_
-from .integration import (UnsupportedStrategyError, carried_edit_ids, check_strategy, compute_edit_, edit_parameters,
-                          find_clip, make_config, make_request)
+from .integration import (UnsupportedStrategyError, carried_edit_ids, check_metrics, check_strategy, compute_edit_,
+                          edit_parameters, find_clip, make_config, make_request)
 from .request import ForgetRequest, RequestError
 from .state import checkpoint_edits, config_dict, describe_info, edit_id, info_edit_id
 
@@ -42,6 +42,9 @@ class NullspaceUnlearning(Callback):
         compose: allow adding this edit on top of edits the model already carries.
         progress: show the edit's progress bars.
         evidence: with ``depth="deep"``, real images of cells of the label space (see :func:`unlearn_`).
+        self_check: also run the edit's self-check on held-out prototypes (:mod:`~lightning_unlearn.selfcheck`):
+            its summary goes to the log when the edit is computed and ``selfcheck/*`` scalars are
+            logged at the end of every validation and test epoch.
 
     The edit is computed in ``setup`` for every stage (fit, validate, test, predict), once: a model
     that already carries an edit with this edit id is left alone. When a checkpoint is restored
@@ -71,7 +74,8 @@ class NullspaceUnlearning(Callback):
 
     def __init__(self, request: ForgetRequest | Mapping, tokenizer: Callable | None = None,
                  model_attr: str | None = None, config: UnlearnConfig | Mapping | None = None, *,
-                 compose: bool = False, progress: bool = False, evidence: Mapping | None = None, **overrides):
+                 compose: bool = False, progress: bool = False, evidence: Mapping | None = None,
+                 self_check: bool = False, **overrides):
         self.request = make_request(request)
         if tokenizer is not None and not callable(tokenizer):
             raise TypeError(f"`tokenizer` must be callable (e.g. open_clip.get_tokenizer(name)), got "
@@ -79,10 +83,11 @@ class NullspaceUnlearning(Callback):
         if model_attr is not None and (not isinstance(model_attr, str) or not _ATTR.match(model_attr)):
             raise ValueError(f"`model_attr`={model_attr!r} must be a dotted attribute path such as 'clip' or "
                              "'backbone.model', or None to find the model automatically")
-        for name, value in [("compose", compose), ("progress", progress)]:
+        for name, value in [("compose", compose), ("progress", progress), ("self_check", self_check)]:
             if not isinstance(value, bool):
                 raise TypeError(f"`{name}`={value!r} must be True or False")
         self.tokenizer, self.model_attr, self.compose, self.progress = tokenizer, model_attr, compose, progress
+        self.self_check = self_check
         self.config = make_config(config, **overrides)
         check_mode(self.config, self.request, evidence)
         self.evidence = evidence
@@ -185,10 +190,24 @@ class NullspaceUnlearning(Callback):
     def _apply(self) -> None:
         strategy = self._trainer.strategy if self._trainer is not None else None
         self.result = compute_edit_(self._model, self._tokenizer, self.request, self.config, strategy=strategy,
-                                    compose=self.compose, progress=self.progress, evidence=self.evidence)
+                                    compose=self.compose, progress=self.progress, evidence=self.evidence,
+                                    check=True if self.self_check else None)
         rank_zero_info(f"NullspaceUnlearning: {self.request.describe()}; edited {list(self.result.maps)} "
                        f"({self.config.method}, {self.config.solver}, ranks {self.result.ranks}, "
-                       f"{self.result.seconds:.2f} s, edit id {self.edit_id})")
+                       f"{self.result.seconds:.2f} s, edit id {self.edit_id})"
+                       + (f"\n{self.result.check.summary()}" if self.result.check is not None else ""))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._log_check(pl_module)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._log_check(pl_module)
+
+    def _log_check(self, pl_module) -> None:
+        """Log the edit's self-check (``selfcheck/*``), when it ran."""
+        metrics = check_metrics(self.result.check if self.result is not None else None)
+        if metrics:
+            pl_module.log_dict(metrics, sync_dist=True)
 
     @staticmethod
     def check_names(pl_module: nn.Module, request: ForgetRequest) -> None:

@@ -124,7 +124,7 @@ def tower_edits(model: nn.Module, config: UnlearnConfig) -> dict[str, list[Proje
 
 def compute_edit_(model: nn.Module, tokenizer: Callable, request: ForgetRequest, config: UnlearnConfig, *,
                   strategy: Any = None, compose: bool = False, progress: bool = False,
-                  evidence: Mapping | None = None) -> Unlearned:
+                  evidence: Mapping | None = None, check=None) -> Unlearned:
     """:func:`unlearn_` on the strategy's device; under a multi-process strategy every rank computes
     (same seed) and then takes rank 0's maps, so all ranks carry bit-identical projectors. If any rank
     fails, every rank raises (the others with rank 0's message, or the failing rank's number) instead
@@ -134,7 +134,8 @@ def compute_edit_(model: nn.Module, tokenizer: Callable, request: ForgetRequest,
     try:
         if strategy is not None:
             model.to(strategy.root_device)
-        result = unlearn_(model, tokenizer, request, config, compose=compose, progress=progress, evidence=evidence)
+        result = unlearn_(model, tokenizer, request, config, compose=compose, progress=progress, evidence=evidence,
+                          check=check)
     except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks learn of it
         if not distributed:
             raise
@@ -162,3 +163,16 @@ def compute_edit_(model: nn.Module, tokenizer: Callable, request: ForgetRequest,
 
 def edit_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [e.P.weight for _, e in edit_modules(model)]
+
+
+def check_metrics(check) -> dict:
+    """The self-check (:class:`~lightning_unlearn.selfcheck.Check`) as scalars to log: pass (1 / 0),
+    predicted forget / retain accuracy after, the worst forgotten cell's accuracy and the worst
+    retained cell's drop in points (keys that have no value are left out)."""
+    if check is None:
+        return {}
+    out = {"passed": float(check.passed), "forget_acc_after": check.forget_acc_after,
+           "retain_acc_after": check.retain_acc_after,
+           "worst_forget_cell_acc": check.worst_forget_cell and check.worst_forget_cell["acc"],
+           "worst_retain_cell_drop": check.worst_retain_cell and check.worst_retain_cell["drop_points"]}
+    return {f"selfcheck/{k}": float(v) for k, v in out.items() if v is not None}

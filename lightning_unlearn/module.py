@@ -26,7 +26,8 @@ from torchmetrics import MeanMetric
 
 from . import embedded, zeroshot
 from .edit import EditError, UnlearnConfig, check_mode, edit_modules, edits, fold_, inject_, restore_
-from .integration import carried_edit_ids, check_strategy, compute_edit_, make_config, make_request, tower_edits
+from .integration import (carried_edit_ids, check_metrics, check_strategy, compute_edit_, make_config, make_request,
+                          tower_edits)
 from .load import load_clip, model_cfg_of
 from .metrics import UnlearningAccuracy
 from .prompts import CLASS_TEMPLATES, fill_template, validate_templates
@@ -64,9 +65,11 @@ class CLIPUnlearning(LightningModule):
         evidence: with ``unlearn={"depth": "deep"}``, real images of cells of the label space
             (see :func:`~lightning_unlearn.edit.unlearn_`); not saved in the hyper-parameters (the
             edit it shaped is in the checkpoint).
+        self_check: also run the edit's self-check on held-out prototypes when the edit is computed
+            (:mod:`~lightning_unlearn.selfcheck`; ``self.check``): its summary goes to the log.
 
     Logged per stage (``val/``, ``test/``): the keys of :class:`UnlearningAccuracy` and, with
-    colours, ``unrelated_accuracy``. ``predict_step`` returns ``{"pred", "scores"}`` (and the labels
+    colours, ``unrelated_accuracy``; with a self-check, ``selfcheck/*`` (pass, worst cells). ``predict_step`` returns ``{"pred", "scores"}`` (and the labels
     when the batch has them).
 
     Raises:
@@ -103,6 +106,7 @@ class CLIPUnlearning(LightningModule):
         model: Optional[nn.Module] = None,
         tokenizer: Optional[Callable] = None,
         evidence: Optional[dict] = None,
+        self_check: bool = False,
     ):
         super().__init__()
         self.config = make_config(unlearn)
@@ -166,6 +170,9 @@ class CLIPUnlearning(LightningModule):
         self.trainable = self._unfreeze(trainable)
         self.lr, self.weight_decay, self.progress = lr, weight_decay, progress
         self.evidence = evidence
+        if not isinstance(self_check, bool):
+            raise TypeError(f"`self_check`={self_check!r} must be True or False")
+        self.self_check, self.check = self_check, None  # the edit's selfcheck.Check, once computed
         self._classifiers: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._tokens: torch.Tensor | None = None
 
@@ -266,10 +273,12 @@ class CLIPUnlearning(LightningModule):
             return None
         restore_(self.clip)  # drop the identity placeholders; unlearn_ injects the same structure
         result = compute_edit_(self.clip, self.tokenizer, self.request, self.config, strategy=strategy,
-                               progress=self.progress, evidence=self.evidence)
+                               progress=self.progress, evidence=self.evidence, check=True if self.self_check else None)
+        self.check = result.check
         self.computed_edit_id.copy_(edit_id_tensor(self.edit_id).to(self.computed_edit_id.device))
         rank_zero_info(f"CLIPUnlearning: {self.request.describe()}; edited {list(result.maps)} ({self.config.method}, "
-                       f"{self.config.solver}, ranks {result.ranks}, {result.seconds:.2f} s)")
+                       f"{self.config.solver}, ranks {result.ranks}, {result.seconds:.2f} s)"
+                       + (f"\n{result.check.summary()}" if result.check is not None else ""))
         return result
 
     def folded_model(self) -> nn.Module:
@@ -392,6 +401,7 @@ class CLIPUnlearning(LightningModule):
             out[f"{prefix}/unrelated_accuracy"] = unrelated.compute()
             unrelated.reset()
         metric.reset()
+        out |= check_metrics(self.check)  # the self-check of the edit, when it ran (same on every rank)
         # compute() already summed the counts over every process, so the values agree on all ranks;
         # sync_dist only averages equal numbers (and keeps Lightning's distributed-logging check quiet).
         self.log_dict(out, sync_dist=True)

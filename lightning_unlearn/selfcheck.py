@@ -248,6 +248,10 @@ def self_check(model, tokenizer, request: ForgetRequest, maps: dict, config, *, 
     return check
 
 
+#: When a correction round finds a check failed (and so corrects the map).
+CORRECTION_THRESHOLDS = CheckThresholds()
+
+
 def _retain_key(check: Check) -> tuple[float, float]:
     """How badly ``check``'s retained cells fare: (worst cell's drop, mean drop), in points."""
     wr = check.worst_retain_cell
@@ -285,7 +289,7 @@ def correct(model, tokenizer, request: ForgetRequest, cfg, t, M: torch.Tensor, f
     and ``pre`` the map applied first (the deep mode's eraser). Returns the map and
     ``{"rounds_run", "constraints_added", "rejected", "history", "seconds", "check"}``."""
     t0 = time.perf_counter()
-    thresholds = thresholds or CheckThresholds()
+    thresholds = thresholds or CORRECTION_THRESHOLDS
     classes, kept = list(request.classnames), request.kept_classes
     cells = chosen_cells(model, tokenizer, request)
     own = torch.tensor([classes.index(c) for c, _ in cells]).repeat_interleave(n_prototypes)
