@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import deep, nullspace
+from .cache import CURRENT, Cache, chosen
 from .directions import build, build_constraints, cell_texts
 from .errors import UnlearnError
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
@@ -679,7 +680,7 @@ def checkerboard(cells, classes, domains) -> tuple | None:
 
 def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: UnlearnConfig | None = None, *,
              compose: bool = False, name: str | None = None, progress: bool = True, evidence: dict | None = None,
-             check=None, **overrides) -> Unlearned:
+             check=None, cache: Cache | None | str = CURRENT, **overrides) -> Unlearned:
     """Compute the edit for ``request`` and inject it in place under ``name`` (default: ``forget-``
     and the request digest); see :class:`UnlearnConfig` for the options; keyword ``overrides``
     replace config fields, e.g. ``alpha=0.5``. Returns the :class:`Unlearned` record (``.name``).
@@ -692,6 +693,11 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     prototypes, in ``Unlearned.check``: True, False, or a :class:`~lightning_unlearn.selfcheck.CheckThresholds`
     (run, with those thresholds); None (the default) runs it when :data:`CHECK_BY_DEFAULT` or when
     correction ``rounds`` ran (they check the result anyway).
+
+    ``cache``: where prompt embeddings and prototypes are reused from and stored
+    (:mod:`~lightning_unlearn.cache`): ``"current"`` (the default) the cache in use, i.e. the
+    process-wide ``cache.DEFAULT`` unless a ``cache.use`` block chose another; a ``cache.Cache`` for
+    this call (e.g. one per thread or per model); None: no caching.
 
     An already edited model raises unless ``compose=True``: the new edit is then computed on the
     edited model and appended, so both requests stay forgotten; :func:`remove_edit_` removes one
@@ -707,7 +713,8 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
         The :class:`Unlearned` record of the injected edit.
 
     Raises:
-        TypeError: ``request`` is not a :class:`~lightning_unlearn.ForgetRequest`.
+        TypeError: ``request`` is not a :class:`~lightning_unlearn.ForgetRequest`, or ``cache`` is not a
+            ``cache.Cache``, None or ``"current"``.
         ValueError: an invalid config or override, ``evidence`` outside the label space or without
             ``depth="deep"``, a deep edit of whole domains, ``method="text"`` on whole domains.
         EditError: the model already carries edits and ``compose`` is False, it has NaN / inf or
@@ -737,7 +744,7 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     was_training = model.training
     model.eval()
     try:
-        with suspended(model, positions):
+        with suspended(model, positions), chosen(cache):
             E, deep_stats = None, {}
             if cfg.depth == "deep":  # the eraser first, on the raw output; the surface edit is computed after it
                 E, deep_stats = deep.output_eraser(

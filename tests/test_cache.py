@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 
 import open_clip
 import pytest
@@ -87,7 +88,7 @@ def test_prompt_cache_is_per_model_and_nests(two, monkeypatch):
     torch.testing.assert_close(ea, original(a, tok, texts), atol=0, rtol=0)
     torch.testing.assert_close(eb, original(b, tok, texts[:2]), atol=0, rtol=0)
     assert not torch.allclose(ea[:2], eb)  # two models, two embeddings of the same text
-    with pytest.raises(TypeError, match="must be a lightning_unlearn.cache.Cache or None, got dict"):
+    with pytest.raises(TypeError, match=r"must be a lightning_unlearn.cache.Cache or None \(no caching\), got dict"):
         with cache.use({}):
             pass
 
@@ -149,3 +150,70 @@ def test_bank_on_disk_is_atomic_and_refuses_other_weights(two, tmp_path):
         cache.PrototypeBank.load(tmp_path / files[0], cache.weights_key(b))
     with pytest.raises(ValueError, match=r"the bank has no `path`"):
         cache.PrototypeBank("k").save()
+
+
+def test_weights_key_reads_every_value(two):
+    a, _, _ = two
+    key, emb = cache.weights_key(a), a.token_embedding.weight
+    with torch.no_grad():
+        emb[[5, 6]] = emb[[6, 5]]  # a swap: the same sum, values no sample of a few thousand need to read
+    try:
+        assert cache.weights_key(a) != key
+    finally:
+        with torch.no_grad():
+            emb[[5, 6]] = emb[[6, 5]]
+    assert cache.weights_key(a) == key
+
+
+def test_banks_are_bounded_oldest_first(tmp_path):
+    row = torch.ones(2, 4)  # 32 bytes (clones: entries saved together may not share memory)
+    bank = cache.PrototypeBank("w", tmp_path / "w.safetensors", max_bytes=3 * row.nbytes)
+    for k in "abcd":
+        bank.put(k, row.clone())
+    assert list(bank.entries) == ["b", "c", "d"]
+    bank.put("b", row.clone())  # replaced where it is: still the oldest
+    bank.put("e", row.clone())
+    assert list(bank.entries) == ["c", "d", "e"]
+    bank.save()
+    assert list(cache.PrototypeBank.load(bank.path, "w", max_bytes=row.nbytes).entries) == ["e"]
+    store = cache.Cache(tmp_path, max_banks=2, max_bank_bytes=row.nbytes)
+    for w in "xyz":
+        store.bank(w).put("k", row.clone())
+    assert list(store.banks) == ["y", "z"] and (tmp_path / "x.safetensors").is_file()  # saved as it went
+    assert len(cache.DEFAULT.bank("some weights").entries) == 0 and cache.DEFAULT.max_banks == cache.MAX_BANKS
+    cache.DEFAULT.banks.pop("some weights")
+    with pytest.raises(ValueError, match="`max_bytes`=-1 must be a non-negative number of bytes"):
+        cache.PrototypeBank("w", max_bytes=-1)
+    with pytest.raises(ValueError, match="`max_banks`=0 must be a positive number of banks"):
+        cache.Cache(max_banks=0)
+
+
+def test_two_threads_editing_two_models_give_the_maps_of_one_thread(two):
+    a, b, tok = two
+    request = ForgetRequest(CLASSES, DOMAINS, forget_classes=["dog"], forget_domains=["photo"])
+    settings = FAST | dict(n_prototypes=1, proto_steps=2)
+    alone = {}
+    for key, model in (("a", a), ("b", b)):
+        alone[key] = unlearn_(model, tok, request, cache=cache.Cache(), **settings).maps["image"]
+        restore_(model)
+    shared, maps, errors, start = cache.Cache(), {}, [], threading.Barrier(2)
+
+    def edit(key, model):
+        try:
+            start.wait()
+            maps[key] = unlearn_(model, tok, request, cache=shared, **settings).maps["image"]
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+        finally:
+            restore_(model)
+    threads = [threading.Thread(target=edit, args=item) for item in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and sorted(maps) == ["a", "b"]
+    assert all(torch.equal(maps[k], alone[k]) for k in maps) and not torch.equal(maps["a"], maps["b"])
+    assert len(shared.banks) == 2  # one per model, both in the cache both threads were given
+    with pytest.raises(TypeError, match="got str; unlearn_ also takes cache='current'"):
+        unlearn_(a, tok, request, cache="shared", **settings)
+    assert not restore_(a)  # nothing was injected
