@@ -432,6 +432,22 @@ def render_exp6() -> str:
         "`benchmarks/results/deep_research/exp6_evidence_count_ds_domain.json`."
 
 
+def render_composition() -> str:
+    """benchmarks/composition.py: each request alone, then chains of requests composed on one model."""
+    d = load("composition.json")
+    rows = []
+    for r in d["runs"]:
+        if "refused" in r:
+            rows.append([r["chain"], f"refused at {r['refused_at']}: {r['refused'].split(':')[0]}", "-", "-"])
+            continue
+        forget = "; ".join(f"{q['request']} {f2(q['forget_mean'])} ({f2(q['worst_forget_acc'])} "
+                           f"{'/'.join(q['worst_forget_cell'])})" for q in r["requests"])
+        rows.append([r["chain"], forget, f"{f2(r['retain_drop_mean'])} / {f1(r['worst_retain_drop'])} "
+                     f"({'/'.join(r['worst_retain_cell'])})", "met" if r["met"] else "NOT met"])
+    return table(["chain", "each request: forget mean (worst cell)", "retained: drop mean / worst cell (points)",
+                  "targets"], rows) + "\n\n" + source("composition.json")
+
+
 RENDERERS = {
     "glance": render_glance,
     "quality": render_quality,
@@ -447,6 +463,7 @@ RENDERERS = {
     "edit-cost-steps": render_edit_cost_steps,
     "fingerprint-cost": render_fingerprint_cost,
     "demo": render_demo,
+    "composition": render_composition,
     "cell-sweep": lambda: _sweep_table("cell_sweep.json", "table"),
     "cell-sweep-test": lambda: _sweep_table("cell_sweep.json", "table_test"),
     "cell-sweep-multi": lambda: _sweep_table("cell_sweep_multi.json", "table"),

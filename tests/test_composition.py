@@ -105,3 +105,13 @@ def test_a_checkerboard_of_forgotten_cells_is_refused_and_its_rectangle_is_not(e
     assert chain(emb.model, "image") == kept
     unlearn_(emb.model, emb.tokenizer, R["domain-specific 3"], method="text", compose=True, progress=False)  # same domain
     assert len(edits(emb.model)) == 2
+
+
+@pytest.mark.parametrize("other", ["domain-specific", "domain 2"])
+def test_a_whole_domain_edit_with_another_feature_bound_edit_is_refused(emb, other):
+    R = requests(emb) | {"domain 2": ForgetRequest(emb.classnames, emb.domains, forget_domains=["photo"])}
+    unlearn_(emb.model, emb.tokenizer, R["domain"], **CHEAP)
+    fix = r"forget_domains=\['painting', 'photo'\]" if other == "domain 2" else r"restore_\(model\) and keep one"
+    with pytest.raises(EditError, match=rf"cannot be composed.*whole-domain edit stacked.*24-84 points.*{fix}"):
+        unlearn_(emb.model, emb.tokenizer, R[other], compose=True, **CHEAP)
+    assert len(edits(emb.model)) == 1
