@@ -637,46 +637,48 @@ def check_model(model: nn.Module) -> None:
                                 "them; reload the original checkpoint")
 
 
-def _check_composition(model: nn.Module, request: ForgetRequest, new: dict) -> tuple[str, ...]:
-    """The classes the model's edits forget globally (a whole-domain edit must not send its images to
-    one of them), after refusing the compositions measured to fail (benchmarks/composition.py): a
-    global ``request`` forgetting the class an earlier whole-domain edit sends its images to (the
-    domain is recognised again); a whole-domain edit with another feature-bound edit (a retained cell
-    loses 24-84 points); forgotten cells forming a checkerboard (see :func:`checkerboard`). ``new``:
-    the provenance the new edit will carry."""
+def composition_refusal(model: nn.Module, request: ForgetRequest, new: dict) -> str | None:
+    """Why ``request`` (whose edit will carry the provenance ``new``) cannot be composed with the
+    model's edits, or None. Refused are the compositions measured to fail (benchmarks/composition.py):
+    a global request forgetting the class an earlier whole-domain edit sends its images to (the domain
+    is recognised again); a whole-domain edit with another feature-bound edit (a retained cell loses
+    24-84 points); forgotten cells forming a checkerboard (see :func:`checkerboard`)."""
     infos = {e.info.get("name"): e.info for _, e in edit_modules(model)}
     for other, info in infos.items():
         if request.paradigm == "global" and info.get("sink") in request.forget_classes:
-            raise EditError(
-                f"this request forgets {info['sink']!r}, the class that the whole-domain edit {other!r} sends its "
-                f"domain's images to: on top of it that domain would be recognised again. Compose them in the other "
-                f"order: restore_(model), forget {list(request.forget_classes)} first, then the domain (a whole-domain "
-                "edit sends its images to a class no other edit forgets)")
+            return (f"this request forgets {info['sink']!r}, the class that the whole-domain edit {other!r} sends its "
+                    f"domain's images to: on top of it that domain would be recognised again. Compose them in the "
+                    f"other order: restore_(model), forget {list(request.forget_classes)} first, then the domain (a "
+                    "whole-domain edit sends its images to a class no other edit forgets)")
     bound = [ForgetRequest.from_dict(i["request"]) for i in infos.values() if i.get("request") and not text_anchored(i)]
     bound += [] if text_anchored(new) else [request]
     if len(bound) > 1 and any(r.paradigm == "domain" for r in bound):
         whole = all(r.paradigm == "domain" for r in bound)
         domains = sorted({d for r in bound for d in r.forget_domains})
-        raise EditError(
-            f"this request ({request.describe()}) cannot be composed with the model's edits: a whole-domain edit "
-            "stacked with another edit that moves image features (domain-specific, whole domains, deep) loses "
-            "retained cells in either order (measured on the embedded model: one retained cell down 24-84 points). "
-            + (f"Forget the domains in one request (forget_domains={domains})" if whole else
-               "restore_(model) and keep one of the two") + "; global requests compose with a whole-domain edit")
+        return (f"this request ({request.describe()}) cannot be composed with the model's edits: a whole-domain edit "
+                "stacked with another edit that moves image features (domain-specific, whole domains, deep) loses "
+                "retained cells in either order (measured on the embedded model: one retained cell down 24-84 "
+                "points). " + (f"Forget the domains in one request (forget_domains={domains})" if whole else
+                               "restore_(model) and keep one of the two")
+                + "; global requests compose with a whole-domain edit")
     cells = set(request.forget_cells) | {c for info in infos.values() if info.get("request")
                                          for c in ForgetRequest.from_dict(info["request"]).forget_cells}
     crossed = checkerboard(cells, request.classnames, request.domains)
     if crossed:
         (c1, d1), (c2, d2) = crossed
-        raise EditError(
-            f"with the model's edits this request would forget ({c1!r}, {d1!r}) and ({c2!r}, {d2!r}) but keep "
-            f"({c1!r}, {d2!r}) and ({c2!r}, {d1!r}): where class and domain add up in the embedding the four are "
-            "tied (the first two sum to the last two), and a linear edit cannot move the first pair and keep the "
-            "second (measured on the embedded model: the kept pair fell to 0.00 and 0.40). Forget the whole "
-            f"rectangle in one request (forget_classes=[{c1!r}, {c2!r}], forget_domains=[{d1!r}, {d2!r}]), or "
-            "keep only one of the two requests")
-    forgotten = [c for info in infos.values() if text_anchored(info) for c in info["request"]["forget_classes"]]
-    return tuple(dict.fromkeys(forgotten))
+        return (f"with the model's edits this request would forget ({c1!r}, {d1!r}) and ({c2!r}, {d2!r}) but keep "
+                f"({c1!r}, {d2!r}) and ({c2!r}, {d1!r}): where class and domain add up in the embedding the four are "
+                "tied (the first two sum to the last two), and a linear edit cannot move the first pair and keep the "
+                "second (measured on the embedded model: the kept pair fell to 0.00 and 0.40). Forget the whole "
+                f"rectangle in one request (forget_classes=[{c1!r}, {c2!r}], forget_domains=[{d1!r}, {d2!r}]), or "
+                "keep only one of the two requests")
+    return None
+
+
+def globally_forgotten(model: nn.Module) -> tuple[str, ...]:
+    """The classes the model's global edits forget (a whole-domain edit must not send its images there)."""
+    infos = [e.info for _, e in edit_modules(model)]
+    return tuple(dict.fromkeys(c for i in infos if text_anchored(i) for c in i["request"]["forget_classes"]))
 
 
 def checkerboard(cells, classes, domains) -> tuple | None:
@@ -752,7 +754,10 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     sites = {tower: find_site(model, tower) for tower in cfg.towers}  # fail early on unsupported models
     deep.check_evidence(evidence, request, model)  # and on bad evidence
     info = provenance(request, cfg)
-    avoid = _check_composition(model, request, info)
+    refusal = composition_refusal(model, request, info)
+    if refusal:
+        raise EditError(refusal)
+    avoid = globally_forgotten(model)
     positions = {tower: place(model, tower, info) for tower in sites}  # computed on what lies below it
     maps, ranks, stats = {}, {}, {}
     was_training = model.training
