@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from . import cache, nullspace
+from . import cache, nullspace, sharding
 from . import prototypes as protos
 from .encoders import encode_image
 from .prompts import cell_prompts, fill_template
@@ -103,39 +103,73 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
                       normalise: bool = True, progress: bool = True) -> tuple[torch.Tensor, dict]:
     """Site columns (n x k * n_prototypes, target-major) of the prototypes of ``targets`` (k x d,
     named by ``keys``) with the early stop over ``classes`` (named by ``label_key``), and their
-    statistics; the columns are normalised features unless ``normalise=False`` (raw). Cells are synthesised in batches (bounded memory); a batch already in the current
-    :mod:`cache`'s bank for this model (same cells, label space, seed and settings) is reused."""
+    statistics; the columns are normalised features unless ``normalise=False`` (raw).
+
+    Cells stop in groups keyed by their cells (sorted keys, ``CHUNK_224`` images of 224 px per
+    group, at most ``CHUNK_MAX``): a group's early stop depends on all its cells, so the groups are
+    the same on every device. A group already in the current :mod:`cache`'s bank for this model (same
+    cells, label space, seed and settings) is reused. The groups left are synthesised in batches
+    sized by the device (:func:`prototypes.batch_images`, several groups per batch on CUDA), each
+    group stopping on its own. Under a :mod:`~lightning_unlearn.sharding` shard (a multi-process
+    strategy) each batch's images are dealt round-robin to the ranks and the columns all-gathered."""
     store = cache.current()
     bank = None if store is None else store.bank(cache.weights_key(model))
+    opts = protos.current_options()
     settings = dict(labels=label_key, seed=seed, n=n_prototypes, steps=proto_steps, lr=proto_lr, where=where,
-                    site=site.weight, dims=site.dims) | ({} if normalise else {"raw": True})
+                    site=site.weight, dims=site.dims) | ({} if normalise else {"raw": True}) | \
+        ({"autocast": "bf16"} if opts.autocast else {})
     size = protos.model_io(model)[0]
-    shape = (n_prototypes, (site.dims[1] if where == "joint" else site.dims[0]) + 2)  # a bank entry: a cell's rows
-    per = max(1, min(CHUNK_224 * 224 ** 2 // size ** 2, CHUNK_MAX) // n_prototypes)  # cells per batch
-    found, seconds, todo = {}, 0.0, 0
-    order = sorted(range(len(keys)), key=lambda i: keys[i])  # batches of the same cells, whatever the request's order
-    for j in range(0, len(keys), per):  # a batch's early stop depends on all its cells: keyed together
-        idx = order[j:j + per]
+    n = site.dims[1] if where == "joint" else site.dims[0]
+    shape = (n_prototypes, n + 2)  # a bank entry: a cell's rows
+    per = max(1, min(CHUNK_224 * 224 ** 2 // size ** 2, CHUNK_MAX) // n_prototypes)  # cells per stop group
+    order = sorted(range(len(keys)), key=lambda i: keys[i])  # groups of the same cells, whatever the request's order
+    groups = [order[j:j + per] for j in range(0, len(keys), per)]
+    names, hits = {}, {}
+    for idx in groups:  # a group's early stop depends on all its cells: keyed together
         batch = cache.settings_key(cells=[keys[i] for i in idx])
-        names = [cache.settings_key(cell=keys[i], batch=batch, **settings) for i in idx]
-        hits = [bank.get(nm, shape) for nm in names] if bank is not None else [None] * len(idx)
-        if all(h is not None for h in hits):
-            found.update(zip(idx, hits))
-            continue
-        todo += len(idx)
+        for i in idx:
+            names[i] = cache.settings_key(cell=keys[i], batch=batch, **settings)
+            hits[i] = bank.get(names[i], shape) if bank is not None else None
+    need = torch.tensor([any(hits[i] is None for i in idx) for idx in groups], dtype=torch.bool)
+    shard = sharding.current()
+    if shard is not None:  # every rank synthesises the groups some rank lacks: the same batches everywhere
+        need = shard.some(need)
+    found = {i: hits[i] for idx, g in zip(groups, need.tolist()) if not g for i in idx}
+    todo = [idx for idx, g in zip(groups, need.tolist()) if g]
+    limit = protos.batch_images(model, per * n_prototypes, opts) if todo else 0
+    batches, seconds = [], 0.0
+    for idx in todo:  # whole groups per batch, up to the device's limit
+        if batches and (sum(map(len, batches[-1])) + len(idx)) * n_prototypes <= limit:
+            batches[-1].append(idx)
+        else:
+            batches.append([idx])
+    for gs in batches:
+        idx = [i for g in gs for i in g]
+        label = [b for b, g in enumerate(gs) for _ in g]
         p = protos.synthesize(model, targets[idx], n_per_text=n_prototypes, steps=proto_steps, lr=proto_lr,
-                              seed=seed, classes=classes, keys=[keys[i] for i in idx], progress=progress)
-        cols = to_site(model, site, where, images=p.images.flatten(0, 1), normalise=normalise).T.reshape(
-            len(idx), n_prototypes, -1)
+                              seed=seed, classes=classes, keys=[keys[i] for i in idx], progress=progress,
+                              groups=None if len(gs) == 1 else label, autocast=opts.autocast,
+                              share=None if shard is None else (shard.rank, shard.world),
+                              agree=None if shard is None else shard.every)
         seconds += p.seconds
-        for r, (i, nm) in enumerate(zip(idx, names)):
-            found[i] = torch.cat([cols[r], p.cos[r, :, None], p.steps[r, :, None].float()], 1)
+        if shard is None:
+            cols = to_site(model, site, where, images=p.images.flatten(0, 1), normalise=normalise).T.reshape(
+                len(idx), n_prototypes, -1)
+            rows = torch.cat([cols, p.cos[..., None], p.steps[..., None].float()], 2)
+        else:  # this rank's images -> its rows; the others' from the gather
+            mine = torch.zeros(len(idx) * n_prototypes, n + 2)
+            cols = to_site(model, site, where, images=p.images, normalise=normalise).T
+            mine[shard.rank::shard.world] = torch.cat([cols, p.cos[:, None], p.steps[:, None].float()], 1)
+            rows = shard.rows(mine).view(len(idx), n_prototypes, n + 2)
+        for r, i in enumerate(idx):
+            found[i] = rows[r].clone()
             if bank is not None:
-                bank.put(nm, found[i])
+                bank.put(names[i], found[i])
     rows = torch.cat([found[i] for i in range(len(keys))])  # k * n_prototypes x (n + 2)
+    synthesised = sum(map(len, todo))
     stats = {"n_prototypes": rows.shape[0], "prototype_cos": float(rows[:, -2].mean()),
              "prototype_steps": int(rows[:, -1].max()), "prototype_image_steps": int(rows[:, -1].sum()),
-             "prototypes_reused": (len(keys) - todo) * n_prototypes, "prototype_seconds": round(seconds, 3)}
+             "prototypes_reused": (len(keys) - synthesised) * n_prototypes, "prototype_seconds": round(seconds, 3)}
     return rows[:, :-2].T.contiguous(), stats
 
 

@@ -1,6 +1,6 @@
 """What the callback and ``CLIPUnlearning`` share, without Lightning: config and request coercion,
 finding the open_clip model on a module, strategy checks, and computing the edit on a strategy's
-device (rank 0's maps broadcast to every rank).
+device (the prototype synthesis shared by the ranks, rank 0's maps broadcast to every rank).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import sharding
 from .edit import EditError, ProjectorEdit, UnlearnConfig, Unlearned, edit_modules, edits, restore_, unlearn_
 from .errors import UnlearnError
 from .request import ForgetRequest
@@ -125,31 +126,37 @@ def tower_edits(model: nn.Module, config: UnlearnConfig) -> dict[str, list[Proje
 def compute_edit_(model: nn.Module, tokenizer: Callable, request: ForgetRequest, config: UnlearnConfig, *,
                   strategy: Any = None, compose: bool = False, progress: bool = False,
                   evidence: Mapping | None = None, check=None) -> Unlearned:
-    """:func:`unlearn_` on the strategy's device; under a multi-process strategy every rank computes
-    (same seed) and then takes rank 0's maps, so all ranks carry bit-identical projectors. If any rank
-    fails, every rank raises (the others with rank 0's message, or the failing rank's number) instead
-    of waiting in the broadcast."""
+    """:func:`unlearn_` on the strategy's device. Under a multi-process strategy the ranks share the
+    prototype synthesis (:mod:`~lightning_unlearn.sharding`: each synthesises its round-robin share
+    of every batch's images, the columns are all-gathered), every rank solves the same system, and
+    all take rank 0's maps, so all ranks carry bit-identical projectors. If any rank fails, every
+    rank raises (the others with rank 0's message, or the failing rank's number) instead of waiting
+    in a collective. Only the strategy's own collectives are used (``reduce_boolean_decision``,
+    ``all_gather``, ``broadcast``)."""
     distributed = strategy is not None and getattr(strategy, "world_size", 1) > 1
-    error, result, before = None, None, edits(model)
+    error, result, before, peer = None, None, edits(model), False
     try:
         if strategy is not None:
             model.to(strategy.root_device)
-        result = unlearn_(model, tokenizer, request, config, compose=compose, progress=progress, evidence=evidence,
-                          check=check)
+        with sharding.use(sharding.Shard.from_strategy(strategy) if distributed else None):
+            result = unlearn_(model, tokenizer, request, config, compose=compose, progress=progress,
+                              evidence=evidence, check=check)
+    except sharding.PeerFailedError as e:  # another rank failed and voted; this one has voted too
+        error, peer = e, True
     except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks learn of it
         if not distributed:
             raise
         error = e
     if not distributed:
         return result
-    if strategy.reduce_boolean_decision(error is not None, all=False):  # True if any rank failed
-        first = strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}", src=0)
+    if peer or strategy.reduce_boolean_decision(error is not None, all=False):  # True if any rank failed
+        first = strategy.broadcast(None if error is None or peer else f"{type(error).__name__}: {error}", src=0)
         if result is not None and not before:  # this rank injected the edit: take it out, the model is as it was
             restore_(model)
-        if error is not None:
+        if error is not None and not peer:
             raise error
         raise EditError(f"computing the edit failed on another rank (this is rank {strategy.global_rank}): "
-                        + (first if first is not None else "rank 0 succeeded, see the other ranks' logs"))
+                        + (first if first is not None else "rank 0 did not fail, see the failing rank's log"))
     maps = strategy.broadcast({k: v.detach().cpu() for k, v in result.maps.items()}, src=0)
     with torch.no_grad():
         for tower, tower_maps in tower_edits(model, config).items():
