@@ -20,7 +20,9 @@ read-out of the class survives. The audit looks for the class where a user of th
 The probe and k-NN metrics are also computed inside the tower: at the pooled features (the input
 of the image projection) and at the output of intermediate blocks (token mean of a transformer
 block, spatial mean of a ResNet stage), keyed ``<metric>@<layer>`` (``probe_recall@pooled``,
-``probe_balanced_acc@block3``). Features are extracted once per model state, in one pass.
+``probe_balanced_acc@block3``). Features are extracted once per model state, in one pass, through
+:mod:`~lightning_unlearn.encoders` (open_clip and transformers models), in eval mode (each
+submodule's mode is restored after).
 
 Probes are multinomial logistic regressions on standardised features (weight decay, full-batch
 L-BFGS, float64: deterministic); the binary probe weights both sides equally. For a before / after
@@ -37,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .encoders import encode_image, eval_mode, image_tower
 from .errors import UnlearnError
 from .prompts import CLASS_TEMPLATES, fill_template
 from .request import ForgetRequest
@@ -79,8 +82,8 @@ class Features:
 # ---------------------------------------------------------------------------------------------- features
 def blocks(model: nn.Module) -> list[nn.Module]:
     """The image tower's residual blocks (ViT) or stages (ResNet), input to output."""
-    visual = model.visual
-    for path in ("transformer.resblocks", "trunk.blocks", "trunk.stages"):
+    visual = image_tower(model)
+    for path in ("transformer.resblocks", "trunk.blocks", "trunk.stages", "encoder.layers"):
         owner = visual
         for name in path.split("."):
             owner = getattr(owner, name, None)
@@ -127,9 +130,13 @@ def _project(site, pooled: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def extract(model: nn.Module, batches: Iterable, layers: Sequence[str] = LAYERS) -> Features:
     """Features of every image in ``batches`` (``(images, class_idx, domain_idx, ...)``) at ``layers``,
-    in one forward pass per batch. ``output`` is ``encode_image`` (unnormalised)."""
-    model.eval()
-    layers = resolve_layers(model, layers)
+    in one forward pass per batch, in eval mode (each submodule's mode is restored on return).
+    ``output`` is :func:`~lightning_unlearn.encoders.encode_image` (unnormalised)."""
+    with eval_mode(model):
+        return _extract(model, batches, resolve_layers(model, layers))
+
+
+def _extract(model: nn.Module, batches: Iterable, layers: tuple[str, ...]) -> Features:
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     site = find_site(model, "image")
     tower = blocks(model) if any(name.startswith("block:") for name in layers) else []
@@ -147,9 +154,9 @@ def extract(model: nn.Module, batches: Iterable, layers: Sequence[str] = LAYERS)
             output = _project(site, pooled)
             if not checked:  # the shortcut output = projection(pooled) must be encode_image itself
                 checked = True
-                exact = torch.allclose(output, model.encode_image(x), rtol=1e-4, atol=1e-5)
+                exact = torch.allclose(output, encode_image(model, x), rtol=1e-4, atol=1e-5)
             if not exact:
-                output = model.encode_image(x)
+                output = encode_image(model, x)
             for name in layers:
                 v = {"output": output, "pooled": pooled}.get(name, captured.get(name))
                 feats[name].append(v.float().cpu())
@@ -315,9 +322,11 @@ def _check(fit: Features, test: Features, forget: torch.Tensor, C: int, D: int) 
 def audit(model, tokenizer, request: ForgetRequest, fit_batches: Iterable, test_batches: Iterable, *,
           layers: Sequence[str] = LAYERS, **kwargs) -> dict:
     """Extract features of ``fit_batches`` and ``test_batches`` (``(images, class_idx, domain_idx, ...)``)
-    at ``layers`` and return :func:`audit_features` (keyword arguments are passed on)."""
-    return audit_features(model, tokenizer, request, extract(model, fit_batches, layers),
-                          extract(model, test_batches, layers), **kwargs)
+    at ``layers`` and return :func:`audit_features` (keyword arguments are passed on), all in eval mode
+    (each submodule's mode is restored on return)."""
+    with eval_mode(model):
+        return audit_features(model, tokenizer, request, extract(model, fit_batches, layers),
+                              extract(model, test_batches, layers), **kwargs)
 
 
 def compare(before: dict, after: dict) -> dict:
@@ -360,9 +369,10 @@ def audit_dataset(model, tokenizer, request: ForgetRequest, dataset, *, batch_si
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     kwargs.setdefault("classnames", getattr(dataset, "classnames", None))
     kwargs.setdefault("domains", getattr(dataset, "domains", None))
-    feats = extract(model, loader, layers)
-    fit, test = split_cells(feats.cls, feats.dom, kwargs["classnames"], kwargs["domains"])
-    return audit_features(model, tokenizer, request, feats.subset(fit), feats.subset(test), **kwargs)
+    with eval_mode(model):  # each submodule's mode is restored on return
+        feats = extract(model, loader, layers)
+        fit, test = split_cells(feats.cls, feats.dom, kwargs["classnames"], kwargs["domains"])
+        return audit_features(model, tokenizer, request, feats.subset(fit), feats.subset(test), **kwargs)
 
 
 def format_audit(result: dict, before: dict | None = None) -> str:

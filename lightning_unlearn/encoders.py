@@ -2,8 +2,9 @@
 ``transformers`` ``CLIPModel`` / ``SiglipModel`` (optional extra ``[hf]``; nothing here imports
 ``transformers`` unless such a model is passed).
 
-Everything that runs a tower goes through :func:`encode_image` / :func:`encode_text`, and reads
-the image input format from :func:`image_io`.
+Everything that runs a tower goes through :func:`encode_image` / :func:`encode_text`, reads the
+image input format from :func:`image_io` and finds the image tower with :func:`image_tower`;
+:func:`eval_mode` runs a block in eval mode and gives every submodule its mode back.
 
 Tokenizers: open_clip's (``open_clip.get_tokenizer(name)``) return a LongTensor of token ids. For a
 ``transformers`` model, pass any callable ``texts -> input_ids`` (a LongTensor [n, L]) or
@@ -13,6 +14,7 @@ the model's own ``AutoTokenizer`` / ``AutoProcessor``.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -54,6 +56,24 @@ def encode_text(model: nn.Module, tokens) -> torch.Tensor:
         kwargs = {k: v for k, v in kwargs.items() if k in ("input_ids", "attention_mask", "position_ids")}
         return _features(model.get_text_features(**kwargs))
     return model.encode_text(tokens)
+
+
+def image_tower(model: nn.Module) -> nn.Module:
+    """The image tower: ``model.visual`` (open_clip), ``model.vision_model`` (transformers)."""
+    return model.vision_model if hf_kind(model) else model.visual
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """The block with ``model`` in eval mode; every submodule's train / eval mode is restored after it,
+    also on an error."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def image_io(model: nn.Module) -> tuple[int, torch.Tensor, torch.Tensor]:

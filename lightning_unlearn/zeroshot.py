@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .encoders import encode_image, encode_text, rows, tokenize
+from .encoders import encode_image, encode_text, eval_mode, rows, tokenize
 from .prompts import fill_template
 
 
@@ -83,13 +83,8 @@ def evaluate(model, tokenizer, classnames: Sequence[str], templates: Sequence[st
     ``{"cells": {(c, d): acc}, "correct", "total" (C x D tensors), "micro", "macro", "per_domain"}``.
     The model runs in eval mode; every submodule's train / eval mode is restored on return.
     """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         return _evaluate(model, tokenizer, classnames, templates, loader, domains, progress, extra)
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _evaluate(model, tokenizer, classnames, templates, loader, domains, progress, extra) -> dict:

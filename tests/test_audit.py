@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from lightning_unlearn import ForgetRequest, unlearned
-from lightning_unlearn.audit import (AuditError, Features, audit_features, compare, extract, knn_predict,
+from lightning_unlearn.audit import (AuditError, Features, audit, audit_features, compare, extract, knn_predict,
                                      probe_metrics, resolve_layers, retrieval_precision, split_cells)
 from lightning_unlearn.data import World, WorldDataset, write_world
 from lightning_unlearn.embedded import load_embedded
+from lightning_unlearn.encoders import encode_image, image_io
 
 from test_cli import cli, weights  # noqa: F401 (module fixture)
 
@@ -69,6 +70,30 @@ def test_extract_output_is_encode_image(star):
     assert set(feats.layers) == {"output", "block:5"}
     with torch.no_grad():
         torch.testing.assert_close(feats.layers["output"], emb.model.encode_image(x[:16]))
+
+
+def test_a_transformers_model_is_audited_through_the_adapter_and_its_modes_restored(hf_clip):
+    model, tok = hf_clip
+    request = ForgetRequest(["cat", "dog", "bird"], ["photo", "sketch"], forget_classes=["dog"])
+    size = image_io(model)[0]
+    x = torch.rand(48, 3, size, size, generator=torch.Generator().manual_seed(0))
+    cls, dom = torch.arange(48) % 3, torch.arange(48) // 3 % 2  # 8 images per (class, domain) cell
+    fit, test = split_cells(cls, dom)
+    model.train()
+    model.text_model.eval()  # a user's mixed modes come back as they were
+    try:
+        result = audit(model, tok, request, [(x[fit], cls[fit], dom[fit])], [(x[test], cls[test], dom[test])],
+                       colours=("red",), paraphrase_templates=("a picture of a {c}.",))
+        assert model.training and model.vision_model.training and not model.text_model.training
+        feats = extract(model, [(x[:8], cls[:8], dom[:8])], layers=("output", "pooled", "block:0"))
+    finally:
+        model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(feats.layers["output"], encode_image(model, x[:8]))
+    assert feats.layers["block:0"].shape == (8, model.config.vision_config.hidden_size)
+    assert {"probe_balanced_acc", "probe_recall@pooled", "knn_recall@block0", "zeroshot_acc", "paraphrase_acc",
+            "retrieval_precision"} <= set(result)
+    assert result["n_fit"] == result["n_test"] == 24 and result["n_forget_test"] == 8
 
 
 def test_compare_gives_before_after_and_delta(star):

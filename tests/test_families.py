@@ -17,9 +17,11 @@ from torch import nn
 
 from lightning_unlearn import CLIPUnlearning, ForgetRequest, NullspaceUnlearning, edits, fold_, restore_, unlearn_
 from lightning_unlearn.edit import edit_modules
-from lightning_unlearn.encoders import encode_image, encode_text, hf_tokenizer, tokenize
+from lightning_unlearn.encoders import encode_image, encode_text, tokenize
 from lightning_unlearn.export import ArtifactError, apply_edit, save_edit, save_folded, save_pretrained_folded
 from lightning_unlearn.sites import EditLinear, find_site
+
+from conftest import CLASSES, DOMAINS, hf_tiny
 
 
 _TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}
@@ -41,38 +43,11 @@ CONFIGS = {
 }
 HF = ["hf-clip", "hf-siglip"]
 FAMILIES = [*CONFIGS, *HF]
-CLASSES, DOMAINS = ["cat", "dog", "bird", "fish"], ["photo", "sketch"]
-WORDS = ["a", "of", "the", "photo", "sketch", *CLASSES, "red", "blue", "green", "colour", "thing", "picture"]
 FAST = dict(method="text", class_templates=("a {c}.",), progress=False)
 
 
 def request():
     return ForgetRequest(CLASSES, DOMAINS, forget_classes=["dog"], templates=["a {d} of a {c}."])
-
-
-def hf_tiny(name):
-    """A random-init transformers model and its tokenizer (a word-level fast tokenizer built in memory)."""
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]", *WORDS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(single="$A [EOS]", special_tokens=[("[EOS]", 2)])
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]",
-                                               model_max_length=16)
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=16, pad_token_id=0, bos_token_id=None,
-                eos_token_id=2)
-    vision = dict(hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                  patch_size=8)
-    torch.manual_seed(0)
-    if name == "hf-clip":
-        model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision,
-                                                               projection_dim=24))
-        return model.eval(), hf_tokenizer(tok, padding=True)
-    vision["hidden_size"] = text["hidden_size"]  # SigLIP: both towers end at the joint width
-    model = transformers.SiglipModel(transformers.SiglipConfig(text_config=text, vision_config=vision))
-    return model.eval(), hf_tokenizer(tok)
 
 
 _CACHE = {}
