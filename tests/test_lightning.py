@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FORGET = dict(forget_classes=["star"], forget_domains=["sketch"])
 BATCH = 40
 N_PER_CELL = 2
+#: A multimodal whole-domain edit kept short for the DDP test (tests/ddp_unlearning.py): 160 prototypes.
+SHARED_CONFIG = {"proto_steps": 10}
 QUIET = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
              enable_model_summary=False)
 
@@ -439,6 +441,16 @@ def test_ddp_two_cpu_processes_match_a_single_process(loader, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(r0["P_module"], projector(module.clip))
+    assert torch.equal(r0["P_shared"], r1["P_shared"])  # the synthesis shared by the ranks: the maps of one process
+    assert r0["synthesised"] == r1["synthesised"] == 80  # each rank half of the 160 prototypes (40 cells x 4)
+    torch.set_num_threads(1)
+    try:
+        shared = CLIPUnlearning(forget_domains=["sketch"], unlearn=SHARED_CONFIG, model=tiny_clip(),
+                                arch=embedded.MODEL_NAME)
+        shared.compute_edit()
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(r0["P_shared"], projector(shared.clip))
     assert r0["module"] == pytest.approx(single, nan_ok=True)
     assert r0["callback"] == pytest.approx(single_cb, nan_ok=True)
 
