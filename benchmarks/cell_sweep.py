@@ -34,7 +34,7 @@ from lightning_unlearn.audit import binary_probe  # noqa: E402
 from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
 from lightning_unlearn.metrics import forget_mask  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
-from lightning_unlearn.zeroshot import classifier, split_accuracy  # noqa: E402
+from lightning_unlearn.zeroshot import classifier, split_accuracy, worst_cells  # noqa: E402
 
 PARADIGMS = {"global": [{"forget_classes": [c]} for c in CLASSES],
              "domain-specific": [{"forget_classes": [c], "forget_domains": [d]} for c in CLASSES for d in DOMAINS],
@@ -76,7 +76,29 @@ def score(h, y, M, T, colour_T, request, n_classes, n_domains) -> dict:
     correct = torch.zeros(n_classes * n_domains, dtype=torch.long).index_add_(0, idx, hit).view(n_classes, n_domains)
     total = torch.zeros(n_classes * n_domains, dtype=torch.long).index_add_(0, idx, torch.ones_like(idx))
     out = split_accuracy(correct, total.view(n_classes, n_domains), request)
-    return out | {"unrelated_acc": float(((e @ colour_T).argmax(-1) == y[:, 2]).float().mean())}
+    return out | {"unrelated_acc": float(((e @ colour_T).argmax(-1) == y[:, 2]).float().mean()),
+                  "cells": (correct / total.view(n_classes, n_domains).clamp(min=1)).tolist()}
+
+
+def worst_of(rows: list[dict], before: str, after: str) -> tuple[dict | None, dict | None]:
+    """Over ``rows``, the worst forgotten cell (most accurate after) and the worst retained cell (most
+    points lost), each with its request (:func:`lightning_unlearn.zeroshot.worst_cells`); None for
+    results recorded without cells."""
+    found = []
+    for r in rows:
+        if "cells" not in r[before] or "cells" not in r[after]:
+            continue
+        request = ForgetRequest(CLASSES, DOMAINS, forget_classes=sorted({c for c, _ in r["forget"]}),
+                                forget_domains=sorted({d for _, d in r["forget"]}))
+        if {tuple(c) for c in r["forget"]} != set(request.forget_cells):  # not a class x domain rectangle
+            continue
+        b, a = torch.tensor(r[before]["cells"]), torch.tensor(r[after]["cells"])
+        found.append((worst_cells(a, torch.ones_like(a), request, before=(b, torch.ones_like(b))), r["forget"]))
+    if not found:
+        return None, None
+    f = max(found, key=lambda w: w[0]["worst_forget_cell"]["acc"])
+    k = max(found, key=lambda w: w[0]["worst_retain_cell"]["drop_points"])
+    return f[0]["worst_forget_cell"] | {"forget": f[1]}, k[0]["worst_retain_cell"] | {"forget": k[1]}
 
 
 def depth(h_fit, y_fit, h_test, y_test, request) -> dict:
@@ -147,18 +169,23 @@ def summary(result: dict, split: str = "val") -> str:
         r = r | {"before": r[key[0]], "after": r[key[1]]}
         groups.setdefault((r["paradigm"], r["variant"]), []).append(r)
     lines = ["| paradigm | variant | requests | forget mean / worst (worst request) | retain drop mean / worst | "
-             "same-class drop worst | colour drop worst | probe bal. acc raw / normalised (test), mean |",
-             "|---|---|---|---|---|---|---|---|"]
+             "same-class drop worst | colour drop worst | worst forgotten cell / worst retained cell (drop, points) | "
+             "probe bal. acc raw / normalised (test), mean |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (paradigm, name), rs in groups.items():
         drop = lambda k: [100 * (r["before"][k] - r["after"][k])  # noqa: E731
                           for r in rs if r["before"][k] is not None]
         fa = [r["after"]["forget_acc"] for r in rs]
         worst = max(rs, key=lambda r: r["after"]["forget_acc"])
         sc = drop("same_class_other_domains_acc")
+        wf, wr = worst_of(rs, "before", "after")
+        cells = "-" if wf is None else (f"{'/'.join(wf['cell'])} {wf['acc']:.2f} / "
+                                        f"{'/'.join(wr['cell'])} {wr['drop_points']:.1f}")
         lines.append(f"| {paradigm} | {name} | {len(rs)} | {sum(fa) / len(fa):.3f} / {max(fa):.3f} "
                      f"({'+'.join('/'.join(c) for c in worst['forget'][:2])}) | "
                      f"{sum(drop('retain_acc')) / len(rs):.2f} / {max(drop('retain_acc')):.2f} | "
-                     f"{max(sc) if sc else float('nan'):.2f} | {max(drop('unrelated_acc')):.2f} | {probes(rs)} |")
+                     f"{max(sc) if sc else float('nan'):.2f} | {max(drop('unrelated_acc')):.2f} | {cells} | "
+                     f"{probes(rs)} |")
     return "\n".join(lines)
 
 

@@ -41,7 +41,7 @@ from lightning_unlearn import EditError, ForgetRequest, UnlearnConfig, cache, re
 from lightning_unlearn.audit import LAYERS, audit_features, extract  # noqa: E402
 from lightning_unlearn.data import CLASSES, DOMAINS, QUICK_REQUESTS, rendered_batches  # noqa: E402
 from lightning_unlearn.load import load_clip  # noqa: E402
-from lightning_unlearn.zeroshot import classifier, evaluate, split_accuracy  # noqa: E402
+from lightning_unlearn.zeroshot import classifier, evaluate, split_accuracy, worst_cells  # noqa: E402
 
 SINGLE = ([("global", {"forget_classes": [c]}) for c in CLASSES]
           + [("domain-specific", {"forget_classes": [c], "forget_domains": [d]}) for c in CLASSES for d in DOMAINS]
@@ -65,10 +65,18 @@ METHODS = {"text": {"method": "text"}, "regularized": {"method": "text", "solver
            "multimodal": {}, "deep": {"depth": "deep"}}
 
 
-def measure(model, emb, batches, request, colour_T) -> dict:
+def measure(model, emb, batches, request, colour_T, cells: bool = False) -> dict:
     res = evaluate(model, emb.tokenizer, emb.classnames, emb.templates, batches, emb.domains, progress=False,
                    extra={"colour": (colour_T, lambda b: b[3])})
-    return split_accuracy(res["correct"], res["total"], request) | {"unrelated_acc": res["colour_accuracy"]}
+    out = split_accuracy(res["correct"], res["total"], request) | {"unrelated_acc": res["colour_accuracy"]}
+    return out | ({"cells": (res["correct"], res["total"])} if cells else {})
+
+
+def run_worst_cells(request, before: tuple, after: tuple) -> dict:
+    """The worst forgotten and retained cells (:func:`lightning_unlearn.zeroshot.worst_cells`) from the
+    per-cell counts ``(correct, total)`` of :func:`measure` (``cells=True``)."""
+    return worst_cells(*after, request, before=before)
+    return worst_cells(a, torch.ones_like(a), request, before=(b, torch.ones_like(b)))
 
 
 def prepare(n_per_cell: int, split: str = "test"):
@@ -115,14 +123,15 @@ def run(args) -> dict:
     for kind, paradigm, steps, union in requests:
         request = ForgetRequest(emb.classnames, emb.domains, **union)
         parts = [ForgetRequest(emb.classnames, emb.domains, **kw) for kw in steps]
-        before = measure(model, emb, batches, request, colour_T)
+        before = measure(model, emb, batches, request, colour_T, cells=True)
+        cells_before = before.pop("cells")
         audit_before = depth(model, emb, request, fit_batches, batches, unedited)
         for name in names:
             if name == "finetune":
                 if kind != "single" or json.dumps(union, sort_keys=True) not in finetune_on:
                     continue
                 edited, info = finetune_unlearn(model, emb.tokenizer, request, emb.templates, recipe)
-                after, seconds, extra = measure(edited, emb, batches, request, colour_T), info["seconds"], info
+                after, seconds, extra = measure(edited, emb, batches, request, colour_T, cells=True), info["seconds"], info
                 audit_after = depth(edited, emb, request, fit_batches, batches)
             else:
                 seconds, ranks = 0.0, []
@@ -134,14 +143,16 @@ def run(args) -> dict:
                 except (ValueError, EditError) as e:  # refused (text-only two-sided on whole domains): no edit
                     after, seconds, extra, audit_after = before, 0.0, {"refused": str(e)}, audit_before
                 else:
-                    after, extra = measure(model, emb, batches, request, colour_T), {"rank": ranks}
+                    after, extra = measure(model, emb, batches, request, colour_T, cells=True), {"rank": ranks}
                     joint = UnlearnConfig(**methods[name]).site == "joint"
                     audit_after = None if args.audit_methods and name not in args.audit_methods else depth(
                         model, emb, request, fit_batches, batches, before=audit_before if joint else None)
                 restore_(model)
+            cells_after = after.pop("cells", cells_before)  # a refused edit changed nothing
             row = {"set": kind, "paradigm": paradigm, "method": name, "forget": request.describe(),
                    "steps": [ForgetRequest(emb.classnames, emb.domains, **kw).describe() for kw in steps],
                    **{f"{k}_before": before[k] for k in before}, **{f"{k}_after": after[k] for k in after},
+                   **run_worst_cells(request, cells_before, cells_after),
                    "edit_seconds": round(seconds, 3), **{k: v for k, v in extra.items() if k != "seconds"},
                    **({} if audit_after is None else {"audit_before": audit_before, "audit_after": audit_after})}
             runs.append(row)
@@ -169,10 +180,11 @@ def summary(result: dict) -> tuple[str, dict]:
     edit_s = {r["forget"]: r["edit_seconds"] for r in result["runs"] if r["method"] == "multimodal"}
     audit = ("probe_balanced_acc", "probe_recall", "paraphrase_acc")
     lines = ["| requests | paradigm | method | runs | forget after (mean / worst) | retain drop (mean / worst) | "
-             "same class other domains drop (mean / worst) | colour drop (worst) | edit s (mean) | "
+             "same class other domains drop (mean / worst) | colour drop (worst) | worst forgotten cell / worst "
+             "retained cell (drop, points), over the runs | edit s (mean) | "
              "time / multimodal edit time, total (worst request) | probe bal. acc raw after (mean / worst) | "
              "probe recall after (mean / worst) | paraphrase after (mean / worst) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (kind, paradigm, method), rs in rows.items():
         drop = lambda k: [100 * (x[f"{k}_before"] - x[f"{k}_after"]) for x in rs  # noqa: E731
                           if x[f"{k}_before"] is not None]
@@ -188,6 +200,7 @@ def summary(result: dict) -> tuple[str, dict]:
              "same_class_drop_mean": sum(sc) / len(sc) if sc else None,
              "same_class_drop_worst": max(sc) if sc else None,
              "unrelated_drop_worst": max(drop("unrelated_acc")),
+             **worst_of(rs),
              "edit_seconds_mean": sum(x["edit_seconds"] for x in rs) / len(rs),
              "time_ratio": ratio, "time_ratio_worst": worst,
              "converged": [x.get("converged") for x in rs] if method == "finetune" else None}
@@ -199,11 +212,31 @@ def summary(result: dict) -> tuple[str, dict]:
         lines.append(f"| {kind} | {paradigm} | {method} | {len(rs)} | {s['forget_after_mean']:.3f} / "
                      f"{s['forget_after_worst']:.3f} | {s['retain_drop_mean']:.2f} / {s['retain_drop_worst']:.2f} | "
                      f"{f(s['same_class_drop_mean'])} / {f(s['same_class_drop_worst'])} | "
-                     f"{s['unrelated_drop_worst']:.2f} | {s['edit_seconds_mean']:.2f} | {f(ratio, '.1f')} ({f(worst, '.1f')}) | "
+                     f"{s['unrelated_drop_worst']:.2f} | {cell_text(s)} | {s['edit_seconds_mean']:.2f} | "
+                     f"{f(ratio, '.1f')} ({f(worst, '.1f')}) | "
                      + " | ".join(f"{f(s[k + '_after_mean'], '.3f')} / {f(s[k + '_after_worst'], '.3f')}"
                                   for k in audit) + " |")
     runs = [r for r in result["runs"] if "audit_after" in r]
     return "\n".join(lines) + ("\n\n" + depth_table(runs) if runs else ""), {"summary": table}
+
+
+def worst_of(rows: list[dict]) -> dict:
+    """The worst forgotten cell (most accurate after) and the worst retained cell (most points lost) over
+    ``rows``, with the request each comes from (None for rows recorded without cells)."""
+    wf = [r for r in rows if r.get("worst_forget_cell")]
+    wr = [r for r in rows if r.get("worst_retain_cell")]
+    f = max(wf, key=lambda r: r["worst_forget_cell"]["acc"], default=None)
+    r = max(wr, key=lambda r: r["worst_retain_cell"]["drop_points"], default=None)
+    return {"worst_forget_cell": f and f["worst_forget_cell"] | {"forget": f["forget"]},
+            "worst_retain_cell": r and r["worst_retain_cell"] | {"forget": r["forget"]}}
+
+
+def cell_text(s: dict) -> str:
+    f, r = s.get("worst_forget_cell"), s.get("worst_retain_cell")
+    if not f and not r:
+        return "-"
+    return (f"{'/'.join(f['cell'])} {f['acc']:.2f}" if f else "-") + " / " + (
+        f"{'/'.join(r['cell'])} {r['drop_points']:.1f}" if r else "-")
 
 
 DEPTH_KEYS = ("probe_balanced_acc", "probe_balanced_acc_normalised", "probe_recall", "probe_retain_acc",
