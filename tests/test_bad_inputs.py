@@ -139,6 +139,20 @@ def test_every_rank_fails_with_rank_0s_message(tmp_path):
     assert "edits left: 0" in r1  # the rank that succeeded took its edit out again
 
 
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_rank_failing_in_the_shared_synthesis_fails_every_rank(tmp_path, failing):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_failure.py"), str(tmp_path), str(failing),
+                          "synthesis"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    own, other = ((tmp_path / f"rank{r}.txt").read_text() for r in (failing, 1 - failing))
+    assert own.startswith("RuntimeError: synthesis failed on purpose")
+    assert other.startswith(f"EditError: computing the edit failed on another rank (this is rank {1 - failing}): "
+                            + ("RuntimeError: synthesis failed on purpose" if failing == 0 else
+                               "rank 0 did not fail, see the failing rank's log"))
+    assert "edits left: 0" in own and "edits left: 0" in other
+
+
 # ---- data path ------------------------------------------------------------------------------------
 
 def test_16_bit_png_is_scaled_not_white(tmp_path):
