@@ -131,10 +131,29 @@ def cmd_evaluate(args) -> dict:
     report = evaluation(lm.label, root, ds, res, request, PROG) | {"skipped": [str(p) for p in ds.skipped]}
     if args.audit:  # probes fitted on half of each cell, scored on the other half
         from .audit import audit_dataset, format_audit
+        from .relearn import summary as relearn_summary
         report["audit"] = audit_dataset(lm.model, lm.tokenizer, request, ds, batch_size=args.batch_size,
                                         num_workers=args.workers, templates=lm.templates)
+        report["relearning"] = _relearning(args, lm, request, ds)
+        report["audit"] |= relearn_summary(report["relearning"]["model"])
         print(f"depth audit of the forgotten cells:\n{format_audit(report['audit'])}")
     return report
+
+
+def _relearning(args, lm, request, ds) -> dict:
+    """The relearning attack (relearn.py) on the model as loaded and, where it carries injected edits,
+    on a copy with them removed (the unedited model); printed, and returned for the report."""
+    import copy
+    from .edit import edits, restore_
+    from .relearn import format_relearning, relearning_dataset
+    kw = {"batch_size": args.batch_size, "num_workers": args.workers, "templates": lm.templates}
+    out = {"model": relearning_dataset(lm.model, lm.tokenizer, request, ds, **kw), "unedited": None}
+    print(format_relearning(out["model"], "the model"))
+    if edits(lm.model):
+        restore_(plain := copy.deepcopy(lm.model))
+        out["unedited"] = relearning_dataset(plain, lm.tokenizer, request, ds, **kw)
+        print(format_relearning(out["unedited"], "the unedited model"))
+    return out
 
 
 def cmd_export(args) -> dict:

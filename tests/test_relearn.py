@@ -50,3 +50,22 @@ def test_bad_settings_are_refused():
     with pytest.raises(RelearnError):
         Attack("x", cells="some")
     assert {a.name for a in ATTACKS} == {"proj-lr1e-3-5img", "proj-lr1e-4-5img"}
+
+
+def test_cli_evaluate_audit_prints_the_relearning_attack(tmp_path, capsys):
+    import json
+
+    from lightning_unlearn.data import World, write_world
+    from test_cli import cli
+    data = write_world(World("test", n_per_cell=10), tmp_path / "world")
+    code, out, err = cli(["unlearn", "--embedded", "--forget-classes", "star", "--method", "text", "-o", tmp_path / "m",
+                          "--no-progress"], capsys)
+    assert code == 0, err
+    code, out, err = cli(["evaluate", "--model", f"local-dir:{tmp_path / 'm'}", "--data", data, "--forget-classes",
+                          "star", "--audit", "--json", tmp_path / "e.json", "--no-progress"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "e.json").read_text())
+    steps = report["audit"]["relearn_steps@proj-lr1e-3-5img"]
+    assert report["audit"]["relearn_start_acc"] <= 0.1 and steps is not None and 1 <= steps <= 50
+    assert report["relearning"]["model"]["attacks"]["proj-lr1e-3-5img"]["images"] == 5 * 40
+    assert "relearning attack on the model" in out and "relearn_steps@proj-lr1e-4-5img" in out
