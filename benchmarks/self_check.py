@@ -168,8 +168,9 @@ def run(args) -> dict:
                     rho = ag["spearman_retained_margin_drop_vs_real_drop"]
                     print(f"{name:8s} s{seed} {request.describe()[:50]:50s} forget {split['forget_acc']:.3f} "
                           f"(worst {'/'.join(wf['cell'])} {wf['acc']:.2f}) retain drop {split['retain_drop']:+.2f} "
-                          f"(worst {'/'.join(wr['cell'])} {wr['drop_points']:+.1f}) real {'pass' if row['real_pass'] else 'FAIL'} "
-                          f"| check {'pass' if check.passed else 'FAIL'} rho {'-' if rho is None else format(rho, '.2f')} "
+                          f"(worst {'/'.join(wr['cell'])} {wr['drop_points']:+.1f}) real "
+                          f"{'pass' if row['real_pass'] else 'FAIL'} | check {'pass' if check.passed else 'FAIL'} "
+                          f"rho {'-' if rho is None else format(rho, '.2f')} "
                           f"failing {[(f['cell'], f['check']) for f in ag['real_failing_cells']]} "
                           f"| edit {u.seconds:.1f}s check {check.seconds:.1f}s", flush=True)
                     if args.json:
@@ -209,7 +210,8 @@ def summary(result: dict) -> tuple[str, list[dict]]:
              "check_seconds_max": max(r["check_seconds"] for r in rs)}
         out.append(s)
         w1, w2 = s["worst_forget_cell"], s["worst_retain_cell"]
-        lines.append(f"| {group} | {variant} | {len(rs)} | {s['forget_mean']:.3f} / {w1['acc']:.2f} ({'/'.join(w1['cell'])}) | "
+        lines.append(f"| {group} | {variant} | {len(rs)} | {s['forget_mean']:.3f} / {w1['acc']:.2f} "
+                     f"({'/'.join(w1['cell'])}) | "
                      f"{s['retain_drop_mean']:.2f} / {w2['drop_points']:.1f} ({'/'.join(w2['cell'])}) | "
                      f"{s['real_pass']}/{len(rs)} | {s['check_pass']}/{len(rs)} | {s['verdict_agrees']}/{len(rs)} | "
                      f"{'-' if s['rho_median'] is None else format(s['rho_median'], '.2f')} | "

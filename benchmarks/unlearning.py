@@ -131,7 +131,8 @@ def run(args) -> dict:
                 if kind != "single" or json.dumps(union, sort_keys=True) not in finetune_on:
                     continue
                 edited, info = finetune_unlearn(model, emb.tokenizer, request, emb.templates, recipe)
-                after, seconds, extra = measure(edited, emb, batches, request, colour_T, cells=True), info["seconds"], info
+                after = measure(edited, emb, batches, request, colour_T, cells=True)
+                seconds, extra = info["seconds"], info
                 audit_after = depth(edited, emb, request, fit_batches, batches)
             else:
                 seconds, ranks = 0.0, []

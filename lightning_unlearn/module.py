@@ -69,8 +69,8 @@ class CLIPUnlearning(LightningModule):
             (:mod:`~lightning_unlearn.selfcheck`; ``self.check``): its summary goes to the log.
 
     Logged per stage (``val/``, ``test/``): the keys of :class:`UnlearningAccuracy` and, with
-    colours, ``unrelated_accuracy``; with a self-check, ``selfcheck/*`` (pass, worst cells). ``predict_step`` returns ``{"pred", "scores"}`` (and the labels
-    when the batch has them).
+    colours, ``unrelated_accuracy``; with a self-check, ``selfcheck/*`` (pass, worst cells).
+    ``predict_step`` returns ``{"pred", "scores"}`` (and the labels when the batch has them).
 
     Raises:
         ValueError: conflicting or missing arguments (``request`` and ``forget_*`` together, nothing to
