@@ -8,7 +8,9 @@ Requests: ``demo`` (the demo's three), ``domains`` (every whole domain), ``ds`` 
 domain-specific requests, one per domain), ``multi`` (star and heart in sketch and cartoon; triangle,
 moon and hexagon globally; sketch and painting). Variants: ``default`` (the library defaults),
 ``cells0`` (``retain_cell_weight=0``: whole domains without the retained-cell constraints, the
-behaviour before them), ``rounds1`` / ``rounds2`` (correction rounds). Every edit runs with
+behaviour before them), ``cells900`` (the constraints on every request), ``rounds1`` / ``rounds2``
+(correction rounds), ``fp64`` / ``bf16`` (the defaults with the prototype synthesis perturbed:
+float64, bfloat16 autocast; see :data:`PERTURBATIONS`); ``--threads`` sets torch's CPU threads. Every edit runs with
 ``check=True``: the check of its map on held-out prototypes (seed + 1000, never constraints).
 
 Per run: forget / retain accuracy (mean, and the worst cells, :func:`lightning_unlearn.zeroshot.worst_cells`)
@@ -23,6 +25,8 @@ image is ``M h`` with ``h`` its unedited embedding: the test embeddings are comp
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import sys
 import time
@@ -33,7 +37,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.cell_sweep import embed_split  # noqa: E402
-from lightning_unlearn import ForgetRequest, restore_, unlearn_  # noqa: E402
+from lightning_unlearn import ForgetRequest, cache, restore_, unlearn_  # noqa: E402
+from lightning_unlearn import prototypes as protos  # noqa: E402
 from lightning_unlearn.data import QUICK_REQUESTS  # noqa: E402
 from lightning_unlearn.data.world import DOMAINS  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
@@ -49,7 +54,37 @@ REQUESTS = {
               {"forget_domains": ["sketch", "painting"]}],
 }
 VARIANTS = {"default": {}, "cells0": {"retain_cell_weight": 0.0}, "cells900": {"retain_cell_weight": 900.0},
-            "rounds1": {"rounds": 1}, "rounds2": {"rounds": 2}}
+            "rounds1": {"rounds": 1}, "rounds2": {"rounds": 2}, "fp64": {}, "bf16": {}}
+#: Variants that perturb the numerics of the prototype synthesis (library defaults otherwise), standing in
+#: for other hardware: float64 synthesis (on a float64 copy of the model), bfloat16 autocast synthesis.
+#: Each runs in a fresh prototype cache (nothing synthesised unperturbed is reused).
+PERTURBATIONS = ("fp64", "bf16")
+
+
+@contextlib.contextmanager
+def perturbed(kind: str | None):
+    """Prototype synthesis (:func:`lightning_unlearn.prototypes.synthesize`) perturbed by ``kind``."""
+    if kind is None:
+        yield
+        return
+    original = protos.synthesize
+
+    def fp64(model, texts, **kw):
+        twin = copy.deepcopy(model).double()
+        kw = kw | ({"classes": kw["classes"].double()} if kw.get("classes") is not None else {})
+        p = original(twin, texts.double(), **kw)
+        p.images = p.images.float()
+        return p
+
+    def bf16(model, texts, **kw):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return original(model, texts, **kw)
+    protos.synthesize = {"fp64": fp64, "bf16": bf16}[kind]
+    try:
+        with cache.use(cache.Cache()):
+            yield
+    finally:
+        protos.synthesize = original
 FAIL_POINTS, FAIL_FORGET = 5.0, 0.05
 
 
@@ -141,7 +176,8 @@ def run(args) -> dict:
                 for name in args.variants:
                     overrides = VARIANTS[name] | ({"seed": seed} if seed else {})
                     t0 = time.perf_counter()
-                    u = unlearn_(emb.model, emb.tokenizer, request, progress=False, check=True, **overrides)
+                    with perturbed(name if name in PERTURBATIONS else None):
+                        u = unlearn_(emb.model, emb.tokenizer, request, progress=False, check=True, **overrides)
                     wall = time.perf_counter() - t0
                     restore_(emb.model)
                     ca, na = counts(h, y, u.maps["image"], T, C, D)
@@ -154,7 +190,8 @@ def run(args) -> dict:
                     check = u.check
                     corr = u.stats["image"].get("correction")
                     row = {"request": request.describe(), "group": group, "paradigm": request.paradigm,
-                           "forget": kw, "seed": seed, "variant": name, "overrides": overrides,
+                           "forget": kw, "seed": seed, "overrides": overrides, "threads": torch.get_num_threads(),
+                           "variant": name + (f"-t{args.threads}" if args.threads else ""),
                            **split, **worst, "real_pass": real_pass(request, split, worst),
                            "edit_seconds": round(u.seconds, 3), "wall_seconds": round(wall, 3),
                            "check_seconds": check.seconds, "check_passed": check.passed,
@@ -227,10 +264,13 @@ def main(argv=None):
     p.add_argument("--requests", default="demo,domains,ds,multi", help=f"comma list of {sorted(REQUESTS)}")
     p.add_argument("--variants", default="default,cells0,rounds1", help=f"comma list of {sorted(VARIANTS)}")
     p.add_argument("--seeds", default="0", help="comma list of edit seeds")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--merge", nargs="+", type=Path, default=None, help="only summarise these JSON results")
     args = p.parse_args(argv)
     args.requests, args.variants = args.requests.split(","), args.variants.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.merge:
         parts = [json.loads(f.read_text()) for f in args.merge]
         result = parts[0] | {"rows": [r for part in parts for r in part["rows"]]}

@@ -67,7 +67,7 @@ def cmd_demo(args) -> dict:
         raise CLIError(f"--out {out} is a file; give a folder for the figure")
     cfg, args.model, args.embedded = _config(args), None, True
     return demo(load_model(args), cfg, args.n_per_cell, out, args.batch_size, not args.no_progress, PROG,
-                check=not args.no_check)
+                check=args.check)
 
 
 def cmd_unlearn(args) -> dict:
@@ -248,8 +248,8 @@ time; print class x domain accuracy before/after and write demo.png (heatmaps) i
     p.add_argument("--out", default="unlearn-demo", metavar="DIR", help="folder for demo.png")
     p.add_argument("--pretrained", metavar="PATH", help="weights for the embedded architecture (default: shipped)")
     p.add_argument("--device", default="cpu", help="torch device")
-    p.add_argument("--no-check", action="store_true", help="skip the self-check on held-out synthesised prototypes "
-                   "(printed per request beside the real accuracies)")
+    p.add_argument("--check", action="store_true", help="also self-check each edit on held-out synthesised "
+                   "prototypes, printed beside the real accuracies (costs one synthesis of every cell's prototypes)")
     _output_options(p, batches=True)
     _method_options(p)
 

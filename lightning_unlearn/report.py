@@ -93,7 +93,7 @@ def cell_heatmaps(rows: list[dict], classnames, domains, path: Path) -> Path:
 
 
 def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress: bool = True,
-         prog: str = "lightning-unlearn", check: bool = True) -> dict:
+         prog: str = "lightning-unlearn", check: bool = False) -> dict:
     """Forget each of :data:`~lightning_unlearn.data.world.QUICK_REQUESTS` in turn on the loaded
     embedded model ``lc`` (a :class:`~lightning_unlearn.load.LoadedCLIP`), print a cell table per
     request and a summary, write ``out/demo.png`` and return the numbers as JSON data. ``check``: also

@@ -129,7 +129,7 @@ def test_worst_cells_names_the_cells():
 
 def test_demo_and_evaluate_json_have_the_worst_cells(tmp_path, capsys):
     report = tmp_path / "demo.json"
-    code = main(["demo", "--n-per-cell", "1", "--method", "text", "--no-check", "--no-progress", "--out",
+    code = main(["demo", "--n-per-cell", "1", "--method", "text", "--no-progress", "--out",
                  str(tmp_path / "demo"), "--json", str(report)])
     out = capsys.readouterr().out
     assert code == 0
