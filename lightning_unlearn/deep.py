@@ -28,7 +28,7 @@ from . import cache, nullspace
 from .directions import cell_keys, cell_texts, class_texts, prototype_columns
 from .encoders import encode_image, image_io
 from .request import ForgetRequest
-from .sites import find_site
+from .sites import Site, find_site
 
 
 def check_evidence(evidence: Mapping | None, request: ForgetRequest, model) -> dict:
@@ -66,8 +66,9 @@ def _encode(model, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
 
 def cell_embeddings(model, tokenizer, request: ForgetRequest, *, n_prototypes: int, proto_steps: int,
                     proto_lr: float, seed: int, class_templates, evidence: Mapping | None = None,
-                    progress: bool = True) -> tuple[dict, dict]:
+                    progress: bool = True, site: Site | None = None) -> tuple[dict, dict]:
     """Raw output embeddings of every cell of ``request`` (``(N, d)`` float64, by cell), and statistics.
+    ``site``: the image tower's :class:`~lightning_unlearn.sites.Site` when already found (else looked up).
 
     Prototypes: ``n_prototypes`` per cell (forgotten and retained), synthesised towards the cell's
     mean prompt, every cell of the label space in one canonical order, so they come from the
@@ -77,7 +78,7 @@ def cell_embeddings(model, tokenizer, request: ForgetRequest, *, n_prototypes: i
     evidence = check_evidence(evidence, request, model)
     cells = [(c, d) for c in request.classnames for d in request.domains]
     T = class_texts(model, tokenizer, request.classnames, class_templates)
-    cols, s = prototype_columns(model, find_site(model, "image"), "joint",
+    cols, s = prototype_columns(model, find_site(model, "image") if site is None else site, "joint",
                                 cell_texts(model, tokenizer, cells, request.templates),
                                 cell_keys(cells, request.templates), T,
                                 cache.settings_key(classes=request.classnames, templates=class_templates),

@@ -333,16 +333,20 @@ def _all_or_nothing(model: nn.Module, name: str):
 
 
 def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str = "joint",
-            info: dict | None = None, *, name: str | None = None, position: int | None = None) -> str:
+            info: dict | None = None, *, name: str | None = None, position: int | None = None,
+            resolved: Site | None = None) -> str:
     """Add the frozen map ``M`` to ``tower``'s projection (composes with earlier edits): last in the
     chain, or at index ``position`` of it (0 = applied first). The edit's ``info`` records the map's
     :func:`~lightning_unlearn.state.map_digest` (a given ``info["map"]`` must match ``M``).
+    ``resolved``: ``tower``'s :class:`~lightning_unlearn.sites.Site` when the caller already found it
+    (the map is then installed on that very object); None looks it up.
 
     Returns the edit's name: ``name`` if given (maps injected under one name form one edit, removed
     together by :func:`remove_edit_`), else a fresh one.
 
     Raises:
-        ValueError: ``M`` does not have the shape the projection needs, or ``name`` is empty.
+        ValueError: ``M`` does not have the shape the projection needs, ``name`` is empty, or
+            ``resolved`` is another tower's site.
         EditError: ``info["map"]`` records a digest that does not match ``M``.
         UnsupportedModelError: ``tower`` has no projection this library can edit.
     """
@@ -351,7 +355,10 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
         raise EditError(f"the map does not match the digest its info records ({info['map']} != {digest}): the map "
                         "or its info was altered; recompute the edit or load it again from its file")
     info = dict(info or {}, map=digest)
-    s = find_site(model, tower)
+    s = find_site(model, tower) if resolved is None else resolved
+    if s.tower != tower:
+        raise ValueError(f"`resolved` is the {s.tower} tower's site, not the {tower} tower's; pass "
+                         f"find_site(model, {tower!r}) or leave `resolved` out")
     n = s.dims[1] if site == "joint" else s.dims[0]
     if tuple(M.shape) != (n, n):
         raise ValueError(f"the edit has shape {tuple(M.shape)}, but the {tower} projection needs ({n}, {n}) at "
@@ -377,26 +384,27 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
     return name
 
 
-def _stack(model: nn.Module, tower: str) -> list[ProjectorEdit]:
-    """The edits on ``tower``'s projection weight, in application order."""
-    site = find_site(model, tower)
+def _stack(model: nn.Module, tower: str | Site) -> list[ProjectorEdit]:
+    """The edits on ``tower``'s projection weight, in application order; ``tower`` is "image" / "text",
+    or its :class:`~lightning_unlearn.sites.Site` when the caller already found it (no lookup)."""
+    site = tower if isinstance(tower, Site) else find_site(model, tower)
     if not parametrize.is_parametrized(site.module, site.weight):
         return []
     return [e for e in getattr(site.module.parametrizations, site.weight) if isinstance(e, ProjectorEdit)]
 
 
-def chain(model: nn.Module, tower: str) -> list[str]:
+def chain(model: nn.Module, tower: str | Site) -> list[str]:
     """The :func:`~lightning_unlearn.state.map_digest` of every edit on ``tower``'s projection weight, in
-    application order."""
+    application order (``tower``: a name, or its found :class:`~lightning_unlearn.sites.Site`)."""
     return [e.info.get("map") or map_digest(e.P.weight) for e in _stack(model, tower)]
 
 
-def place(model: nn.Module, tower: str, info: dict) -> int:
+def place(model: nn.Module, tower: str | Site, info: dict) -> int:
     """Where in ``tower``'s chain an edit with provenance ``info`` goes: last if it is text-anchored
     (:func:`~lightning_unlearn.state.text_anchored`: it holds on any input), else below the first
     text-anchored edit, on the image features it needs (measured: a domain-specific edit computed on
     top of a global one forgets nothing, as the global edit flattens the domain directions; below it,
-    both hold)."""
+    both hold). ``tower``: a name, or its found :class:`~lightning_unlearn.sites.Site`."""
     stack = _stack(model, tower)
     if text_anchored(info):
         return len(stack)
@@ -415,10 +423,13 @@ def check_after(model: nn.Module, tower: str, info: dict, position: int, what: s
 
 
 @contextlib.contextmanager
-def suspended(model: nn.Module, positions: dict[str, int]):
+def suspended(model: nn.Module, positions: dict[str, int], sites: dict[str, Site] | None = None):
     """Inside the block, every edit at or past ``positions[tower]`` of a tower's chain acts as the
-    identity: the model as a composed edit computed for that position sees it."""
-    saved = [(e, e.P.weight.detach().clone()) for tower, k in positions.items() for e in _stack(model, tower)[k:]]
+    identity: the model as a composed edit computed for that position sees it. ``sites``: the towers'
+    :class:`~lightning_unlearn.sites.Site` objects already found (the others are looked up)."""
+    sites = sites or {}
+    saved = [(e, e.P.weight.detach().clone()) for tower, k in positions.items()
+             for e in _stack(model, sites.get(tower, tower))[k:]]
     try:
         with torch.no_grad():
             for e, w in saved:
@@ -757,25 +768,26 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
                          f"(it carries {existing}); pick another name or leave it out for a generated one")
     name = name or fresh_name(model, f"forget-{request.digest()[:8]}")
     t0 = time.perf_counter()
-    sites = {tower: find_site(model, tower) for tower in cfg.towers}  # fail early on unsupported models
+    sites = {tower: find_site(model, tower) for tower in cfg.towers}  # once per call; fails early on unsupported models
     deep.check_evidence(evidence, request, model)  # and on bad evidence
     info = provenance(request, cfg)
     refusal = composition_refusal(model, request, info)
     if refusal:
         raise EditError(refusal)
     avoid = globally_forgotten(model)
-    positions = {tower: place(model, tower, info) for tower in sites}  # computed on what lies below it
+    positions = {tower: place(model, site, info) for tower, site in sites.items()}  # computed on what lies below it
     maps, ranks, stats = {}, {}, {}
     was_training = model.training
     model.eval()
     try:
-        with suspended(model, positions), chosen(cache):
+        with suspended(model, positions, sites), chosen(cache):
             E, deep_stats = None, {}
             if cfg.depth == "deep":  # the eraser first, on the raw output; the surface edit is computed after it
                 E, deep_stats = deep.output_eraser(
                     model, tokenizer, request, n_prototypes=cfg.deep_prototypes,
                     proto_steps=cfg.prototype_steps("eraser"), proto_lr=cfg.proto_lr, seed=cfg.seed,
-                    class_templates=cfg.class_templates, evidence=evidence, progress=progress)
+                    class_templates=cfg.class_templates, evidence=evidence, progress=progress,
+                    site=sites.get("image"))
             for tower, site in sites.items():  # prompts and prototypes go through cache.current()
                 maps[tower], ranks[tower], stats[tower] = compute_map(
                     model, tokenizer, request, site, cfg, progress, pre=E if tower == "image" else None, avoid=avoid)
@@ -802,11 +814,12 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
     if "sink" in stats[next(iter(stats))]:
         info["sink"] = stats[next(iter(stats))]["sink"]
     # each edit records the maps it was computed on top of: it is only re-applied on them
-    infos = {tower: info | {"after": chain(model, tower)[:positions[tower]], "map": map_digest(M)}
+    infos = {tower: info | {"after": chain(model, sites[tower])[:positions[tower]], "map": map_digest(M)}
              for tower, M in maps.items()}
     with _all_or_nothing(model, name):  # every tower or none
         for tower, M in maps.items():
-            inject_(model, M, tower, cfg.site, infos[tower], name=name, position=positions[tower])
+            inject_(model, M, tower, cfg.site, infos[tower], name=name, position=positions[tower],
+                    resolved=sites[tower])
         extra = result_check.seconds if result_check is not None and result_check.extra.get("standalone") else 0.0
         return Unlearned(request, cfg, maps, ranks, stats, time.perf_counter() - t0 - extra, infos=infos, name=name,
                          check=result_check)

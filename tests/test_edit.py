@@ -7,6 +7,7 @@ or tiny prototype budgets.
 """
 import copy
 import json
+import sys
 from dataclasses import dataclass
 
 import open_clip
@@ -203,6 +204,32 @@ def test_a_vit_without_open_clips_private_pooling_is_refused_clearly(zoo, privat
     with pytest.raises(UnsupportedModelError, match=private):
         unlearn_(zoo.model, zoo.tokenizer, req(), method="text", **FAST)
     assert not edits(zoo.model)
+
+
+@pytest.mark.parametrize("zoo", ["world-clip", "lu-test-custom-text"], indirect=True)
+def test_one_unlearn_call_finds_each_towers_site_once(zoo, monkeypatch):
+    calls = []
+
+    def counting(model, tower):
+        calls.append(tower)
+        return find_site(model, tower)
+    for module in [m for n, m in sys.modules.items() if n.startswith("lightning_unlearn")]:
+        if getattr(module, "find_site", None) is find_site:  # wherever it is looked up, sites itself included
+            monkeypatch.setattr(module, "find_site", counting)
+    model, tok = zoo.model, zoo.tokenizer
+    forget_dog = ForgetRequest(CLASSES, DOMAINS, forget_classes=["dog"], templates=TEMPLATES)
+    in_sketches = ForgetRequest(CLASSES, DOMAINS, forget_classes=["cat"], forget_domains=["sketch"], templates=TEMPLATES)
+    for request, kwargs in [(forget_dog, dict(towers=("image", "text"))), (in_sketches, dict(compose=True))]:
+        calls.clear()
+        unlearn_(model, tok, request, **FAST, **TINY_PROTOS, **kwargs)
+        assert sorted(calls) == sorted(kwargs.get("towers", ("image",)))
+    restore_(model)
+    calls.clear()
+    unlearn_(model, tok, forget_dog, depth="deep", deep_prototypes=1, **FAST, **TINY_PROTOS)
+    assert calls == ["image"]
+    restore_(model)
+    with pytest.raises(ValueError, match="`resolved` is the image tower's site, not the text tower's"):
+        inject_(model, torch.eye(find_site(model, "text").dims[1]), "text", resolved=find_site(model, "image"))
 
 
 @pytest.mark.parametrize("zoo", ["world-clip"], indirect=True)
