@@ -1,0 +1,107 @@
+"""Prototype synthesis at scale: stop groups independent of the synthesis batch, batches sized by the
+device, bfloat16 autocast (opt-in). The synthesis shared across DDP ranks is tested in
+tests/test_lightning.py (tests/ddp_unlearning.py) and tests/test_bad_inputs.py (tests/ddp_failure.py)."""
+import pytest
+import torch
+
+from lightning_unlearn import ForgetRequest, cache, directions, embedded, restore_, unlearn_
+from lightning_unlearn import prototypes as protos
+from lightning_unlearn.directions import cell_keys, cell_texts, class_texts
+from lightning_unlearn.sites import find_site
+
+
+@pytest.fixture(scope="module")
+def emb():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-equal comparisons: one reduction order
+    yield embedded.load_embedded()
+    torch.set_num_threads(threads)
+
+
+#: Cells whose groups of two stop at different steps (5, 15, 20 of 40) with their own texts as labels.
+CELLS = [("star", "photo"), ("star", "sketch"), ("moon", "photo"), ("moon", "sketch"), ("heart", "cartoon"),
+         ("heart", "painting")]
+
+
+def cells_and_texts(emb, n=None):
+    cells = CELLS if n is None else [(c, d) for d in emb.domains for c in emb.classnames][:n]
+    T = cell_texts(emb.model, emb.tokenizer, cells, emb.cell_templates)
+    return cells, T, T if n is None else class_texts(emb.model, emb.tokenizer, list(emb.classnames), emb.templates)
+
+
+def test_groups_in_one_batch_stop_as_in_batches_of_their_own(emb):
+    cells, T, C = cells_and_texts(emb)
+    keys = cell_keys(cells, emb.cell_templates)
+    # 16 images per group: at 4 the kernels round differently by batch size (pixels up to 1e-3 apart
+    # after 40 steps, same stops), from 16 images on they give every image the same bits
+    kw = dict(n_per_text=8, steps=40, seed=0, classes=C, stop_prob=0.5, check_every=5, progress=False)
+    alone = [protos.synthesize(emb.model, T[i:i + 2], keys=keys[i:i + 2], **kw) for i in (0, 2, 4)]
+    together = protos.synthesize(emb.model, T, keys=keys, groups=[0, 0, 1, 1, 2, 2], **kw)
+    assert len({int(p.steps.max()) for p in alone}) > 1  # the groups stop at different steps: the test means something
+    assert torch.equal(together.steps, torch.cat([p.steps for p in alone]))
+    assert torch.equal(together.images, torch.cat([p.images for p in alone]))
+    assert torch.equal(together.cos, torch.cat([p.cos for p in alone]))
+
+
+def test_prototype_columns_do_not_depend_on_the_synthesis_batch(emb, monkeypatch):
+    cells, T, C = cells_and_texts(emb)
+    site = find_site(emb.model, "image")
+    monkeypatch.setattr(directions, "CHUNK_MAX", 16)  # stop groups of 2 cells (8 prototypes each): 3 groups
+    args = (emb.model, site, "joint", T, cell_keys(cells, emb.cell_templates), C, "labels")
+    kw = dict(n_prototypes=8, proto_steps=20, proto_lr=0.05, seed=0, progress=False)
+    calls = []
+    synthesize = protos.synthesize
+    monkeypatch.setattr(protos, "synthesize", lambda *a, **k: calls.append(k["groups"]) or synthesize(*a, **k))
+    results = []
+    for limit in (16, 32, 10_000):  # images per batch: one group, two groups then one, every group
+        monkeypatch.setattr(protos, "batch_images", lambda model, group, opts=None, _n=limit: _n)
+        with cache.use(None):
+            results.append(directions.prototype_columns(*args, **kw))
+    assert calls == [None, None, None, [0, 0, 1, 1], None, [0, 0, 1, 1, 2, 2]]
+    for cols, stats in results[1:]:
+        assert torch.equal(cols, results[0][0])
+        assert {k: v for k, v in stats.items() if k != "prototype_seconds"} == \
+            {k: v for k, v in results[0][1].items() if k != "prototype_seconds"}
+
+
+def test_batches_are_one_group_off_cuda(emb):
+    assert protos.batch_images(emb.model, 64) == 64
+    with pytest.raises(ValueError, match="max_images"):
+        protos.Options(max_images=0)
+    with pytest.raises(ValueError, match="memory_fraction"):
+        protos.Options(memory_fraction=1.5)
+    with protos.options(max_images=128) as o:
+        assert protos.current_options() == o and o.max_images == 128
+    assert protos.current_options() == protos.Options()
+
+
+def test_autocast_runs_and_keeps_float32_maps(emb):
+    request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"], forget_domains=["sketch"])
+    with cache.use(cache.Cache()):
+        with protos.options(autocast=True):
+            amp = unlearn_(emb.model, emb.tokenizer, request, proto_steps=3, progress=False)
+        restore_(emb.model)
+        plain = unlearn_(emb.model, emb.tokenizer, request, proto_steps=3, progress=False)
+        restore_(emb.model)
+    assert amp.maps["image"].dtype == torch.float32 and torch.isfinite(amp.maps["image"]).all()
+    assert plain.stats["image"]["prototypes_reused"] == 0  # bf16 prototypes are kept apart in the bank
+    assert not torch.equal(amp.maps["image"], plain.maps["image"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batches_from_free_memory_give_the_same_prototypes(emb):
+    model = embedded.load_embedded(device="cuda").model
+    group = 64
+    n = protos.batch_images(model, group)
+    assert n % group == 0 and group <= n <= protos.CUDA_MAX_IMAGES
+    with protos.options(max_images=group):
+        assert protos.batch_images(model, group) == group
+    cells, T, C = cells_and_texts(emb, 40)
+    site = find_site(model, "image")
+    args = (model, site, "joint", T, cell_keys(cells, emb.cell_templates), C, "labels")
+    kw = dict(n_prototypes=4, proto_steps=20, proto_lr=0.05, seed=0, progress=False)
+    out = []
+    for cap in (8, None):  # one group of 2 cells per batch, or as many groups as fit
+        with cache.use(None), protos.options(max_images=cap):
+            out.append(directions.prototype_columns(*args, **kw)[0])
+    torch.testing.assert_close(out[0], out[1], rtol=1e-3, atol=1e-3)
