@@ -1,14 +1,47 @@
 """Fixtures shared by the test files: the embedded model, a stable copy of its weights, and tiny
-random-init transformers models. The ``slow`` marker (pyproject.toml) marks tests that take a
+random-init transformers models. The ``slow`` marker (pyproject.toml) marks tests that take half a
 minute or more: ``pytest -m "not slow"`` leaves them out."""
+import shutil
+import time
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from lightning_unlearn import embedded
 from lightning_unlearn.encoders import hf_tokenizer
 
 #: The label space the tiny models are tested on, and the words their in-memory tokenizer knows.
 CLASSES, DOMAINS = ["cat", "dog", "bird", "fish"], ["photo", "sketch"]
 WORDS = ["a", "of", "the", "photo", "sketch", *CLASSES, "red", "blue", "green", "colour", "thing", "picture"]
+
+
+def snapshot_weights(folder: Path) -> Path:
+    """A stable copy of the shipped weights (a training run may rewrite them while tests run). A
+    missing or unreadable asset fails the tests: they are about the shipped model."""
+    dst = folder / "world-clip.safetensors"
+    assert embedded.WEIGHTS_PATH.is_file(), f"the shipped weights {embedded.WEIGHTS_PATH} are missing"
+    for _ in range(10):
+        try:
+            shutil.copyfile(embedded.WEIGHTS_PATH, dst)
+            load_file(str(dst))
+            return dst
+        except Exception:  # noqa: BLE001 - caught mid-write: try again
+            time.sleep(1)
+    raise AssertionError(f"the shipped weights {embedded.WEIGHTS_PATH} cannot be read")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A snapshot of the shipped embedded weights, once per test module."""
+    return snapshot_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="module")
+def emb():
+    """The embedded model (:func:`~lightning_unlearn.embedded.load_embedded`), once per test module."""
+    return embedded.load_embedded()
 
 
 def hf_tiny(name: str):

@@ -13,7 +13,7 @@ from lightning_unlearn.data import World, WorldDataset, write_world
 from lightning_unlearn.embedded import load_embedded
 from lightning_unlearn.encoders import encode_image, image_io
 
-from test_cli import cli, weights  # noqa: F401 (module fixture)
+from test_cli import cli
 
 N_PER_CELL = 4
 

@@ -16,15 +16,9 @@ from PIL import Image
 from lightning_unlearn import EditError, ForgetRequest, RequestError, edit, edits, inject_, restore_, unlearn_
 from lightning_unlearn.data import DomainFolderDataset
 from lightning_unlearn.data.datasets import to_rgb
-from lightning_unlearn.embedded import load_embedded
 from lightning_unlearn.prompts import fill_template, validate_templates
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def emb():
-    return load_embedded()
 
 
 # ---- requests and templates -----------------------------------------------------------------------
@@ -127,6 +121,7 @@ def test_inject_leaves_the_global_rng_state_alone(emb):
         restore_(emb.model)
 
 
+@pytest.mark.slow  # two processes
 def test_every_rank_fails_with_rank_0s_message(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_failure.py"), str(tmp_path), "0"],
@@ -139,6 +134,7 @@ def test_every_rank_fails_with_rank_0s_message(tmp_path):
     assert "edits left: 0" in r1  # the rank that succeeded took its edit out again
 
 
+@pytest.mark.slow  # two processes each
 @pytest.mark.parametrize("failing", [0, 1])
 def test_a_rank_failing_in_the_shared_synthesis_fails_every_rank(tmp_path, failing):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -20,8 +20,6 @@ from lightning_unlearn.data import World, WorldDataset, write_world
 from lightning_unlearn.export import apply_edit, load_edit
 from lightning_unlearn.zeroshot import evaluate, split_accuracy
 
-from test_export import snapshot_weights
-
 ROOT = Path(__file__).resolve().parents[1]
 N_PER_CELL = 2
 FORGET = ["--forget-classes", "star"]  # global: the fast text-only method changes the model for it
@@ -36,11 +34,6 @@ def cli(argv, capsys):
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return snapshot_weights(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")

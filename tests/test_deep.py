@@ -84,11 +84,6 @@ def test_eraser_groups_by_class_or_by_domain_and_erases_raw_and_normalised_gaps(
 
 
 @pytest.fixture(scope="module")
-def emb():
-    return embedded.load_embedded()
-
-
-@pytest.fixture(scope="module")
 def deep_edited(emb):
     model = copy.deepcopy(emb.model)
     request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
@@ -247,6 +242,7 @@ def run(emb, depth, paradigm, variant):
     return measure(H["v"] @ E.T, D["yv"], H["t"] @ E.T, D["yt"], request, D["T"], D["Tc"])
 
 
+@pytest.mark.slow  # the depth fixture: a minute
 def test_evidence_of_every_cell_adds_the_normalised_direction(emb, depth):
     D = depth[0]
     model = copy.deepcopy(emb.model)
@@ -279,6 +275,7 @@ def test_the_eraser_is_harmless_and_reaches_chance_with_real_images_of_every_cel
     assert r["probe_bal_raw"] <= LIMIT_EVERY_CELL[paradigm] and r["probe_bal_norm"] <= LIMIT_EVERY_CELL[paradigm]
 
 
+@pytest.mark.slow  # the depth fixture: a minute
 @pytest.mark.xfail(strict=True, reason="not reached: with prototypes for the retained cells the eraser misses the "
                                        "real class gap (README, 'Depth: deep mode')")
 def test_global_probe_target_with_five_evidence_images(emb, depth):

@@ -3,14 +3,12 @@
 the embedded model's weights, with the fast text-only method."""
 import copy
 import json
-import shutil
-import time
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from lightning_unlearn import EditError, ForgetRequest, edits, embedded, unlearn_
 from lightning_unlearn import export as ex
@@ -20,26 +18,6 @@ from lightning_unlearn.export import (ArtifactError, WeightsMismatchError, apply
 from lightning_unlearn.state import weights_digest
 
 FORGET = dict(forget_classes=["star"])  # global: the text-only method changes the model for it
-
-
-def snapshot_weights(folder: Path) -> Path:
-    """A stable copy of the shipped weights (a training run may rewrite them while tests run). A
-    missing or unreadable asset fails the tests: they are about the shipped model."""
-    dst = folder / "world-clip.safetensors"
-    assert embedded.WEIGHTS_PATH.is_file(), f"the shipped weights {embedded.WEIGHTS_PATH} are missing"
-    for _ in range(10):
-        try:
-            shutil.copyfile(embedded.WEIGHTS_PATH, dst)
-            load_file(str(dst))
-            return dst
-        except Exception:  # noqa: BLE001 - caught mid-write: try again
-            time.sleep(1)
-    raise AssertionError(f"the shipped weights {embedded.WEIGHTS_PATH} cannot be read")
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return snapshot_weights(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")

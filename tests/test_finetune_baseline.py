@@ -2,14 +2,11 @@
 how it picks the tensors it trains, and that a failed epoch is rolled back (model and optimiser)."""
 import math
 
-import pytest
 import torch
 from torch import nn
 
 from benchmarks import finetune_baseline as fb
 from lightning_unlearn import ForgetRequest
-from lightning_unlearn.embedded import load_embedded
-
 
 
 class Towers(nn.Module):
@@ -77,11 +74,6 @@ def test_top_tensors_per_tower_by_mean_absolute_gradient():
     fb.mask_gradients_(m, chosen)
     assert m.token_embedding.weight.grad is None and m.visual.a.weight.grad is None
     assert m.visual.b.weight.grad is not None
-
-
-@pytest.fixture(scope="module")
-def emb():
-    return load_embedded()
 
 
 def test_failed_epochs_roll_back_model_and_optimiser_and_advance_the_schedule(emb, monkeypatch):
