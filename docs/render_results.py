@@ -443,9 +443,19 @@ def render_composition() -> str:
         forget = "; ".join(f"{q['request']} {f2(q['forget_mean'])} ({f2(q['worst_forget_acc'])} "
                            f"{'/'.join(q['worst_forget_cell'])})" for q in r["requests"])
         rows.append([r["chain"], forget, f"{f2(r['retain_drop_mean'])} / {f1(r['worst_retain_drop'])} "
-                     f"({'/'.join(r['worst_retain_cell'])})", "met" if r["met"] else "NOT met"])
+                     f"({'/'.join(r['worst_retain_cell'])})", ("met" if r["met"] else "NOT met")
+                     + (" (refused by default)" if r.get("would_refuse") else "")])
+    runs = [r for r in d["runs"] if "refused" not in r]
+    chains = [r for r in runs if "," in r["chain"]]
+    taken = [r for r in chains if not r.get("would_refuse")]
+    refused = [r for r in chains if r.get("would_refuse")]
+    alone_failing = [r["chain"] for r in runs if "," not in r["chain"] and not r["met"]]
+    note = (f"Chains the library accepts: {sum(r['met'] for r in taken)} of {len(taken)} meet every target; "
+            f"the others contain a request that fails alone too ({', '.join(alone_failing) or 'none'} fail alone). "
+            f"Chains it refuses by default, run anyway (`--unchecked`): {sum(r['met'] for r in refused)} of "
+            f"{len(refused)} meet the targets.")
     return table(["chain", "each request: forget mean (worst cell)", "retained: drop mean / worst cell (points)",
-                  "targets"], rows) + "\n\n" + source("composition.json")
+                  "targets"], rows) + "\n\n" + note + "\n\n" + source("composition.json")
 
 
 RENDERERS = {
