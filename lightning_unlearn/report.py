@@ -147,7 +147,7 @@ def demo(lc, config, n_per_cell: int, out: Path, batch_size: int = 256, progress
     figure = cell_heatmaps(rows, list(lc.classnames), list(lc.domains), out / "demo.png")
     width = max(len(r["paradigm"]) for r in rows)
     print(f"{'paradigm'.ljust(width)}  forget acc (%)  retain acc (%)  worst forgotten cell (%)  "
-          "worst retained cell (drop, points)")
+          "worst retained cell (change, points)")
     for r in rows:
         wf, wr = r["worst_forget_cell"], r["worst_retain_cell"]
         print(f"{r['paradigm'].ljust(width)}  {pct(r['forget_acc_before']):>5} -> {pct(r['forget_acc_after']):<5}"
