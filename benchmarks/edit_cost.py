@@ -5,6 +5,17 @@
     python benchmarks/edit_cost.py --json out/law.json --sizes 10x4 50x6 100x6 --methods multimodal \
         --paradigms domain                                                           # growth law
     python benchmarks/edit_cost.py --json out/old.json --root /path/to/other/checkout  # same runs, other code
+    python benchmarks/edit_cost.py --json out/gpu.json --device cuda --preset gpu       # the GPU table below
+
+``--device cuda`` runs on the first CUDA device (refused with a message where torch sees none) and
+records ``peak_gpu_mb`` (``torch.cuda.max_memory_allocated`` of each edit) and the GPU's name;
+``--precisions fp16 bf16`` creates the model in those precisions; ``--autocast`` and
+``--max-images N`` set :func:`lightning_unlearn.prototypes.options` (bf16 autocast in the synthesis,
+images per synthesis batch on CUDA). ``--preset gpu`` runs these rows (arch, size, paradigm, method,
+precision): ViT-B-32 10x4 global text / global multimodal / whole domain multimodal; ViT-B-32 10x4
+global multimodal in fp16 and bf16; ViT-L-14 10x4 global multimodal; ViT-B-32 345x6 global text /
+domain-specific multimodal / whole domain multimodal. GPU targets (one H200-class GPU): ViT-B-32
+345x6 whole domain multimodal cold <= 20 s, ViT-L-14 10x4 multimodal cold <= 5 s.
 
 Label space: ``--classes`` class names (the 10 below, then "object 11", ...) x ``--domains``
 domains (photo, sketch, cartoon, painting, clipart, infograph, ...). Requests (``--paradigms``):
@@ -42,6 +53,14 @@ PARADIGMS = {"global": lambda c, d: {"forget_classes": c[:1]},
              "domain": lambda c, d: {"forget_domains": d[:1]}}
 TARGETS = {"10x4": {"text": 1.0, "multimodal": 60.0, "warm": 2.0},
            "345x6": {"text": 30.0, "multimodal": 900.0, "warm": 10.0}, "peak_rss_mb": 3000.0}
+#: cold-edit targets on one CUDA device, by (arch, size, paradigm, method)
+GPU_TARGETS = {("ViT-B-32", "345x6", "domain", "multimodal"): 20.0, ("ViT-L-14", "10x4", "global", "multimodal"): 5.0}
+#: --preset gpu: (arch, classes, domains, paradigm, method, precision)
+GPU_PRESET = [("ViT-B-32", 10, 4, "global", "text", "fp32"), ("ViT-B-32", 10, 4, "global", "multimodal", "fp32"),
+              ("ViT-B-32", 10, 4, "domain", "multimodal", "fp32"), ("ViT-B-32", 10, 4, "global", "multimodal", "fp16"),
+              ("ViT-B-32", 10, 4, "global", "multimodal", "bf16"), ("ViT-L-14", 10, 4, "global", "multimodal", "fp32"),
+              ("ViT-B-32", 345, 6, "global", "text", "fp32"), ("ViT-B-32", 345, 6, "domain-specific", "multimodal", "fp32"),
+              ("ViT-B-32", 345, 6, "domain", "multimodal", "fp32")]
 #: (module, function) -> stage; functions missing in a checkout are skipped
 STAGES = [("lightning_unlearn.directions", "encode", "prompts"),
           ("lightning_unlearn.directions", "prototype_columns", "prototypes"),
@@ -89,8 +108,12 @@ def _instrument(clock: dict) -> None:
                 setattr(o, name, timed)
 
 
-def child(arch: str, method: str, paradigm: str, classes: int, domains: int, image_size: int | None) -> list[dict]:
+def child(arch: str, method: str, paradigm: str, classes: int, domains: int, image_size: int | None,
+          device: str = "cpu", precision: str = "fp32", autocast: bool = False,
+          max_images: int | None = None) -> list[dict]:
     """The cold and the warm run, in this (fresh) process."""
+    import contextlib
+
     import open_clip
     import torch
 
@@ -98,9 +121,19 @@ def child(arch: str, method: str, paradigm: str, classes: int, domains: int, ima
 
     if arch == embedded.MODEL_NAME:  # the embedded architecture (random init here) for smoke runs
         embedded.register()
+    cuda = device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: torch {torch.__version__} sees no CUDA device")
+    options = contextlib.nullcontext()
+    if autocast or max_images is not None:
+        from lightning_unlearn import prototypes
+        if not hasattr(prototypes, "options"):
+            raise SystemExit("--autocast / --max-images: this checkout's lightning_unlearn has no prototypes.options")
+        options = prototypes.options(autocast=autocast, max_images=max_images)
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    model = open_clip.create_model(arch, **({"force_image_size": image_size} if image_size else {})).eval()
+    model = open_clip.create_model(arch, precision=precision, device=device,
+                                   **({"force_image_size": image_size} if image_size else {})).eval()
     tokenizer = open_clip.get_tokenizer(arch)
     load_seconds = time.perf_counter() - t0
     names, doms = label_space(classes, domains)
@@ -112,8 +145,14 @@ def child(arch: str, method: str, paradigm: str, classes: int, domains: int, ima
         if warm:
             restore_(model)
         clock.clear()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        result = unlearn_(model, tokenizer, request, method=method, progress=False)
+        with options:
+            result = unlearn_(model, tokenizer, request, method=method, progress=False)
+        if cuda:
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         stages = {k: round(v, 3) for k, v in clock.items()}
         stages["other"] = round(seconds - sum(clock.values()), 3)
@@ -127,17 +166,22 @@ def child(arch: str, method: str, paradigm: str, classes: int, domains: int, ima
             "proto_steps": result.config.prototype_steps(paradigm), "ranks": result.ranks,
             "stats": {tower: dict(s) for tower, s in result.stats.items()},
             "n_forget_cells": len(request.forget_cells), "n_retain_cells": len(request.retain_cells),
+            "device": device, "precision": precision, "autocast": autocast, "max_images": max_images,
+            "gpu": torch.cuda.get_device_name() if cuda else None,
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20, 1) if cuda else None,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "open_clip": open_clip.__version__})
     return runs
 
 
-def spawn(args, arch, method, paradigm, classes, domains) -> list[dict]:
+def spawn(args, arch, method, paradigm, classes, domains, precision="fp32") -> list[dict]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", arch, method, paradigm, str(classes),
-           str(domains)] + (["--image-size", str(args.image_size)] if args.image_size else [])
+           str(domains), "--device", args.device, "--precisions", precision] + \
+        (["--image-size", str(args.image_size)] if args.image_size else []) + (["--autocast"] if args.autocast else []) + \
+        (["--max-images", str(args.max_images)] if args.max_images else [])
     env = dict(os.environ, PYTHONPATH=str(args.root or ROOT))
     head = {"arch": arch, "method": method, "paradigm": paradigm, "classes": classes, "domains": domains,
-            "cells": classes * domains}
+            "cells": classes * domains, "device": args.device, "precision": precision}
     start = time.perf_counter()
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
@@ -153,7 +197,13 @@ def spawn(args, arch, method, paradigm, classes, domains) -> list[dict]:
 
 def verdicts(run: dict) -> dict:
     size = f"{run['classes']}x{run['domains']}"
-    if "error" in run or size not in TARGETS:
+    if "error" in run:
+        return {}
+    if run.get("device", "cpu").startswith("cuda"):  # the GPU targets: cold edits of two rows
+        limit = GPU_TARGETS.get((run["arch"], size, run["paradigm"], run["method"]))
+        return {} if limit is None or run["warm"] or run.get("precision", "fp32") != "fp32" else \
+            {"time_ok": run["edit_seconds"] <= limit, "target_s": limit}
+    if size not in TARGETS:
         return {}
     t = TARGETS[size]
     limit = t["warm"] if run["warm"] else t.get(run["method"]) if size == "10x4" else \
@@ -186,7 +236,9 @@ def table(runs: list[dict]) -> str:
     lines = ["| arch | size | paradigm | method | cold/warm | edit s | prompts s | prototypes s | solve s | inject s "
              "| other s | peak RSS MB | target s | ok |", "|" + "---|" * 14]
     for r in runs:
-        head = f"| {r['arch']} | {r['classes']}x{r['domains']} | {r['paradigm']} | {r['method']} | "
+        arch = r["arch"] + ("" if r.get("precision", "fp32") == "fp32" else f" {r['precision']}") + \
+            (f" ({r['device']}, peak {r['peak_gpu_mb']:.0f} MB)" if r.get("peak_gpu_mb") is not None else "")
+        head = f"| {arch} | {r['classes']}x{r['domains']} | {r['paradigm']} | {r['method']} | "
         if "error" in r:
             lines.append(head + f"error: {r['error']} |||||||||")
             continue
@@ -221,28 +273,45 @@ def main(argv=None):
     ap.add_argument("--image-size", type=int, default=None, help="force the image size (default: the model's, 224)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per subprocess before giving up")
     ap.add_argument("--root", type=Path, default=None, help="import lightning_unlearn from this checkout")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: refused where torch sees no CUDA device")
+    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "fp16", "bf16"],
+                    help="model precisions (open_clip.create_model precision=)")
+    ap.add_argument("--autocast", action="store_true", help="bf16 autocast in the prototype synthesis (opt-in)")
+    ap.add_argument("--max-images", type=int, default=None, help="cap on images per synthesis batch on CUDA")
+    ap.add_argument("--preset", choices=["gpu"], default=None,
+                    help="gpu: the rows of the GPU table (see above) instead of --archs / --sizes / ...")
     ap.add_argument("--child", nargs=5, metavar=("ARCH", "METHOD", "PARADIGM", "C", "D"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         arch, method, paradigm, c, d = args.child
-        print(json.dumps(child(arch, method, paradigm, int(c), int(d), args.image_size)))
+        print(json.dumps(child(arch, method, paradigm, int(c), int(d), args.image_size, args.device,
+                               args.precisions[0], args.autocast, args.max_images)))
         return
+    if args.device.startswith("cuda"):  # refused here, before any subprocess, where there is no GPU
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: torch {torch.__version__} sees no CUDA device "
+                             f"(torch.cuda.is_available() is False); run on a machine with a GPU or use --device cpu")
+    elif args.preset == "gpu":
+        raise SystemExit("--preset gpu needs --device cuda")
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes] if args.sizes else \
         [(args.classes, args.domains)]
     for c, d in sizes:
         label_space(c, d)
     env = {"loadavg_start": os.getloadavg(), "cpu_count": os.cpu_count(),
-           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "root": str(args.root or ROOT)}
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "root": str(args.root or ROOT),
+           "device": args.device, "autocast": args.autocast, "max_images": args.max_images}
+    rows = GPU_PRESET if args.preset == "gpu" else \
+        [(arch, c, d, paradigm, method, precision) for arch in args.archs for c, d in sizes
+         for paradigm in args.paradigms for method in args.methods for precision in args.precisions]
     runs = []
-    for arch in args.archs:
-        for c, d in sizes:
-            for paradigm in args.paradigms:
-                for method in args.methods:
-                    print(f"running {arch} / {c}x{d} / {paradigm} / {method} ...", file=sys.stderr, flush=True)
-                    for run in spawn(args, arch, method, paradigm, c, d):
-                        run["verdicts"] = verdicts(run)
-                        runs.append(run)
-                    result = write(args.json, runs, env)  # after every run: a stopped sweep keeps what it measured
+    for arch, c, d, paradigm, method, precision in rows:
+        print(f"running {arch} / {c}x{d} / {paradigm} / {method} / {precision} on {args.device} ...", file=sys.stderr,
+              flush=True)
+        for run in spawn(args, arch, method, paradigm, c, d, precision):
+            run["verdicts"] = verdicts(run)
+            runs.append(run)
+        result = write(args.json, runs, env)  # after every run: a stopped sweep keeps what it measured
     print(table(runs))
     for law in result["growth"]:
         print(f"growth {law['arch']} {law['method']} {law['paradigm']} {'warm' if law['warm'] else 'cold'}: "

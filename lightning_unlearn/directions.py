@@ -137,6 +137,8 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
     found = {i: hits[i] for idx, g in zip(groups, need.tolist()) if not g for i in idx}
     todo = [idx for idx, g in zip(groups, need.tolist()) if g]
     limit = protos.batch_images(model, per * n_prototypes, opts) if todo else 0
+    if shard is not None and todo:  # the same batches on every rank, whatever each one's free memory
+        limit = shard.least(limit)
     batches, seconds = [], 0.0
     for idx in todo:  # whole groups per batch, up to the device's limit
         if batches and (sum(map(len, batches[-1])) + len(idx)) * n_prototypes <= limit:

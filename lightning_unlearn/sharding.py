@@ -53,6 +53,12 @@ class Shard:
         self._check()
         return self.gather(flags.to(torch.int32)).bool().any(0)
 
+    def least(self, value: int) -> int:
+        """The smallest of every rank's ``value`` (e.g. the images per batch each rank's memory holds:
+        every rank must cut the same batches)."""
+        self._check()
+        return int(self.gather(torch.tensor([int(value)], dtype=torch.int64)).min())
+
     def rows(self, mine: torch.Tensor) -> torch.Tensor:
         """Every rank's share put together: ``mine`` holds this rank's rows (rows ``rank::world``,
         the others anything), the result row ``i`` comes from rank ``i % world``."""
