@@ -188,7 +188,16 @@ def test_banks_are_bounded_oldest_first(tmp_path):
         cache.Cache(max_banks=0)
 
 
-def test_two_threads_editing_two_models_give_the_maps_of_one_thread(two):
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (bit-equal comparisons: one reduction order)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_two_threads_editing_two_models_give_the_maps_of_one_thread(two, one_thread):
     a, b, tok = two
     request = ForgetRequest(CLASSES, DOMAINS, forget_classes=["dog"], forget_domains=["photo"])
     settings = FAST | dict(n_prototypes=1, proto_steps=2)
