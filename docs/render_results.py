@@ -318,6 +318,49 @@ def _sweep_table(name: str, key: str) -> str:
     return load(name)[key].replace("| nan |", "| - |").strip() + "\n\n" + source(name)
 
 
+PROTO_GROUPS = {"domain": "whole domains", "multi-domain": "whole domains", "global": "global, one class",
+                "multi-global": "global, several classes"}
+PROTO_DEFAULTS = {("whole domains", 4, 30): "default", ("whole domains", 4, 60): "old default",
+                  ("global, one class", 4, 120): "default", ("global, several classes", 4, 120): "default"}
+
+
+def render_proto_summary() -> str:
+    """proto_sweep.json per (request group, prototypes x steps): forget mean over requests and seeds, worst over
+    them; image-steps = cells synthesised x prototypes x steps (whole domains: every cell; global: the classes'
+    cells in every domain, so 'up to' the largest request)."""
+    groups = defaultdict(list)
+    for r in load("proto_sweep.json")["rows"]:
+        m = re.fullmatch(r"p(\d+)s(\d+)(?:seed(\d+))?", r["variant"])
+        groups[(PROTO_GROUPS[r["paradigm"]], int(m.group(1)), int(m.group(2)))].append((int(m.group(3) or 0), r))
+    order = list(dict.fromkeys(PROTO_GROUPS.values()))
+    n_domains = len({d for r in load("proto_sweep.json")["rows"] for _, d in r["forget"]})
+    rows, seen = [], set()
+    for (group, n, s), runs in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), -kv[0][1] * kv[0][2],
+                                                                      -kv[0][1])):
+        def worst(split, key):
+            return max(100 * (r[f"{split}before"][key] - r[f"{split}after"][key]) for _, r in runs)
+        cells = [r["forget"] for _, r in runs]
+        if group == "whole domains":
+            steps = f"{len({c for f in cells for c, _ in f}) * n_domains * n * s:,}"
+        else:
+            steps = f"up to {max(len({c for c, _ in f}) for f in cells) * n_domains * n * s:,}"
+        label = group
+        if group not in seen:
+            label += f" ({len({str(f) for f in cells})})"
+            seen.add(group)
+        setting = f"{n} x {s}"
+        if (group, n, s) in PROTO_DEFAULTS:
+            setting = f"**{setting} ({PROTO_DEFAULTS[group, n, s]})**"
+        fa = {split: [r[f"{split}after"]["forget_acc"] for _, r in runs] for split in ("", "test_")}
+        rows.append([label, setting, ", ".join(str(k) for k in sorted({k for k, _ in runs})),
+                     f"{f3(sum(fa['']) / len(fa['']))} / {f3(max(fa['']))}", f2(worst("", "retain_acc")),
+                     f"{f3(sum(fa['test_']) / len(fa['test_']))} / {f3(max(fa['test_']))}",
+                     f2(worst("test_", "retain_acc")), steps])
+    return table(["requests", "prototypes x steps", "seeds", "val: forget mean / worst", "val: retain drop worst",
+                  "test: forget mean / worst", "test: retain drop worst", "image-steps per request"], rows) + \
+        "\n\nMean and worst over the requests and seeds; drops in points. " + source("proto_sweep.json")
+
+
 def render_linear_bound_interaction() -> str:
     rows = [[r["site"], f"{100 * r['class']:.1f}%", f"{100 * r['domain']:.1f}%", f"{100 * r['interaction']:.2f}%"]
             for r in load("linear_bound.json")["interaction"]]
@@ -478,6 +521,7 @@ RENDERERS = {
     "cell-sweep-test": lambda: _sweep_table("cell_sweep.json", "table_test"),
     "cell-sweep-multi": lambda: _sweep_table("cell_sweep_multi.json", "table"),
     "cell-sweep-multi-test": lambda: _sweep_table("cell_sweep_multi.json", "table_test"),
+    "proto-summary": render_proto_summary,
     "proto-sweep": lambda: _sweep_table("proto_sweep.json", "table"),
     "proto-sweep-test": lambda: _sweep_table("proto_sweep.json", "table_test"),
     "deep-cells": lambda: _sweep_table("deep_cells.json", "table"),
