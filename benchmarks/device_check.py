@@ -20,6 +20,11 @@ is skipped and listed under ``skipped``; the JSON is rewritten after every secti
 - ``edit_cost``: per architecture and size, a cold edit (fresh cache) and the same edit warm, of a
   global request (the first class in every domain) and, at 10 x 4 only, a whole domain: seconds and
   peak GPU memory.
+
+``--autocast`` runs every section with bf16 autocast in the prototype synthesis and ``--max-images N``
+caps the images per synthesis batch (:func:`lightning_unlearn.prototypes.options`; recorded under
+``synthesis``): a run with ``--autocast`` beside one without is the measurement that decides whether
+autocast can be the default on CUDA.
 """
 from __future__ import annotations
 
@@ -195,7 +200,8 @@ def run(args) -> dict:
     overrides = {"method": args.method} if args.method else {}
     checked = overrides | {"check": not args.no_check}  # the edits whose quality is measured
     result = {"environment": environment(args.device), "budget_seconds": args.budget, "n_per_cell": args.n_per_cell,
-              "seeds": args.seeds, "overrides": overrides, "sections": {}, "skipped": budget.skipped}
+              "seeds": args.seeds, "overrides": overrides, "sections": {}, "skipped": budget.skipped,
+              "synthesis": {"autocast": args.autocast, "max_images": args.max_images}}
 
     def save():
         result["seconds"] = round(budget.elapsed, 1)
@@ -249,6 +255,10 @@ def main(argv=None) -> int:
     p.add_argument("--method", default=None, help="UnlearnConfig method for every edit (default: the library's)")
     p.add_argument("--no-check", action="store_true", help="no self-check of the measured edits")
     p.add_argument("--allow-cpu", action="store_true", help="run without CUDA (smoke tests of this script only)")
+    p.add_argument("--autocast", action="store_true",
+                   help="bf16 autocast in the prototype synthesis (lightning_unlearn.prototypes.options): the same "
+                        "sections with it, to set beside a run without")
+    p.add_argument("--max-images", type=int, default=None, help="cap on images per synthesis batch on CUDA")
     args = p.parse_args(argv)
     args.sections = [s for s in args.sections.split(",") if s]
     bad = sorted(set(args.sections) - set(SECTIONS))
@@ -263,7 +273,9 @@ def main(argv=None) -> int:
             print(REFUSAL.format(torch=torch.__version__), file=sys.stderr)
             return 2
         args.device = "cpu"
-    result = run(args)
+    from lightning_unlearn import prototypes
+    with prototypes.options(autocast=args.autocast, max_images=args.max_images):
+        result = run(args)
     print(f"wrote {args.json} ({result['seconds']} s; skipped: {result['skipped'] or 'nothing'})")
     return 0
 
