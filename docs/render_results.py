@@ -48,6 +48,13 @@ def f1(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+def span(values, fmt=f3) -> str:
+    """'0.999-1.000', or one number when they are all equal."""
+    values = list(values)
+    lo, hi = fmt(min(values)), fmt(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -455,6 +462,36 @@ def render_deep_model() -> str:
         "\n\n" + source("deep_model.json")
 
 
+def deep_research(name: str) -> dict:
+    return json.loads((RESULTS / "deep_research" / name).read_text())
+
+
+# exp11_audit.py 80 1 audits the first request of each class paradigm; its log cuts the request's description
+# before the domain, so the names are written here.
+EXP11_REQUEST = {"global": "circle, global", "domain-specific": "circle in photos"}
+EXP11_EDIT = {"shallow": "shallow", "deep+every-cell": "deep, 80 of every cell",
+              "deep+every-cell+text": "the same + text tower"}
+
+
+def render_deep_audit() -> str:
+    rows, edited = [], []
+    for r in deep_research("exp11_audit.json")["rows"]:
+        if r["variant"] == "unedited":
+            continue
+        first = not edited or edited[-1]["paradigm"] != r["paradigm"]
+        edited.append(r)
+        rows.append([EXP11_REQUEST[r["paradigm"]] if first else "", EXP11_EDIT[r["variant"]],
+                     f"{f3(r['forget'])} / {f3(r['paraphrase_acc'])}", f3(r["retrieval_precision"]),
+                     f"{f3(r['probe_balanced_acc'])} / {f3(r['probe_balanced_acc_normalised'])}",
+                     f3(r["probe_recall"]), f3(r["knn_recall"]),
+                     f"{f3(r['probe_balanced_acc@pooled'])} / {f3(r['probe_balanced_acc@block3'])}"])
+    return table(["request", "edit", "zero-shot / paraphrase forget", "retrieval", "probe bal. raw / normalised",
+                  "probe recall", "knn recall", "probe bal. @pooled / @block3"], rows) + \
+        f"\n\nRetained zero-shot {span(r['retain'] for r in edited)} and colour {span(r['colour'] for r in edited)} " \
+        "in every row. Source: `benchmarks/results/deep_research/exp11_audit.json` (`python docs/logs_to_json.py`: " \
+        "the lines of `exp11_audit.log`, converted, nothing rerun)."
+
+
 def render_exp6() -> str:
     rows = defaultdict(dict)
     for name in ["exp6_evidence_count_global.json", "exp6_evidence_count_ds_domain.json"]:
@@ -534,6 +571,7 @@ RENDERERS = {
     "deep-sweep": render_deep_sweep,
     "deep-model": render_deep_model,
     "exp6": render_exp6,
+    "deep-audit": render_deep_audit,
 }
 
 

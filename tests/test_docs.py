@@ -49,6 +49,14 @@ def test_results_pages_match_their_json():
                        "run `python docs/render_results.py`:\n" + "\n".join(diffs))
 
 
+def test_research_logs_match_their_json():
+    """The JSON conversions of the deep-mode research logs equal what docs/logs_to_json.py makes of the logs."""
+    spec = importlib.util.spec_from_file_location("logs_to_json", DOCS / "logs_to_json.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--check"]) == 0, "run `python docs/logs_to_json.py`"
+
+
 def test_every_page_has_its_generated_blocks_filled():
     """A block whose name the renderer does not know fails in render; an empty block means it was never run."""
     render = _render_module()
