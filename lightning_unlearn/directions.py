@@ -171,7 +171,8 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
     synthesised = sum(map(len, todo))
     stats = {"n_prototypes": rows.shape[0], "prototype_cos": float(rows[:, -2].mean()),
              "prototype_steps": int(rows[:, -1].max()), "prototype_image_steps": int(rows[:, -1].sum()),
-             "prototypes_reused": (len(keys) - synthesised) * n_prototypes, "prototype_seconds": round(seconds, 3)}
+             "prototypes_reused": (len(keys) - synthesised) * n_prototypes, "prototype_seconds": round(seconds, 3)} | \
+        ({"prototype_autocast": "bf16"} if opts.autocast else {})
     return rows[:, :-2].T.contiguous(), stats
 
 

@@ -85,6 +85,7 @@ def test_autocast_runs_and_keeps_float32_maps(emb):
         restore_(emb.model)
     assert amp.maps["image"].dtype == torch.float32 and torch.isfinite(amp.maps["image"]).all()
     assert plain.stats["image"]["prototypes_reused"] == 0  # bf16 prototypes are kept apart in the bank
+    assert amp.stats["image"]["prototype_autocast"] == "bf16" and "prototype_autocast" not in plain.stats["image"]
     assert not torch.equal(amp.maps["image"], plain.maps["image"])
 
 
