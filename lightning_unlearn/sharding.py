@@ -24,8 +24,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .errors import UnlearnError
 
-class PeerFailedError(RuntimeError):
+
+class PeerFailedError(UnlearnError, RuntimeError):
     """Another rank failed while this one was computing its share of the edit."""
 
 
