@@ -492,6 +492,97 @@ def render_deep_audit() -> str:
         "the lines of `exp11_audit.log`, converted, nothing rerun)."
 
 
+def _verdict(checks: list[tuple]) -> str:
+    """checks: (column, ok) or (column, part, ok). 'yes' / 'no' when all agree, else per column."""
+    by_col = defaultdict(list)
+    for c in checks:
+        by_col[c[0]].append(c[1:] if len(c) == 3 else ("", c[1]))
+    if all(ok for parts in by_col.values() for _, ok in parts):
+        return "yes"
+    if not any(ok for parts in by_col.values() for _, ok in parts):
+        return "no"
+    out = []
+    for col, parts in by_col.items():
+        if all(ok for _, ok in parts) or not any(ok for _, ok in parts):
+            out.append(f"{col}: {'yes' if parts[0][1] else 'no'}")
+        else:
+            out.append(f"{col}: " + ", ".join(f"{part} {'yes' if ok else 'no'}" for part, ok in parts))
+    return "; ".join(out)
+
+
+def render_deep_targets() -> str:
+    """The deep mode against its targets: the eraser alone (deep_sweep.json) unless a cell says composed
+    (deep_model.json); paraphrases from the audit (exp11), the text tower (exp9), 320 images (exp6)."""
+    sweep = {(s["paradigm"], s["variant"]): s for s in load("deep_sweep.json")["summary"]}
+    model = {(s["paradigm"], s["variant"]): s for s in load("deep_model.json")["summary"]}
+    audit = {(r["paradigm"], r["variant"]): r for r in deep_research("exp11_audit.json")["rows"]}
+    text = [r for r in deep_research("exp9_text_tower.json")["rows"]
+            if r["paradigm"] == "global" and r["variant"] == "deep-every+text"]
+    k = load("deep_model.json")["every_cell"][0]
+    every = f"deep+every-cell-{k}"
+    cols = [("data-free", "deep"), ("5 per forgotten cell", "deep+evidence"), (f"{k} of every cell", every)]
+    n320 = [r["probe_bal_raw"] for r in deep_research("exp6_evidence_count_ds_domain.json")["rows"]
+            if r["paradigm"] == "domain-specific" and r["variant"] == "real-train-320"]
+
+    def mw(s, key, fmt=f3):
+        return f"{fmt(s[key][0])} ({fmt(s[key][1])})"
+
+    def row(target, cells, checks):
+        return [target, *cells, _verdict(checks)]
+
+    rows = []
+    g = {name: sweep["global", v] for name, v in cols}
+    rows.append(row("global probe balanced acc (raw) <= 0.60",
+                    [mw(g[n], "probe_bal_raw") for n, _ in cols[:2]] +
+                    [f"{mw(g[cols[2][0]], 'probe_bal_raw')}; composed {mw(model['global', every], 'probe_bal_raw')}"],
+                    [(n, g[n]["probe_bal_raw"][0] <= 0.60) for n, _ in cols]))
+    rows.append(row("global 10-class probe recall <= 0.20", [f3(g[n]["probe_recall"][0]) for n, _ in cols],
+                    [(n, g[n]["probe_recall"][0] <= 0.20) for n, _ in cols]))
+    gm = {name: model["global", v] for name, v in cols}
+    para, para_text = audit["global", "deep+every-cell"], audit["global", "deep+every-cell+text"]
+    rows.append(row("global zero-shot and paraphrase forget <= 0.01 (composed)",
+                    [f"zero-shot {mw(gm[n], 'zs_forget')} (paraphrase not measured)" for n, _ in cols[:2]] +
+                    [f"zero-shot {mw(gm[cols[2][0]], 'zs_forget')}; with the text tower "
+                     f"{' / '.join(f3(r['zs_forget']) for r in text)} ({', '.join(r['request'] for r in text)}); "
+                     f"paraphrase {f3(para['paraphrase_acc'])}, text tower {f3(para_text['paraphrase_acc'])} "
+                     f"({para['request']}, audit above)"],
+                    [(n, gm[n]["zs_forget"][1] <= 0.01) for n, _ in cols]))
+    rows.append(row("retained zero-shot drop <= 1 pt / probe drop <= 2 / colour drop <= 1",
+                    [" / ".join(f2(g[n][key][1]) for key in ("zs_retain", "probe_retain_acc", "colour")) + " worst"
+                     + (f" (zero-shot mean {f2(g[n]['zs_retain'][0])})" if n == cols[2][0] else "") for n, _ in cols],
+                    [(n, g[n]["zs_retain"][1] <= 1 and g[n]["probe_retain_acc"][1] <= 2 and g[n]["colour"][1] <= 1)
+                     for n, _ in cols]))
+    d = {name: sweep["domain-specific", v] for name, v in cols}
+    rows.append(row("domain-specific probe balanced acc <= 0.65",
+                    [mw(d[n], "probe_bal_raw") for n, _ in cols[:2]] +
+                    [f"{mw(d[cols[2][0]], 'probe_bal_raw')}; normalised {mw(d[cols[2][0]], 'probe_bal_norm')}; "
+                     f"320 of every cell: {f3(sum(n320) / len(n320))} ({f3(max(n320))})"],
+                    [(n, w, d[n]["probe_bal_raw"][i] <= 0.65) for n, _ in cols
+                     for i, w in enumerate(("mean", "worst"))]))
+    rows.append(row("same class other domains: probe recall drop within 5 pts, zero-shot within 2",
+                    [f"{f2(d[n]['probe_recall_same'][1])} / {f2(d[n]['zs_same'][1])} worst" +
+                     (f" (zero-shot mean {f2(d[n]['zs_same'][0])})" if n == cols[2][0] else "") for n, _ in cols],
+                    [(n, what, d[n][key][1] <= lim) for n, _ in cols
+                     for what, key, lim in (("probe", "probe_recall_same", 5), ("zero-shot", "zs_same", 2))]))
+    rows.append(["whole domain zero-shot forget <= 0.05", "refused", "refused", "refused",
+                 "no (the surface edit forgets a domain to chance; the deep mode conflicts with it, above)"])
+    times = []
+    for name, v in cols:
+        deep = [model[p, v]["edit_seconds"][0] for p in ("global", "domain-specific")]
+        ratio = [model[p, v]["edit_seconds"][0] / model[p, "shallow"]["edit_seconds"][0]
+                 for p in ("global", "domain-specific")]
+        times.append((name, deep, ratio))
+    shallow = [model[p, "shallow"]["edit_seconds"][0] for p in ("global", "domain-specific")]
+    rows.append(row("deep edit time <= 3x shallow (cold)",
+                    [f"{span(deep, f1)} s ({span(ratio, f1)}x)" + (f" vs {span(shallow, f1)} s shallow" if i == 0 else "")
+                     for i, (_, deep, ratio) in enumerate(times)],
+                    [(n, max(ratio) <= 3) for n, _, ratio in times]))
+    return table(["target", *[n for n, _ in cols], "met"], rows) + "\n\nMean (worst) over the requests, drops in " \
+        "points. Source: `benchmarks/results/deep_sweep.json` (the eraser alone), `benchmarks/results/deep_model.json` " \
+        "(composed, times), `benchmarks/results/deep_research/exp11_audit.json`, `exp9_text_tower.json`, " \
+        "`exp6_evidence_count_ds_domain.json`."
+
+
 def render_exp6() -> str:
     rows = defaultdict(dict)
     for name in ["exp6_evidence_count_global.json", "exp6_evidence_count_ds_domain.json"]:
@@ -572,6 +663,7 @@ RENDERERS = {
     "deep-model": render_deep_model,
     "exp6": render_exp6,
     "deep-audit": render_deep_audit,
+    "deep-targets": render_deep_targets,
 }
 
 
