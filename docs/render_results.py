@@ -146,6 +146,114 @@ def render_glance() -> str:
                   "retain drop, points (mean / worst)", "colour drop, points (worst)", "seconds (mean)"], rows)
 
 
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _cell(describe: str) -> str:
+    """"... forget classes ['heart'] in domains ['cartoon'] ..." -> 'heart in cartoons'."""
+    cls, dom = _names(describe).split(" in ")
+    return f"{cls} in {dom}s"
+
+
+def _ratios(name: str, paradigm: str) -> str:
+    """Baseline time to criterion / cold edit time, where the baseline reached its criterion."""
+    runs = [r for r in load(name)["runs"] if r["paradigm"] == paradigm and r["set"] == "single"]
+    edit = {r["forget"]: r for r in runs if r["method"] == "multimodal"}
+    done = [r for r in runs if r["method"] == "finetune" and r["converged"]]
+    per = [r["edit_seconds"] / edit[r["forget"]]["edit_seconds"] for r in done]
+    total = summary_row(name, "single", paradigm, "finetune")["time_ratio"]
+    return (f"**{total:.1f}x** over the {len(done)} where the baseline reaches its criterion ({min(per):.1f}x to "
+            f"{max(per):.1f}x each; {span([r['edit_seconds'] for r in done], f1)} s to criterion against "
+            f"{span([edit[r['forget']]['edit_seconds'] for r in done], f1)} s edits)"), total
+
+
+def render_targets() -> str:
+    """results.md: the library defaults (multimodal) against the targets; targets as text, the rest measured."""
+    u = {(s["set"], s["paradigm"]): s for s in load("unlearning.json")["summary"] if s["method"] == "multimodal"}
+    tr = {(s["set"], s["paradigm"]): s for s in load("time_ratio.json")["summary"] if s["method"] == "multimodal"}
+    n = load("unlearning.json")["n_per_cell"]
+    rows = []
+
+    g = u["single", "global"]
+    ok = g["forget_after_mean"] <= 0.01 and g["forget_after_worst"] <= 0.03 and g["retain_drop_worst"] <= 0.5
+    rows.append(["global", "forget <= 0.01 mean, <= 0.03 worst; retain drop <= 0.5",
+                 f"{f3(g['forget_after_mean'])} / {f3(g['forget_after_worst'])} (every class); retain drop "
+                 f"{f2(g['retain_drop_mean'])} / {f2(g['retain_drop_worst'])}", _yes(ok)])
+
+    d = u["single", "domain-specific"]
+    runs = [r for r in load("unlearning.json")["runs"] if (r["set"], r["paradigm"], r["method"]) ==
+            ("single", "domain-specific", "multimodal")]
+    worst = [r for r in runs if r["forget_acc_after"] == d["forget_after_worst"]]
+    p8, p8m = summary_row("unlearning_ds_p8.json", "single", "domain-specific", "multimodal"), \
+        summary_row("unlearning_ds_p8.json", "multi", "domain-specific", "multimodal")
+    p8w = [r for r in load("unlearning_ds_p8.json")["runs"] if r["set"] == "single"
+           and r["forget_acc_after"] == p8["forget_after_worst"]]
+    drops = d["retain_drop_worst"] <= 2 and d["same_class_drop_worst"] <= 2
+    rows.append(["domain-specific, every cell", "forget <= 0.02 mean, <= 0.05 worst; retain and same-class drops <= 2",
+                 f"{f3(d['forget_after_mean'])} / **{f3(d['forget_after_worst'])}** (`unlearning.json`) "
+                 f"({', '.join(_cell(r['forget']) for r in worst)}: {round(d['forget_after_worst'] * n)} of {n} "
+                 f"images each); retain {f2(d['retain_drop_mean'])} / {f2(d['retain_drop_worst'])}; same-class "
+                 f"{f2(d['same_class_drop_mean'])} / {f2(d['same_class_drop_worst'])}",
+                 f"mean {_yes(d['forget_after_mean'] <= 0.02)}, drops {_yes(drops)}, worst cell "
+                 f"{_yes(d['forget_after_worst'] <= 0.05)}; with 8 prototypes per cell (`unlearning_ds_p8.json`) "
+                 f"{f3(p8['forget_after_mean'])} / {f3(p8['forget_after_worst'])} "
+                 f"({', '.join(_cell(r['forget']) for r in p8w)} still), retain worst {f2(p8['retain_drop_worst'])} "
+                 f"(and on the several-class request: same-class drop {f1(p8m['same_class_drop_mean'])}, retain "
+                 f"{f2(p8m['retain_drop_mean'])}), with twice the prototypes per cell: not adopted"])
+
+    w = tr["single", "domain"]
+    proto = [r for r in load("proto_sweep.json")["rows"] if "domain" in r["paradigm"]
+             and re.fullmatch(r"p4s30(seed\d+)?", r["variant"])]
+    pf = max(r[k]["forget_acc"] for r in proto for k in ("after", "test_after"))
+    pr = max(100 * (r[b]["retain_acc"] - r[a]["retain_acc"]) for r in proto
+             for b, a in (("before", "after"), ("test_before", "test_after")))
+    every = "in every domain" if w["forget_after_mean"] == w["forget_after_worst"] else \
+        f"mean, {f3(w['forget_after_worst'])} worst"
+    rows.append(["whole domain", "forget <= 0.10 (chance); retain drop <= 1",
+                 f"{f3(w['forget_after_mean'])} {every}; retain drop {f2(w['retain_drop_mean'])} / "
+                 f"{f2(w['retain_drop_worst'])} (and at seeds 1, 2 and on every pair of domains: forget <= {f3(pf)}, "
+                 f"retain <= {f2(pr)}, [prototype settings](research-notes.md#prototype-settings-per-paradigm))",
+                 _yes(round(w["forget_after_worst"], 3) <= 0.10 and w["retain_drop_worst"] <= 1) +
+                 " (below chance: out of reach for a linear layer here, see "
+                 "[where the edit acts](how-it-works.md#where-the-edit-acts))"])
+
+    mg, mgc, md, ms = u["multi", "global"], tr["multi", "global"], tr["multi", "domain"], u["multi", "domain-specific"]
+    sweep = [r for r in load("proto_sweep.json")["rows"] if r["paradigm"] == "multi-global" and r["variant"] == "p4s120"]
+    sv, st = (max(100 * (r[b]["retain_acc"] - r[a]["retain_acc"]) for r in sweep)
+              for b, a in (("before", "after"), ("test_before", "test_after")))
+    ok_g = mgc["retain_drop_worst"] <= 0.5 and mgc["forget_after_worst"] <= 0.03
+    ok_d = round(md["forget_after_worst"], 3) <= 0.10 and md["retain_drop_worst"] <= 1
+    ok_s = ms["forget_after_worst"] <= 0.05 and ms["retain_drop_worst"] <= 2 and ms["same_class_drop_worst"] <= 2
+    rows.append(["multi-class", "the single-request targets of their paradigm",
+                 f"global 3 classes: {f3(mg['forget_after_mean'])}, retain {f2(mg['retain_drop_mean'])} "
+                 f"(`unlearning.json`), **{f2(mgc['retain_drop_mean'])}** cold (`time_ratio.json`; the {len(sweep)} "
+                 f"several-class global requests of the prototype sweep: val worst {f2(sv)}, test worst {f2(st)}); "
+                 f"2 domains: {f3(md['forget_after_mean'])}, retain {f2(md['retain_drop_mean'])}; star and heart in "
+                 f"sketches and cartoons: forget {f3(ms['forget_after_mean'])}, retain {f2(ms['retain_drop_mean'])}, "
+                 f"but the same classes in photos and paintings lose **{f1(ms['same_class_drop_mean'])} points**",
+                 f"global 3 classes (cold): {_yes(ok_g)}; 2 domains: {_yes(ok_d)}; star and heart: {_yes(ok_s)}"])
+
+    c, cc = u["composed", "global"], tr["composed", "global"]
+    rows.append(["composed", "the same", f"circle then cross: {f3(c['forget_after_mean'])} "
+                 f"({f3(cc['forget_after_mean'])} cold, `time_ratio.json`), retain {f2(c['retain_drop_mean'])}",
+                 _yes(max(c["forget_after_worst"], cc["forget_after_worst"]) <= 0.03 and c["retain_drop_worst"] <= 0.5)])
+
+    colour = max(s["unrelated_drop_worst"] for f in ("unlearning.json", "time_ratio.json", "time_ratio_ds.json")
+                 for s in load(f)["summary"] if s["method"] == "multimodal")
+    rows.append(["unrelated (colour)", "drop <= 1 point everywhere",
+                 f"{f2(colour)} in every multimodal run" if colour == 0 else f"worst {f2(colour)}", _yes(colour <= 1)])
+
+    (gt, gr), (dt, dr), (st_, sr) = (_ratios("time_ratio.json", "global"), _ratios("time_ratio.json", "domain"),
+                                     _ratios("time_ratio_ds.json", "domain-specific"))
+    rows.append(["edit time vs the tuned fine-tuning baseline's time to criterion, same run",
+                 ">= 50x global and domain-specific, >= 10x whole domain",
+                 f"`time_ratio.json`, cold edits: global classes {gt}; whole domains {dt}; domain-specific cells "
+                 f"(`time_ratio_ds.json`) {st_}", _yes(gr >= 50 and sr >= 50 and dr >= 10)])
+    return table(["paradigm", "target", "measured", "met"], rows) + "\n\n" + source(
+        "unlearning.json", "time_ratio.json", "time_ratio_ds.json", "unlearning_ds_p8.json", "proto_sweep.json")
+
+
 def render_baseline_per_request() -> str:
     runs = load("time_ratio.json")["runs"]
     edits = {r["forget"]: r for r in runs if r["method"] == "multimodal" and r["set"] == "single"}
@@ -632,6 +740,7 @@ def render_composition() -> str:
 RENDERERS = {
     "glance": render_glance,
     "quality": render_quality,
+    "targets": render_targets,
     "baseline-per-request": render_baseline_per_request,
     "audit-quick": render_audit_quick,
     "alpha": render_alpha,
