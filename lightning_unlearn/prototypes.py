@@ -107,14 +107,17 @@ def _bytes_per_image(model, autocast: bool, probe: int = 8) -> float:
 
 def batch_images(model, group_images: int, opts: Options | None = None) -> int:
     """Images per synthesis batch, a multiple of ``group_images`` (one stop group): on CUDA as many
-    as ``opts.memory_fraction`` of the free memory holds, at most ``opts.max_images`` (at least
-    one group); elsewhere one group."""
+    as ``opts.memory_fraction`` of the free memory holds (the driver's free memory and what torch's
+    allocator holds unused, over the bytes per image of :func:`_bytes_per_image`), at most
+    ``opts.max_images`` (at least one group); elsewhere one group."""
     opts = current_options() if opts is None else opts
     p = next(model.parameters())
     if p.device.type != "cuda":
         return group_images
-    free, _ = torch.cuda.mem_get_info(p.device)
-    fit = int(free * opts.memory_fraction // _bytes_per_image(model, opts.autocast))
+    per = _bytes_per_image(model, opts.autocast)
+    free = torch.cuda.mem_get_info(p.device)[0] + torch.cuda.memory_reserved(p.device) - \
+        torch.cuda.memory_allocated(p.device)  # the driver's free memory and what torch holds unused
+    fit = int(free * opts.memory_fraction // per)
     cap = CUDA_MAX_IMAGES if opts.max_images is None else opts.max_images
     return max(group_images, min(fit, cap) // group_images * group_images)
 
