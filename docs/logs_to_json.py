@@ -21,9 +21,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP = ROOT / "benchmarks" / "results" / "deep_research"
-LOGS = ["exp7_normalised_global.log", "exp7_normalised_ds_domain.log", "exp8_order.log", "exp9_text_tower.log",
-        "exp10_real_surface.log", "exp10_real_surface_16.log", "exp11_audit.log"]
-PAIR = re.compile(r"(\S+)=(-?[\d.]+(?:e-?\d+)?)")
+LOGS = ["exp3_spans_star.log", "exp4_kept_subspace_star.log", "exp7_normalised_global.log",
+        "exp7_normalised_ds_domain.log", "exp8_order.log", "exp9_text_tower.log", "exp10_real_surface.log",
+        "exp10_real_surface_16.log", "exp11_audit.log", "deep_sweep_normalised_everywhere.log"]
+PAIR = re.compile(r"(\S+)=(\S+)")
+SPAN = re.compile(r"^(\S+)\s+rank (\d+) resid rel ([\d.]+) d' ([\d.]+)$")  # exp3: a span, then its edits
+
+
+def value(text: str):
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def parse_line(line: str) -> dict | None:
@@ -32,19 +43,34 @@ def parse_line(line: str) -> dict | None:
         return None
     label = " ".join(line[:first.start()].split())
     row = {"paradigm": label.split()[0], "label": label, "variant": label.split()[-1]}
+    named = re.match(r"(\S+) (\S+) \1: ", label)  # deep_sweep.py: paradigm, variant, then the description
+    if named:
+        row["variant"] = named.group(2)
     request = re.search(r"\['(\w+)", label)  # the first forgotten class (the description is cut to a width)
     if request:
         row["request"] = request.group(1)
     rounds = re.search(r"round (\d+) rank (\d+)", label)  # exp7: rounds of the normalised gap
     if rounds:
         row.update(variant=f"round {rounds.group(1)}", round=int(rounds.group(1)), rank=int(rounds.group(2)))
-    row.update({k: float(v) for k, v in PAIR.findall(line[first.start():])})
+    row.update({k: value(v) for k, v in PAIR.findall(line[first.start():])})
     return row
 
 
 def convert(log: str) -> str:
-    text = (DEEP / log).read_text()
-    rows = [r for r in map(parse_line, text.splitlines()) if r is not None]
+    rows, span = [], {}
+    for line in (DEEP / log).read_text().splitlines():
+        oracle = re.fullmatch(r"d' oracle ([\d.]+)", line.strip())
+        head = SPAN.match(line.strip())
+        if oracle:
+            rows.append({"label": "d' oracle", "d_prime": float(oracle.group(1))})
+        elif head:
+            span = {"span": head.group(1), "rank": int(head.group(2)), "resid_rel": float(head.group(3)),
+                    "d_prime": float(head.group(4))}
+        elif (row := parse_line(line)) is not None:
+            if line.startswith(" ") and span:  # exp3: an edit of the span above ('I' or 'Sp')
+                row = {**span, "variant": row["variant"], **{k: v for k, v in row.items()
+                                                               if k not in ("paradigm", "label", "variant")}}
+            rows.append(row)
     doc = {"source": f"benchmarks/results/deep_research/{log}", "converted_by": "python docs/logs_to_json.py",
            "rows": rows}
     return json.dumps(doc, indent=1) + "\n"
