@@ -75,6 +75,39 @@ def test_batches_are_one_group_off_cuda(emb):
     assert protos.current_options() == protos.Options()
 
 
+def test_cuda_batch_size_arithmetic(monkeypatch):  # the sizing rule, with the CUDA queries stubbed
+    class Param:
+        device = torch.device("cuda", 0)
+
+    class Model:
+        def parameters(self):
+            return iter([Param()])
+    gib = 2 ** 30
+    monkeypatch.setattr(protos, "_bytes_per_image", lambda model, autocast: 20 * 2 ** 20)  # 20 MiB an image
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 * gib, 141 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 6 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * gib)
+    # (100 + 6 - 2) GiB x 0.5 / 20 MiB = 2,662 images -> 2,656 (83 groups of 32)
+    assert protos.batch_images(Model(), 32) == 2656
+    assert protos.batch_images(Model(), 32, protos.Options(max_images=1000)) == 992
+    assert protos.batch_images(Model(), 32, protos.Options(max_images=10)) == 32  # never below one group
+    assert protos.batch_images(Model(), 32, protos.Options(memory_fraction=1.0)) == protos.CUDA_MAX_IMAGES
+
+
+def test_shard_puts_the_ranks_rows_together_and_stops_on_a_failed_peer():
+    from lightning_unlearn.sharding import PeerFailedError, Shard
+    theirs = torch.tensor([[10.0], [11.0], [12.0], [13.0], [14.0]])  # rank 1 holds rows 1 and 3
+    failed = []
+    shard = Shard(0, 2, vote=lambda decision, all=True: bool(failed) if not all else decision,
+                  gather=lambda t: torch.stack([t, theirs if t.shape == theirs.shape else t]))
+    mine = torch.tensor([[0.0], [-1.0], [2.0], [-1.0], [4.0]])  # rank 0 holds rows 0, 2, 4
+    assert shard.rows(mine).flatten().tolist() == [0.0, 11.0, 2.0, 13.0, 4.0]
+    assert shard.least(7) == 7 and shard.every(torch.tensor([True, False])).tolist() == [True, False]
+    failed.append(1)
+    with pytest.raises(PeerFailedError, match="another rank failed while rank 0"):
+        shard.rows(mine)
+
+
 def test_autocast_runs_and_keeps_float32_maps(emb):
     request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"], forget_domains=["sketch"])
     with cache.use(cache.Cache()):
