@@ -57,8 +57,15 @@ def parse_line(line: str) -> dict | None:
 
 
 def convert(log: str) -> str:
-    rows, span = [], {}
+    rows, span, header, summary = [], {}, None, []
     for line in (DEEP / log).read_text().splitlines():
+        if line.startswith("|"):  # a summary table the script printed: its rows as {column: text}
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if header is None:
+                header = cells
+            elif not set(line) <= set("|- "):
+                summary.append(dict(zip(header, cells)))
+            continue
         oracle = re.fullmatch(r"d' oracle ([\d.]+)", line.strip())
         head = SPAN.match(line.strip())
         if oracle:
@@ -72,7 +79,7 @@ def convert(log: str) -> str:
                                                                if k not in ("paradigm", "label", "variant")}}
             rows.append(row)
     doc = {"source": f"benchmarks/results/deep_research/{log}", "converted_by": "python docs/logs_to_json.py",
-           "rows": rows}
+           "rows": rows, **({"summary_table": summary} if summary else {})}
     return json.dumps(doc, indent=1) + "\n"
 
 

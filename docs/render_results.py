@@ -153,7 +153,7 @@ def _yes(ok: bool) -> str:
 def _cell(describe: str) -> str:
     """"... forget classes ['heart'] in domains ['cartoon'] ..." -> 'heart in cartoons'."""
     cls, dom = _names(describe).split(" in ")
-    return f"{cls} in {dom}s"
+    return f"{cls} in {dom}{'es' if dom.endswith(('s', 'sh', 'ch')) else 's'}"
 
 
 def _ratios(name: str, paradigm: str) -> str:

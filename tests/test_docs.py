@@ -196,3 +196,302 @@ def test_help_text_wraps_cleanly(command, monkeypatch):
     assert len(description) == 1 or len(description[0]) > 70, description
     if command == "export":
         assert "--json" not in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Numbers in the prose of the docs pages (outside the generated tables), each against the JSON it comes from.
+# A check is (text on the page with {} for each number, the numbers as the page writes them). The research logs
+# under benchmarks/results/deep_research/ are read through their JSON conversions (docs/logs_to_json.py).
+
+def _prose_how_it_works(r):
+    u = r.summary_row("unlearning.json", "single", "domain-specific", "text")
+    text_runs = [x for x in r.load("unlearning.json")["runs"] if (x["set"], x["paradigm"], x["method"]) ==
+                 ("single", "domain-specific", "text")]
+    defaults = r.load("unlearning.json")["defaults"]
+    lb = r.load("linear_bound.json")
+    inter = {x["site"]: 100 * x["interaction"] for x in lb["interaction"]}
+    fitted = {(s["paradigm"], s["method"].split("@ ")[1]): s for s in lb["summary"]}
+    dom = [fitted["domain", site] for site in ("pooled", "joint")]
+    design = {(x["variant"], r._names(x["forget"])): x for x in r.load("design_sweep.json")["rows"]}
+
+    def drop(variant, name, key):
+        x = design[variant, name]
+        return 100 * (x["before"][key] - x["after"][key])
+    margin = {m: r.load(f"margin_{m}.json") for m in ("0.5", "0.75", "1.0")}
+    worst_forget = max(margin["0.5"]["runs"], key=lambda x: x["forget_acc_after"])
+    worst_same = max(margin["1.0"]["runs"], key=lambda x: x["same_class_other_domains_acc_before"] -
+                     x["same_class_other_domains_acc_after"])
+    return [
+        ("`lam` {}, `mu` {})", f"{defaults['lam']:g}", f"{defaults['mu']:g}"),
+        ("(forget accuracy {} mean / {} worst over the {} cells, against {} before",
+         r.f3(u["forget_after_mean"]), r.f3(u["forget_after_worst"]), u["runs"],
+         r.f3(sum(x["forget_acc_before"] for x in text_runs) / len(text_runs))),
+        ("(columns weighted: text {}, images {})", f"{defaults['text_weight']:g}", f"{defaults['image_weight']:g}"),
+        ("is `-margin` ({}), a fixed target", f"{defaults['margin']:g}"),
+        ("`sink_margin` ({}) past it", f"{defaults['sink_margin']:g}"),
+        ("benchmarks/results/linear_bound.json` ({} s) measures", f"{lb['total_seconds']:.0f}"),
+        ("({} Adam steps on the val split", lb["steps"]),
+        ("the interaction is small there too ({}%)", f"{inter['pooled']:.1f}"),
+        ("barely better (whole domain {} against {})", r.f3(dom[0]["forget_after_mean"]), r.f3(dom[1]["forget_after_mean"])),
+        ("the {}% interaction lets the fitted map dip under it ({} on average) only by losing {} retain points on "
+         "average ({} at worst)", r.span([inter["joint"], inter["pooled"]], r.f1),
+         r.span([s["forget_after_mean"] for s in dom]), r.span([s["retain_drop_mean"] for s in dom], r.f1),
+         r.f1(max(s["retain_drop_worst"] for s in dom))),
+        ("(after block 1-3, where {}% of the energy is interaction)",
+         r.span([inter[f"block{k}"] for k in (1, 2, 3)], lambda v: f"{v:.0f}")),
+        ("design_sweep.json`, {} test images per cell", r.load("design_sweep.json")["n_per_cell"]),
+        ("(colour drops by up to {} points)", f"{max(drop('paper: projector, no protection', n, 'unrelated_acc') for _, n in design):.0f}"),
+        ("without the text stage it fails heart-in-photos ({}:", r.f2(design["without the text stage M1", "heart in photo"]["after"]["forget_acc"])),
+        ("it leaves {} of star-in-sketches", r.f2(design["two-sided, text only", "star in sketch"]["after"]["forget_acc"])),
+        ("(two-stage, multimodal, {} prototypes per cell, text weight {}, image weight {}, margin {}, sink margin {}, "
+         "joint site)", defaults["n_prototypes"], f"{defaults['text_weight']:g}",
+         f"{defaults['image_weight']:g}", f"{defaults['margin']:g}", f"{defaults['sink_margin']:g}"),
+        ("on these {} requests;", len({n for _, n in design})),
+        ("The margin was set on all {} domain-specific pairs at {} test images per cell",
+         margin["0.75"]["summary"][0]["runs"], margin["0.75"]["n_per_cell"]),
+        ("0.5 sits at the forget limit ({} {}), 1.0 at the same-class limit ({} {} points)",
+         r._cell(worst_forget["forget"]), r.f2(worst_forget["forget_acc_after"]), r._cell(worst_same["forget"]),
+         r.f1(100 * (worst_same["same_class_other_domains_acc_before"] - worst_same["same_class_other_domains_acc_after"]))),
+        ("150 steps cost {} points on painting", f"{drop('150 prototype steps', 'painting', 'retain_acc'):.0f}"),
+    ]
+
+
+WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine", 10: "ten"}
+
+
+def _drop(x, key, split=""):
+    return 100 * (x[f"{split}before"][key] - x[f"{split}after"][key])
+
+
+def _prose_research_notes(r):
+    checks = []
+    multi = r.load("cell_sweep_multi.json")
+    reqs = [x for x in multi["rows"] if (x["paradigm"], x["variant"]) == ("multi-ds", "default")]
+    shape = [(len({c for c, _ in x["forget"]}), len({d for _, d in x["forget"]})) for x in reqs]
+    checks.append(("`--variant previous=`: {} such requests, fixed before any result: {} 2 x 2, {} with 2-3 classes "
+                   "in one domain, {} with one class in three domains; val split, {} images per cell",
+                   WORDS[len(reqs)], WORDS[shape.count((2, 2))], WORDS[sum(d == 1 for _, d in shape)],
+                   WORDS[shape.count((1, 3))], multi["n_per_cell"]))
+    single = [x for x in multi["rows"] if (x["paradigm"], x["variant"]) == ("domain-specific", "default")]
+    test = [x["test_after"]["forget_acc"] for x in single]
+    checks.append(("(all {} cells in the same run: test {} / {})", len(single), r.f3(sum(test) / len(test)),
+                   r.f3(max(test))))
+    by = {tuple(sorted({c for c, _ in x["forget"]})): x for x in reqs}
+    ccd, ts, sq = by["circle", "cross", "diamond"], by["star", "triangle"], by["square",]
+    checks.append(("(circle, cross, diamond: same classes elsewhere -{} points, retain -{}), triangle and star in "
+                   "sketches and cartoons (same-class -{}), square in three of four domains (-{})",
+                   f"{_drop(ccd, 'same_class_other_domains_acc'):.0f}", f"{_drop(ccd, 'retain_acc'):.0f}",
+                   f"{_drop(ts, 'same_class_other_domains_acc'):.0f}", f"{_drop(sq, 'same_class_other_domains_acc'):.0f}"))
+
+    cells = r.load("cell_sweep.json")
+    n = cells["n_per_cell"]
+    rows = lambda v, p="domain-specific": [x for x in cells["rows"] if (x["paradigm"], x["variant"]) == (p, v)]
+    old = dict(re.findall(r"(?<!\w)(n_prototypes|proto_steps|margin)=([\d.]+)", cells["defaults"]))
+    checks.append(("({} images per cell; one image = {})", n, r.f2(1 / n)))
+    checks.append(("(the old defaults: {} prototypes per cell, {} steps, margin {})", old["n_prototypes"],
+                   old["proto_steps"], old["margin"]))
+    same = max(_drop(x, "same_class_other_domains_acc") for x in rows("p4s120"))
+    checks.append(("the same-class drop of {} is one image of {}", r.f2(same), 3 * n))
+    glob = rows("p4s120", "global")
+    checks.append(("120 steps keep forget at {} with a worst retain drop of {}",
+                   r.f3(max(x["after"]["forget_acc"] for x in glob)), r.f2(max(_drop(x, "retain_acc") for x in glob))))
+    design = {(x["variant"], r._names(x["forget"])): x for x in r.load("design_sweep.json")["rows"]}
+    checks.append(("150 steps cost {} retain points on the painting domain",
+                   r.f1(_drop(design["150 prototype steps", "painting"], "retain_acc"))))
+    kept = {v: [round(x["after"]["forget_acc"] * n) for x in rows(v) if round(x["after"]["forget_acc"], 2) > 0.05]
+            for v in ("p4s120seed1", "p4s120seed2")}
+    counts = sorted(len(k) for k in kept.values())
+    checks.append(("**not at the two others**: {} or {} cells (mostly in cartoons) keep {}-{} of {} val images",
+                   WORDS[counts[0]], WORDS[counts[1]], min(min(k) for k in kept.values()),
+                   max(max(k) for k in kept.values()), n))
+    mean = lambda v, s="after": sum(x[s]["forget_acc"] for x in rows(v)) / len(rows(v))
+    checks.append(("halve the mean ({} -> {}, {} -> {}) and lower the val worst to {}, but the test worst stays {}",
+                   r.f3(mean("p4s120seed1")), r.f3(mean("p8s120seed1")), r.f3(mean("p4s120seed2")),
+                   r.f3(mean("p8s120seed2")),
+                   r.f2(max(x["after"]["forget_acc"] for v in ("p8s120seed1", "p8s120seed2") for x in rows(v))),
+                   r.span([max(x["test_after"]["forget_acc"] for x in rows(v)) for v in ("p8s120seed1", "p8s120seed2")],
+                          r.f2)))
+
+    proto = r.load("proto_sweep.json")
+    prow = lambda p, v: [x for x in proto["rows"] if x["paradigm"] == p and x["variant"] == v]
+    sizes = [len({c for c, _ in x["forget"]}) for x in prow("multi-global", "p4s120")]
+    checks.append(("on the val split ({} images per cell)", proto["n_per_cell"]))
+    checks.append(("Requests: whole domains = the {} domains and the {} pairs of domains; global = the {} classes, and "
+                   "(`multi-global`) {} pairs of classes, {} triples and the benchmark's triangle + moon + hexagon",
+                   len(prow("domain", "p4s30")), len(prow("multi-domain", "p4s30")), len(prow("global", "p4s120")),
+                   WORDS[sizes.count(2)], WORDS[sizes.count(3) - 1]))
+    whole = lambda v: prow("domain", v) + prow("multi-domain", v)
+    worst = lambda v, split: max(_drop(x, "retain_acc", split) for x in whole(v))
+    checks.append(("(1 x 30 is perfect at seed 0 and loses {}-{} points at seed 1)", r.f1(worst("p1s30seed1", "")),
+                   r.f1(worst("p1s30seed1", "test_"))))
+    m2 = prow("multi-domain", "p4s60seed2")
+    checks.append(("(two domains at once: {} points)",
+                   r.span([max(_drop(x, "retain_acc", s) for x in m2) for s in ("", "test_")], r.f1)))
+    p430 = [x for v in ("p4s30", "p4s30seed1", "p4s30seed2") for x in whole(v)]
+    checks.append(("(worst retain drop {}, forget at most {} where chance is",
+                   r.f2(max(_drop(x, "retain_acc", s) for x in p430 for s in ("", "test_"))),
+                   r.f3(max(x[s]["forget_acc"] for x in p430 for s in ("after", "test_after")))))
+    cold = [x["edit_seconds"] for x in r.load("time_ratio.json")["runs"]
+            if (x["set"], x["paradigm"], x["method"]) == ("single", "domain", "multimodal")]
+    checks.append(("took {} s in the cold benchmark run", r.span(cold, r.f1)))
+    demo = {s: next(p for p in r.load(f"demo_steps{s}.json")["paradigms"] if p["paradigm"] == "domain")
+            for s in (30, 60)}
+    d30 = r.load("demo_steps30.json")
+    hc = (d30["classnames"].index("heart"), d30["domains"].index("cartoon"))
+    painting = d30["domains"].index("painting")
+    others = [v for i, row in enumerate(demo[30]["cells_after"]) for j, v in enumerate(row)
+              if j != painting and (i, j) != hc]
+    pct = lambda v: f"{100 * v:.0f}"
+    checks.append(("and {} s against {} s at 60 steps", r.f1(demo[30]["seconds"]), r.f1(demo[60]["seconds"])))
+    checks.append(("heart in cartoons goes {} -> {} % ({} % with 60 steps), every other retained cell stays at {}-{} %, "
+                   "and retain accuracy goes {} -> {} %", pct(demo[30]["cells_before"][hc[0]][hc[1]]),
+                   pct(demo[30]["cells_after"][hc[0]][hc[1]]), pct(demo[60]["cells_after"][hc[0]][hc[1]]),
+                   pct(min(others)), pct(max(others)), pct(demo[30]["retain_acc_before"]),
+                   pct(demo[30]["retain_acc_after"])))
+    secs = lambda v: sum(x["seconds"] for x in prow("global", v)) / len(prow("global", v))
+    fast = [secs("p4s120") / secs(v) for v in ("p1s20", "p1s20seed1", "p1s20seed2")]
+    checks.append(("1 x 20 held at three seeds, {}x to {}x faster", f"{min(fast):.0f}", f"{max(fast):.0f}"))
+    am = next(x for x in prow("multi-global", "p1s20") if {c for c, _ in x["forget"]} == {"arrow", "moon"})
+    checks.append(("(arrow + moon {} points val, {} test;", r.f1(_drop(am, "retain_acc")),
+                   r.f1(_drop(am, "retain_acc", "test_"))))
+    recipe = r.load("time_ratio_recipe_3e-4.json")
+    checks.append(("triangle + moon + hexagon {} on the test split in `time_ratio_recipe_3e-4.json`",
+                   r.f1(r.summary_row("time_ratio_recipe_3e-4.json", "multi", "global", "multimodal")["retain_drop_mean"])))
+    mg = prow("multi-global", "p4s120")
+    checks.append(("where 4 x 120 stays at {} (its test worst, {},", r.f2(max(_drop(x, "retain_acc") for x in mg)),
+                   r.f2(max(_drop(x, "retain_acc", "test_") for x in mg))))
+    checks.append(("(star, global; val split, {} images per cell;", r.load("finetune_sweep.json")["n_per_cell"]))
+    ft = [x for x in recipe["runs"] if x["method"] == "finetune" and x["paradigm"] == "global"]
+    stuck = [x for x in ft if not x["converged"]]
+    checks.append(("(test split, {} images per cell, `benchmarks/results/time_ratio_recipe_3e-4.json`",
+                   recipe["n_per_cell"]))
+    checks.append(("reached its criterion on only {} of {} classes: cross rolled back every epoch (synthetic accuracy "
+                   "{}), arrow, moon and hexagon ended at {}", sum(x["converged"] for x in ft), len(ft),
+                   r.f2(next(x for x in stuck if "'cross'" in x["forget"])["synthetic_acc_after"]),
+                   r.span([x["synthetic_acc_after"] for x in stuck if "'cross'" not in x["forget"]], r.f2)))
+    every = r.load("finetune_sweep_all.json")["rows"]
+    checks.append(("reaches the criterion on {} of {} classes, the most of the two points run on every class "
+                   "(3e-4 x 10: {})", sum(x["converged"] for x in every), len(every), sum(x["converged"] for x in ft)))
+    return checks
+
+
+def _prose_deep_mode(r):
+    dr = r.deep_research
+    sweep = r.load("deep_sweep.json")
+    ssum = {(s["paradigm"], s["variant"]): s for s in sweep["summary"]}
+    model = r.load("deep_model.json")
+    msum = {(s["paradigm"], s["variant"]): s for s in model["summary"]}
+    k = model["every_cell"][0]
+    stats = sweep["prototype_stats"]
+    exp7 = dr("exp7_normalised_global.json")["rows"] + dr("exp7_normalised_ds_domain.json")["rows"]
+    rounds = lambda p, n: [x for x in exp7 if x["paradigm"] == p and x["round"] == n]
+    mean = lambda xs: sum(xs) / len(xs)
+    exp3 = dr("exp3_spans_star.json")["rows"]
+    span44 = [x for x in exp3 if x.get("span") == "protocells+evcells"]
+    exp6 = dr("exp6_evidence_count_global.json")["rows"] + dr("exp6_evidence_count_ds_domain.json")["rows"]
+    every = lambda p, n: [x["probe_bal_raw"] for x in exp6 if x["paradigm"] == p and x["variant"] == f"real-train-{n}"]
+    counts = sorted({int(x["variant"].rsplit("-", 1)[1]) for x in exp6 if x["variant"].startswith("real-train-")})
+    zs80 = [msum[p, f"deep+every-cell-{k}"]["zs_forget"] for p in ("global", "domain-specific")]
+    pct = lambda v: f"{100 * v:.0f}"
+    everywhere_table = dr("deep_sweep_normalised_everywhere.json")["summary_table"]  # worst drop in brackets
+    order = dr("exp8_order.json")["rows"]
+    pick = lambda rows, p, v: [x["zs_forget"] for x in rows if x["paradigm"] == p and x["variant"] == v]
+    real = dr("exp10_real_surface.json")["rows"]
+    real16 = dr("exp10_real_surface_16.json")["rows"]
+    tower = dr("exp9_text_tower.json")["rows"]
+    audit = [x for x in dr("exp11_audit.json")["rows"] if x["variant"].startswith("deep")]
+    kept = next(x for x in dr("exp4_kept_subspace_star.json")["rows"] if x["variant"] == "Tkept" and not x["perp"])
+    cells = r.load("deep_cells.json")
+    heart = {d: next(x for x in cells["rows"] if x["forget"] == [["heart", d]]) for d in ("photo", "painting")}
+    ratio = [msum[p, "deep"]["edit_seconds"][0] / msum[p, "shallow"]["edit_seconds"][0]
+             for p in ("global", "domain-specific")]
+    text_global = pick(tower, "global", "deep-every+text")
+    return [
+        ("(a binary probe \"forgotten vs rest\" still scores {})", r.f2(msum["global", "shallow"]["probe_bal_raw"][0])),
+        ("the default multimodal surface edit and {} images per cell", k),
+        ("still reads the class at {} (every class, `exp7_normalised_global.log`)",
+         r.span([x["bal_norm"] for x in rounds("global", 0)])),
+        ("sits {} within-cell standard deviations from the rest (d' = {}, star)", f"{exp3[0]['d_prime']:.0f}",
+         r.f1(exp3[0]["d_prime"])),
+        ("class gaps point cos {} along the real ones", r.f2(stats["proto_class_delta_cos"])),
+        ("scored on the edited test split, {} images per cell;", dr("exp6_evidence_count_global.json")["n_per_cell"]),
+        ("reach the probe targets at about {} per cell for class and domain groups and about {} for one forgotten cell",
+         next(n for n in counts if every("global", n) and every("domain", n)
+              and max(mean(every("global", n)), mean(every("domain", n))) <= 0.60),
+         next(n for n in counts if every("domain-specific", n) and max(every("domain-specific", n)) <= 0.65)),
+        ("(the probes' fitting set) reads {} on every request",
+         r.span([x["probe_bal_raw"] for x in exp6 if x["variant"] == "oracle-val"])),
+        ("{} requests: every class, every one of the {} cells, every domain; {} val images per cell fit the probes, {} "
+         "test images per cell are scored; evidence from the train split: {} per forgotten cell",
+         sum(s["runs"] for (p, v), s in ssum.items() if v == "none"), ssum["domain-specific", "none"]["runs"],
+         sweep["n_per_cell"], sweep["n_per_cell"], sweep["n_evidence"]),
+        ("`deep+evidence`: {} real images per forgotten cell", sweep["n_evidence"]),
+        ("zero-shot accuracy of the prototypes themselves {}, mean distance to the real cell mean {} of its norm, cosine "
+         "between the prototype and the real \"class minus rest\" gap {} on average", r.f2(stats["proto_zs_acc"]),
+         r.f2(stats["proto_to_real_mean_dist_rel"]), r.f2(stats["proto_class_delta_cos"])),
+        ("the raw direction alone leaves the normalised probe at {}; adding the normalised gap (one more direction) takes "
+         "it to {} at unchanged raw probe and colour, with retained zero-shot {} (the eraser alone); further rounds cost "
+         "retained zero-shot (after four rounds: {} at worst, {} on average). Domain-specific ({} cells) and whole "
+         "domains: normalised probe {} -> {} and {} -> {}.",
+         r.span([x["bal_norm"] for x in rounds("global", 0)]), r.span([x["bal_norm"] for x in rounds("global", 1)]),
+         r.span([x["zs_retain"] for x in rounds("global", 1)]), r.f2(min(x["zs_retain"] for x in rounds("global", 4))),
+         r.f2(mean([x["zs_retain"] for x in rounds("global", 4)])), len(rounds("domain-specific", 0)),
+         *[r.f3(mean([x["bal_norm"] for x in rounds(p, n)])) for p in ("domain-specific", "domain") for n in (0, 1)]),
+        ("costs colour (worst {} points) and retained accuracy ({})",
+         *[r.f2(max(float(re.search(r"\(([-\d.]+)\)", x[col]).group(1)) for x in everywhere_table
+                    if x["variant"] == "deep")) for col in ("colour drop", "zs_retain drop")]),
+        ("the first {} requests of each class paradigm, {} images per cell; {} train images of every cell as evidence",
+         WORDS[model["limit"]], model["n_per_cell"], k),
+        ("so {}-{} % of them are still named (worst {})", pct(zs80[0][0]), pct(zs80[1][0]),
+         r.f2(max(z[1] for z in zs80))),
+        ("the eraser after the surface edit instead of before ({} global, {} domain-specific: no better)",
+         " / ".join(map(r.f3, pick(order, "global", "post"))), " / ".join(map(r.f3, pick(order, "domain-specific", "post")))),
+        ("(4 per cell: circle {}, square {}, domain-specific {}; 16 per cell, domain-specific: {}: not consistent)",
+         *map(r.f3, pick(real, "global", "deep-every+real-surface")),
+         " / ".join(map(r.f2, pick(real, "domain-specific", "deep-every+real-surface"))),
+         " / ".join(map(r.f2, pick(real16, "domain-specific", "deep-every+real-surface-16")))),
+        ("moves the forgotten prompt itself: global {} (circle, square) at the same depth, domain-specific no better "
+         "({}, from {};", " / ".join(map(r.f3, text_global)),
+         " / ".join(map(r.f2, pick(tower, "domain-specific", "deep-every+text"))),
+         " / ".join(map(r.f2, pick(tower, "domain-specific", "deep-every")))),
+        ("paraphrased prompts keep {} % of it", r.span([x["paraphrase_acc"] for x in audit], pct)),
+        ("zero-shot on the domain back to {} with real images of every cell, and {} with retained accuracy down to {} "
+         "data-free", r.span(pick(order, "domain", "pre") + pick(order, "domain", "post"), r.f2),
+         r.span(pick(order, "domain", "pre-free")),
+         r.f3(min(x["zs_retain"] for x in order if x["paradigm"] == "domain" and x["variant"] == "pre-free"))),
+        ("alone does hide the domain from a probe ({} above)", r.f3(ssum["domain", f"deep+every-cell-{k}"]["probe_bal_raw"][0])),
+        ("the {}-dimensional span of every cell's prototype mean plus the evidence leaves d' {}, probe {}, and costs {} "
+         "retained zero-shot points", span44[0]["rank"], f"{span44[0]['d_prime']:.0f}",
+         r.span([x["bal_raw"] for x in span44], r.f2), pct(1 - span44[0]["zs_retain"])),
+        ("Projecting the output onto the {} kept classes' text directions alone still gives probe {}",
+         f"{kept['rank']:.0f}", r.f3(kept["bal_raw"])),
+        ("and {} images of each of 4 cells that is {}, a probe at {}", sweep["n_evidence"],
+         r.f1((128 / (4 * sweep["n_evidence"])) ** 0.5),
+         r.span([mean(every(p, sweep["n_evidence"])) for p in ("global", "domain-specific")], r.f1)),
+        ("(recall {} at {} images per cell)",
+         r.f3(mean([x["probe_recall"] for x in exp6 if x["paradigm"] == "global" and x["variant"] == f"real-train-{counts[-1]}"])),
+         counts[-1]),
+        ("(the composed edit, defaults; {} images per cell;", cells["n_per_cell"]),
+        ("(heart in photos {} / {}, heart in paintings {} / {}, val / test)",
+         *[r.f2(heart[d][s]["forget_acc"]) for d in ("photo", "painting") for s in ("after", "test_after")]),
+        ("the deep mode reaches no depth (probes {}) for {}x the shallow edit's time", r.span(
+            [s["probe_bal_raw"][0] for (p, v), s in ssum.items() if v == "deep"]), r.span(ratio, r.f1)),
+        ("leaves {}-{} % zero-shot on the forgotten cells (text tower: {}-{} % globally)", pct(zs80[0][0]), pct(zs80[1][0]),
+         f"{100 * min(text_global):g}", f"{100 * max(text_global):g}"),
+    ]
+
+
+PROSE = {"how-it-works.md": _prose_how_it_works, "research-notes.md": _prose_research_notes,
+         "deep-mode.md": _prose_deep_mode}
+
+
+@pytest.mark.parametrize("page", sorted(PROSE))
+def test_numbers_in_docs_prose_match_their_json(page):
+    """Every measured number in the prose of these pages, rendered from its JSON as the page writes it."""
+    text = " ".join((DOCS / page).read_text().split())
+    missing = []
+    for template, *values in PROSE[page](_render_module()):
+        expected = template.format(*values)
+        if expected not in text:
+            missing.append(expected)
+    assert not missing, f"{page}: these sentences do not match their JSON:\n" + "\n".join(missing)
