@@ -6,9 +6,10 @@ constraints of whole domains do, and what each costs, on the embedded world (tes
 
 Requests: ``demo`` (the demo's three), ``domains`` (every whole domain), ``ds`` (four single cells of
 domain-specific requests, one per domain), ``multi`` (star and heart in sketch and cartoon; triangle,
-moon and hexagon globally; sketch and painting). Variants: ``default`` (the library defaults),
+moon and hexagon globally; sketch and painting), ``pairs`` (every pair of domains). Variants: ``default`` (the library defaults),
 ``cells0`` (``retain_cell_weight=0``: whole domains without the retained-cell constraints, the
-behaviour before them), ``cells900`` (the constraints on every request), ``rounds1`` / ``rounds2``
+behaviour before them), ``cells4`` / ``cells9`` / ``cells900`` (the constraints at that weight on
+every request), ``rounds1`` / ``rounds2``
 (correction rounds), ``fp64`` / ``bf16`` (the defaults with the prototype synthesis perturbed:
 float64, bfloat16 autocast; see :data:`PERTURBATIONS`); ``--threads`` sets torch's CPU threads. Every edit runs with
 ``check=True``: the check of its map on held-out prototypes (seed + 1000, never constraints).
@@ -52,8 +53,10 @@ REQUESTS = {
     "multi": [{"forget_classes": ["star", "heart"], "forget_domains": ["sketch", "cartoon"]},
               {"forget_classes": ["triangle", "moon", "hexagon"]},
               {"forget_domains": ["sketch", "painting"]}],
+    "pairs": [{"forget_domains": [DOMAINS[i], DOMAINS[j]]} for i in range(4) for j in range(i + 1, 4)],
 }
-VARIANTS = {"default": {}, "cells0": {"retain_cell_weight": 0.0}, "cells900": {"retain_cell_weight": 900.0},
+VARIANTS = {"default": {}, "cells0": {"retain_cell_weight": 0.0}, "cells4": {"retain_cell_weight": 4.0},
+            "cells9": {"retain_cell_weight": 9.0}, "cells900": {"retain_cell_weight": 900.0},
             "rounds1": {"rounds": 1}, "rounds2": {"rounds": 2}, "fp64": {}, "bf16": {}}
 #: Variants that perturb the numerics of the prototype synthesis (library defaults otherwise), standing in
 #: for other hardware: float64 synthesis (on a float64 copy of the model), bfloat16 autocast synthesis.
