@@ -4,7 +4,8 @@ Images start from noise and follow Adam on the pixels to maximise ``cos(f(x), t)
 text embedding ``t``, with random jitter, an occasional blur, pixel clamping and an L2
 penalty, stopping early once every image is classified as its own text with high confidence
 (optionally each image on its own). An image's starting noise is drawn from ``(seed, key)`` and the
-jitter from ``seed``: with the per-image stop an image depends only on its own text, key and seed.
+jitter from ``seed``: with the per-image stop an image depends only on its own text, key and seed,
+and with the group stop on its group's texts and keys (several groups may share a batch).
 """
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ from .encoders import encode_image, image_io
 
 @dataclass
 class Prototypes:
-    images: torch.Tensor  # k x n x 3 x H x W, pixels in [0, 1]
-    cos: torch.Tensor  # k x n: final cosine with its text
-    steps: torch.Tensor  # k x n: steps each image ran before it stopped
+    images: torch.Tensor  # k x n x 3 x H x W, pixels in [0, 1] (a share: m x 3 x H x W, see synthesize)
+    cos: torch.Tensor  # k x n: final cosine with its text (a share: m)
+    steps: torch.Tensor  # k x n: steps each image ran before it stopped (a share: m)
     seconds: float
 
 
