@@ -109,14 +109,16 @@ def _first_per_cell(cls: torch.Tensor, dom: torch.Tensor, k: int, cells: torch.T
 def relearning_attack(model, tokenizer, request: ForgetRequest, attack_batches: Iterable, eval_batches: Iterable, *,
                       attacks: Sequence[Attack] = ATTACKS, classnames: Sequence[str] | None = None,
                       domains: Sequence[str] | None = None, templates: Sequence[str] = CLASS_TEMPLATES,
-                      target: float = TARGET, seed: int = 0) -> dict:
+                      target: float = TARGET, seed: int = 0, output=None) -> dict:
     """Run each of ``attacks`` on a folded copy of ``model`` (see the module docstring).
 
     ``attack_batches`` / ``eval_batches``: ``(images, class_idx, domain_idx, ...)`` batches, the
     attack's labelled images (the first ``images_per_cell`` of each cell are used) and the held-out
     images it is scored on. Returns ``{"target", "start_forget_acc", "start_retain_acc", "attacks":
     {name: {"steps_to_target", "forget_acc" (after 0, 1, ... steps), "retain_acc", "images", ...}}}``.
-    ``model`` is left exactly as it was (its edits, weights, modes and gradients flags).
+    ``model`` is left exactly as it was (its edits, weights, modes and gradients flags). ``output``:
+    an optional fixed map applied to the image embedding after the projection (e.g. a concept eraser
+    fitted at the output, ``(N, d) -> (N, d)``); the attack trains the projection before it.
     """
     from .edit import fold_
     from .metrics import forget_mask
@@ -143,7 +145,8 @@ def relearning_attack(model, tokenizer, request: ForgetRequest, attack_batches: 
     W = _weight(site)  # the folded copy's projection weight: the only tensor the attack trains
 
     def features(W, h, x):
-        return _project(site, h, W) if fast else encode_image(attacked, x)  # slow path: the whole tower
+        e = _project(site, h, W) if fast else encode_image(attacked, x)  # slow path: the whole tower
+        return e if output is None else output(e)
 
     @torch.no_grad()
     def score(W) -> tuple[float, float]:
