@@ -41,6 +41,8 @@ def test_groups_in_one_batch_stop_as_in_batches_of_their_own(emb):
     assert torch.equal(together.steps, torch.cat([p.steps for p in alone]))
     assert torch.equal(together.images, torch.cat([p.images for p in alone]))
     assert torch.equal(together.cos, torch.cat([p.cos for p in alone]))
+    with pytest.raises(ValueError, match="`groups` need `classes`"):
+        protos.synthesize(emb.model, T, keys=keys, groups=[0, 0, 1, 1, 2, 2], **(kw | {"classes": None}))
 
 
 def test_prototype_columns_do_not_depend_on_the_synthesis_batch(emb, monkeypatch):
