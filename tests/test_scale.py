@@ -125,19 +125,20 @@ def test_autocast_runs_and_keeps_float32_maps(emb):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_batches_from_free_memory_give_the_same_prototypes(emb):
+def test_cuda_batches_from_free_memory_give_the_same_prototypes(emb, monkeypatch):
     model = embedded.load_embedded(device="cuda").model
-    group = 64
-    n = protos.batch_images(model, group)
-    assert n % group == 0 and group <= n <= protos.CUDA_MAX_IMAGES
-    with protos.options(max_images=group):
-        assert protos.batch_images(model, group) == group
+    n = protos.batch_images(model, 64)
+    assert n % 64 == 0 and 64 <= n <= protos.CUDA_MAX_IMAGES
+    with protos.options(max_images=64):
+        assert protos.batch_images(model, 64) == 64
+    monkeypatch.setattr(directions, "CHUNK_MAX", 8)  # stop groups of 2 cells (4 prototypes each): 20 groups
     cells, T, C = cells_and_texts(emb, 40)
     site = find_site(model, "image")
     args = (model, site, "joint", T, cell_keys(cells, emb.cell_templates), C, "labels")
     kw = dict(n_prototypes=4, proto_steps=20, proto_lr=0.05, seed=0, progress=False)
     out = []
-    for cap in (8, None):  # one group of 2 cells per batch, or as many groups as fit
+    for cap in (8, None):  # one group per batch, or every group in one batch
         with cache.use(None), protos.options(max_images=cap):
-            out.append(directions.prototype_columns(*args, **kw)[0])
-    torch.testing.assert_close(out[0], out[1], rtol=1e-3, atol=1e-3)
+            out.append(directions.prototype_columns(*args, **kw))
+    assert out[0][1]["prototype_image_steps"] == out[1][1]["prototype_image_steps"]  # the same stops
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=0, atol=1e-2)  # up to the kernels' rounding
