@@ -284,6 +284,11 @@ def correct(model, tokenizer, request: ForgetRequest, cfg, t, M: torch.Tensor, f
     one before is dropped, and so, at the end, is any result worse on the last set than the map
     without corrections. The check of the returned map is on a set none of its constraints came from.
 
+    Measured (benchmarks/results/self_check.json, one round): no change on the demo's requests, the
+    single domains and single cells; on star and heart in sketches and cartoons the check went from
+    fail to pass while the real worst retained cell went from 30 to 64 points lost, in a cell the
+    check sets do not count. So :class:`~lightning_unlearn.edit.UnlearnConfig` ``rounds`` defaults to 0.
+
     ``M`` is the map without corrections, ``finish`` turns a stage-2 map into the whole map (text
     stage and alpha), ``through`` is what prototypes are read through before stage 2 (None: nothing)
     and ``pre`` the map applied first (the deep mode's eraser). Returns the map and
@@ -297,7 +302,6 @@ def correct(model, tokenizer, request: ForgetRequest, cfg, t, M: torch.Tensor, f
     domain = request.paradigm == "domain"
     forget_limit = thresholds.forget_mean if thresholds.forget_mean is not None else (
         1 / len(classes) + thresholds.forget_cell if domain else thresholds.forget_cell)
-    eye = torch.eye(M.shape[0], dtype=torch.float64)
 
     def whole(X):  # the map the image embeddings see
         return (X if pre is None else X @ pre.double()).float()
@@ -361,6 +365,5 @@ def correct(model, tokenizer, request: ForgetRequest, cfg, t, M: torch.Tensor, f
         if not no_worse(check, plain, forget_limit):
             M, check, rejected = M0, plain, True
     check.seconds = round(time.perf_counter() - t0, 3)
-    del eye
     return M, {"rounds_run": len(history) - 1, "constraints_added": sum(v.shape[1] for v in V_extra),
                "rejected": rejected, "history": history, "seconds": check.seconds, "check": check}
