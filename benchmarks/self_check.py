@@ -260,6 +260,71 @@ def summary(result: dict) -> tuple[str, list[dict]]:
     return "\n".join(lines), out
 
 
+#: The quality targets (test split) per kind of request: forget mean / worst cell (None: chance, whole
+#: domains), retained drop mean / worst cell (points), same class in other domains (points).
+TARGETS = {"forget_mean": 0.02, "forget_cell": 0.05, "retain_mean": 1.0, "retain_cell": 5.0, "same_class": 2.0}
+
+
+def kind(row: dict) -> str:
+    f = row["forget"]
+    several = len(f.get("forget_classes") or []) > 1 or len(f.get("forget_domains") or []) > 1
+    return row["paradigm"] + (" (several)" if several else "")
+
+
+def label(forget: dict) -> str:
+    """A request in a few words: "star", "star in sketch", "painting", "star+heart in sketch+cartoon"."""
+    classes, domains = forget.get("forget_classes"), forget.get("forget_domains")
+    return " in ".join(x for x in ("+".join(classes or []), "+".join(domains or [])) if x)
+
+
+def robustness(result: dict) -> tuple[str, list[dict]]:
+    """Per kind of request and condition (variant, threads): the worst over requests and seeds of
+    every target quantity, and whether each target holds."""
+    groups = {}
+    for r in result["rows"]:
+        cond = r["variant"] + (f", {r['threads']} threads" if r.get("threads", 1) != 1 else "")
+        groups.setdefault((kind(r), cond), []).append(r)
+    lines = ["| request kind | condition | runs (requests x seeds) | forget mean: worst run | forget worst cell | "
+             "retain drop mean: worst run | retain worst cell | same class drop: worst run | targets that fail |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    out = []
+    for (k, cond), rs in sorted(groups.items()):
+        domain = k.startswith("domain") and not k.startswith("domain-specific")
+        fm = max(rs, key=lambda r: r["forget_acc"])
+        fc = None if domain else max(rs, key=lambda r: r["worst_forget_cell"]["acc"])
+        rm = max(rs, key=lambda r: r["retain_drop"])
+        rc = max(rs, key=lambda r: r["worst_retain_cell"]["drop_points"])
+        sc = [r for r in rs if r["same_class_drop"] is not None]
+        scw = max(sc, key=lambda r: r["same_class_drop"]) if sc else None
+        chance = 0.1 + 0.005  # 10 classes; half an image of 100 for float32 accuracies
+        fails = []
+        if fm["forget_acc"] > (chance if domain else TARGETS["forget_mean"]):
+            fails.append("forget mean")
+        if fc is not None and fc["worst_forget_cell"]["acc"] > TARGETS["forget_cell"]:
+            fails.append("forget cell")
+        if rm["retain_drop"] > TARGETS["retain_mean"]:
+            fails.append("retain mean")
+        if rc["worst_retain_cell"]["drop_points"] > TARGETS["retain_cell"]:
+            fails.append("retain cell")
+        if scw is not None and scw["same_class_drop"] > TARGETS["same_class"]:
+            fails.append("same class")
+        s = {"kind": k, "condition": cond, "runs": len(rs), "forget_mean_worst": fm["forget_acc"],
+             "forget_cell_worst": None if fc is None else fc["worst_forget_cell"]["acc"],
+             "retain_mean_worst": rm["retain_drop"], "retain_cell_worst": rc["worst_retain_cell"]["drop_points"],
+             "same_class_worst": None if scw is None else scw["same_class_drop"], "fails": fails}
+        out.append(s)
+        cell = rc["worst_retain_cell"]
+        lines.append(
+            f"| {k} | {cond} | {len(rs)} | {fm['forget_acc']:.3f} (s{fm['seed']}) | "
+            + ("- (sink class kept)" if fc is None else f"{fc['worst_forget_cell']['acc']:.2f} "
+               f"({'/'.join(fc['worst_forget_cell']['cell'])}, s{fc['seed']})")
+            + f" | {rm['retain_drop']:.2f} (s{rm['seed']}) | {cell['drop_points']:.1f} ({'/'.join(cell['cell'])}, "
+            f"{label(rc['forget'])}, s{rc['seed']}) | "
+            + ("-" if scw is None else f"{scw['same_class_drop']:.2f} (s{scw['seed']})")
+            + f" | {', '.join(fails) or 'none'} |")
+    return "\n".join(lines), out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, required=True)
@@ -269,6 +334,8 @@ def main(argv=None):
     p.add_argument("--seeds", default="0", help="comma list of edit seeds")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--merge", nargs="+", type=Path, default=None, help="only summarise these JSON results")
+    p.add_argument("--robustness", action="store_true", help="also the table of targets per request kind and "
+                   "condition (seeds, perturbations), worst over requests and seeds")
     args = p.parse_args(argv)
     args.requests, args.variants = args.requests.split(","), args.variants.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
@@ -281,6 +348,10 @@ def main(argv=None):
         result = run(args)
     table, summ = summary(result)
     result |= {"table": table, "summary": summ}
+    if args.robustness:
+        rtable, rsumm = robustness(result)
+        result |= {"robustness_table": rtable, "robustness": rsumm}
+        table += "\n\n" + rtable
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     print(table)
