@@ -59,7 +59,8 @@ VARIANTS = {"default": {}, "cells0": {"retain_cell_weight": 0.0}, "cells4": {"re
             "cells9": {"retain_cell_weight": 9.0}, "cells900": {"retain_cell_weight": 900.0},
             "rounds1": {"rounds": 1}, "rounds2": {"rounds": 2}, "fp64": {}, "bf16": {}}
 #: Variants that perturb the numerics of the prototype synthesis (library defaults otherwise), standing in
-#: for other hardware: float64 synthesis (on a float64 copy of the model), bfloat16 autocast synthesis.
+#: for other hardware: float64 synthesis (on a float64 copy of the model), bfloat16 autocast synthesis
+#: (``prototypes.options(autocast=True)``).
 #: Each runs in a fresh prototype cache (nothing synthesised unperturbed is reused).
 PERTURBATIONS = ("fp64", "bf16")
 
@@ -79,12 +80,10 @@ def perturbed(kind: str | None):
         p.images = p.images.float()
         return p
 
-    def bf16(model, texts, **kw):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return original(model, texts, **kw)
-    protos.synthesize = {"fp64": fp64, "bf16": bf16}[kind]
-    try:
-        with cache.use(cache.Cache()):
+    if kind == "fp64":
+        protos.synthesize = fp64
+    try:  # bf16: the library's own autocast option of the synthesis
+        with cache.use(cache.Cache()), protos.options(autocast=kind == "bf16"):
             yield
     finally:
         protos.synthesize = original
