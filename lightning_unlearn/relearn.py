@@ -141,6 +141,9 @@ def relearning_attack(model, tokenizer, request: ForgetRequest, attack_batches: 
         raise RelearnError("the held-out images need both forgotten and retained cells")
     W0 = _weight(site).detach().clone()
     fast = ha is not None and he is not None
+    if not fast and site.slot is not None and site.slot.installed is None:
+        raise RelearnError("this image tower has no projection weight and its output is not the tower's pooled "
+                           "output; the relearning attack has nothing to train")
 
     W = _weight(site)  # the folded copy's projection weight: the only tensor the attack trains
 
