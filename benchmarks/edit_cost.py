@@ -25,7 +25,8 @@ domain), domain (the whole first domain). Library defaults, only ``progress=Fals
 Each (arch, size, paradigm, method) runs in a fresh subprocess: a cold edit (nothing cached), then
 the edit is restored and the same request computed again, warm (prompt embeddings and prototypes
 come from the in-memory cache). Each is one run in the JSON with ``arch``, ``method``,
-``edit_seconds``, ``peak_rss_mb`` (``ru_maxrss`` of the process so far, model included),
+``edit_seconds``, ``cpu_seconds`` (``time.process_time`` of the edit: all threads; with one thread,
+what the edit costs when the cores are not shared), ``peak_rss_mb`` (``ru_maxrss`` of the process so far, model included),
 ``classes``, ``domains``, ``paradigm``, ``warm`` and ``stages`` ({stage: seconds}: prompt encoding,
 prototype synthesis, solve, inject, other). With runs at >= 3 sizes the growth law
 ``seconds = a * cells^b`` is fitted per (method, paradigm, warm) and printed. Targets (2 CPU cores):
@@ -148,17 +149,18 @@ def child(arch: str, method: str, paradigm: str, classes: int, domains: int, ima
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with options:
             result = unlearn_(model, tokenizer, request, method=method, progress=False)
         if cuda:
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         stages = {k: round(v, 3) for k, v in clock.items()}
         stages["other"] = round(seconds - sum(clock.values()), 3)
         size = model.visual.image_size
         runs.append({
-            "arch": arch, "method": method, "edit_seconds": round(seconds, 3), "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "arch": arch, "method": method, "edit_seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
             "classes": classes, "domains": domains, "cells": classes * domains, "paradigm": paradigm, "warm": warm,
             "stages": stages, "load_seconds": round(load_seconds, 3),
             "image_size": size[0] if isinstance(size, (tuple, list)) else size,
