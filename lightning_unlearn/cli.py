@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from .errors import UnlearnError
 from .request import ForgetRequest, read_names
 
 PROG = "lightning-unlearn"
@@ -23,7 +24,7 @@ _OPTION_NAMES = {f"`{n}`": "--" + n.replace("_", "-") for n in (
 _OPTION_NAMES["pass overwrite=True (--overwrite on the command line)"] = "pass --overwrite"
 
 
-class CLIError(Exception):
+class CLIError(UnlearnError):
     """Bad input: printed as one line on stderr, exit code 2."""
 
 
