@@ -10,6 +10,13 @@ pass / fail against :class:`CheckThresholds`.
 The check reads the edit through its maps, so it covers edits at the "joint" site (either tower, any
 depth); prototypes come from the current :mod:`~lightning_unlearn.cache` like the edit's own, so a
 check set is synthesised once per model and seed and reused by later requests.
+
+What it is worth, measured on the embedded world (benchmarks/results/self_check.json and
+robustness_seeds.json, 70 edits at seeds 0-4): it catches gross damage (a forgotten class still
+named, a counted retained class sent elsewhere) and agrees with the real pass / fail on 56 of the 70
+edits, but it flagged 2 of 17 real failing cells: 13 lie in cells none of whose held-out prototypes
+the unedited model names confidently (18 of the 40 cells get one), and its per-cell predictions
+barely rank the real drops. A pass is therefore no proof that no retained cell lost points.
 """
 from __future__ import annotations
 
@@ -28,7 +35,8 @@ from .zeroshot import worst_cells
 
 #: The check set's seed is the edit's seed plus this (round ``k`` of the corrections: plus ``k`` more).
 SEED_OFFSET = 1000
-#: Prototypes per cell and synthesis steps of a check set (chosen by measurement: benchmarks/self_check.py).
+#: Prototypes per cell and synthesis steps of a check set: a set then costs about half a whole-domain
+#: edit (9.5-11.5 s on one CPU thread for the embedded world's 40 cells; benchmarks/self_check.py).
 CHECK_PROTOTYPES, CHECK_STEPS = 2, 30
 #: At most this many cells are checked (every forgotten cell up to half of it, then the retained
 #: cells whose prompts are nearest the forgotten ones): bounds the cost on large label spaces.
@@ -56,8 +64,8 @@ class CheckThresholds:
 @dataclass
 class Check:
     """The self-check of one edit: ``cells`` (per cell: ``cell``, ``forget``, ``n`` counted prototypes,
-    ``coverage``, ``acc_after``, ``margin_before`` / ``margin_after``; see :func:`evaluate_check`), the means, the worst
-    cells, ``passed`` and the ``failures`` (in words)."""
+    ``coverage``, ``acc_after``, ``margin_before`` / ``margin_after``; see :func:`evaluate_check`), the
+    means, the worst cells, ``passed`` and the ``failures`` (in words)."""
     cells: list[dict]
     forget_acc_before: float | None
     forget_acc_after: float | None
