@@ -163,6 +163,8 @@ def synthesize(model, texts: torch.Tensor, n_per_text: int = 4, steps: int = 60,
     keys = [str(i) for i in range(k)] if keys is None else list(keys)
     if len(keys) != k:
         raise ValueError(f"{len(keys)} `keys` for {k} texts; give one key per row of `texts`")
+    if groups is not None and len(list(groups)) != k:
+        raise ValueError(f"{len(list(groups))} `groups` for {k} texts; give one group label per row of `texts`")
     if groups is not None and classes is None:
         raise ValueError("`groups` need `classes`: without them the label space of the early stop is every text "
                          "of the call, and a group would stop differently beside other groups")
