@@ -737,6 +737,22 @@ def render_composition() -> str:
                   "targets"], rows) + "\n\n" + note + "\n\n" + source("composition.json")
 
 
+def render_ddp_scaling() -> str:
+    """benchmarks/ddp_scaling.py: one process against two (gloo, one thread each), every repeat."""
+    d = load("ddp_scaling.json")
+    by = defaultdict(dict)
+    for r in d["runs"]:
+        by[r["repeat"]][r["procs"]] = r
+    rows = [[k, f"{f2(v[1]['edit_seconds'])} ({f2(v[1]['cpu_seconds'])})",
+             f"{f2(v[2]['edit_seconds'])} ({f2(max(v[2]['rank_cpu_seconds']))})", f3(v[2]["ratio"]),
+             f3(v[2]["cpu_ratio"]), f"{f2(v[1]['cpu_share'])} / {f2(v[2]['cpu_share'])}",
+             "yes" if v[2]["maps_identical"] else "no"] for k, v in sorted(by.items())]
+    return table(["repeat", "1 x 1 thread: edit s (CPU s)", "2 x 1 thread: edit s (busiest rank's CPU s)",
+                  "wall ratio", "CPU-time ratio", "cores the run got (1 / 2 procs)", "maps identical"], rows) \
+        + f"\n\nMedian wall ratio {f3(d['ratio_median'])} (target {d['target_ratio']}: " \
+        + ("met" if d["ratio_ok"] else "NOT met") + "). " + source("ddp_scaling.json")
+
+
 RENDERERS = {
     "glance": render_glance,
     "quality": render_quality,
@@ -754,6 +770,7 @@ RENDERERS = {
     "fingerprint-cost": render_fingerprint_cost,
     "demo": render_demo,
     "composition": render_composition,
+    "ddp-scaling": render_ddp_scaling,
     "cell-sweep": lambda: _sweep_table("cell_sweep.json", "table"),
     "cell-sweep-test": lambda: _sweep_table("cell_sweep.json", "table_test"),
     "cell-sweep-multi": lambda: _sweep_table("cell_sweep_multi.json", "table"),
