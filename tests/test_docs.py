@@ -481,8 +481,150 @@ def _prose_deep_mode(r):
     ]
 
 
+def _prose_results(r):
+    ms = lambda name, set_, paradigm, method: r.summary_row(name, set_, paradigm, method)
+    ds = ms("time_ratio_ds.json", "single", "domain-specific", "multimodal")
+    u = {p: ms("unlearning.json", "single", p, "multimodal") for p in ("global", "domain-specific", "domain")}
+    ft_runs = lambda *files: [x for f in files for x in r.load(f)["runs"] if x["method"] == "finetune"]
+    domain_steps = [x["optimizer_steps_kept"] for x in ft_runs("time_ratio.json")
+                    if x["paradigm"] == "domain" and x["converged"]]
+    # the baseline on every domain-specific cell, against the cold edits of the same run
+    ds_runs = r.load("time_ratio_ds.json")["runs"]
+    ds_edit = {x["forget"]: x for x in ds_runs if x["method"] == "multimodal"}
+    ds_ft = [x for x in ds_runs if x["method"] == "finetune"]
+    ds_done = [x for x in ds_ft if x["converged"]]
+    ds_per = [x["edit_seconds"] / ds_edit[x["forget"]]["edit_seconds"] for x in ds_done]
+    stuck = [x["synthetic_acc_after"] for x in ds_ft if not x["converged"]]
+    high, low = [v for v in stuck if round(v, 2) >= 0.5], [v for v in stuck if round(v, 2) < 0.5]
+    done = [x for x in ft_runs("time_ratio.json", "time_ratio_ds.json") if x["converged"]]
+    done_cold = [x for x in ft_runs("time_ratio.json") if x["converged"]]
+    ratio = {p: ms(f, "single", p, "finetune") for f, p in (("time_ratio.json", "global"), ("time_ratio.json", "domain"),
+                                                           ("time_ratio_ds.json", "domain-specific"))}
+    conv = {p: ratio[p]["converged"] for p in ratio}
+    # controlled forgetting
+    curves = {c["paradigm"]: {p["alpha"]: p for p in c["points"]} for c in r.load("alpha_sweep.json")["curves"]}
+    pts = [p for c in curves.values() for p in c.values()]
+    at = lambda paradigm, *alphas: [r.f3(curves[paradigm][a]["forget_acc"]) for a in alphas]
+    chance = {r.f2(curves["domain"][a]["forget_acc"]) for a in (0.9, 1.0)}
+    # the depth audit and the limitations
+    quick = {x["paradigm"]: x["audit_after"] for x in r.load("unlearning_quick_audit.json")["runs"]}
+    sweep = {(s["paradigm"], s["variant"]): s for s in r.load("deep_sweep.json")["summary"]}
+    model = r.load("deep_model.json")
+    k = model["every_cell"][0]
+    zs = [next(s for s in model["summary"] if (s["paradigm"], s["variant"]) == (p, f"deep+every-cell-{k}"))["zs_forget"][0]
+          for p in ("global", "domain-specific")]
+    lb = r.load("linear_bound.json")
+    dom = [s for s in lb["summary"] if s["paradigm"] == "domain" and s["method"].split("@ ")[1] in ("pooled", "joint")]
+    text_ds = ms("unlearning.json", "single", "domain-specific", "text")
+    # edit cost
+    cost = {f: r.load(f) for f in ("edit_cost_vitb_10x4.json", "edit_cost_text_law.json", "edit_cost_mm_law.json",
+                                    "edit_cost_345x6_domain.json", "edit_cost_mm_law_steps30.json",
+                                    "edit_cost_mm_law_steps60.json")}
+    run = lambda f, cells, warm=False, method=None: next(x for x in cost[f]["runs"] if x["cells"] == cells and
+                                                       x["warm"] == warm and (method is None or x["method"] == method))
+    law = lambda f: next(g for g in cost[f]["growth"] if not g["warm"])
+    per_step = lambda x: x["stages"]["prototypes"] / x["stats"]["image"]["prototype_image_steps"]
+    warm = [x["edit_seconds"] for f in ("edit_cost_vitb_10x4.json", "edit_cost_text_law.json", "edit_cost_mm_law.json",
+                                        "edit_cost_345x6_domain.json") for x in cost[f]["runs"]
+            if x["warm"] and not (f == "edit_cost_vitb_10x4.json" and x["method"] == "text")]
+    vitb = run("edit_cost_vitb_10x4.json", 40, method="multimodal")
+    big = run("edit_cost_345x6_domain.json", 2070)
+    gb = lambda x: f"{x['peak_rss_mb'] / 1000:.2f}"
+    return [
+        # the cold rows against unlearning.json
+        ("on the domain-specific cells (forget {} / {}, retain {} / {}, same-class {} / {})",
+         r.f3(ds["forget_after_mean"]), r.f3(ds["forget_after_worst"]), r.f2(ds["retain_drop_mean"]),
+         r.f2(ds["retain_drop_worst"]), r.f2(ds["same_class_drop_mean"]), r.f2(ds["same_class_drop_worst"])),
+        ("measured cold there lost {} points of the same classes in their other domains ({} in `unlearning.json`",
+         r.f2(ms("time_ratio_ds.json", "multi", "domain-specific", "multimodal")["same_class_drop_mean"]),
+         r.f2(ms("unlearning.json", "multi", "domain-specific", "multimodal")["same_class_drop_mean"])),
+        ("global request lost {} retain points in `unlearning.json`",
+         r.f2(ms("unlearning.json", "multi", "global", "multimodal")["retain_drop_mean"])),
+        ("and {} cold (see", r.f2(ms("time_ratio.json", "multi", "global", "multimodal")["retain_drop_mean"])),
+        # depth
+        ("(balanced accuracy {} mean over the global requests, {} over the domain-specific cells, {} for whole domains) "
+         "while paraphrased prompts are forgotten ({} / {} / {} mean)",
+         *[r.f3(u[p]["probe_balanced_acc_after_mean"]) for p in u], *[r.f3(u[p]["paraphrase_acc_after_mean"]) for p in u]),
+        ("the baseline converges in {} steps on a whole domain", r.span(domain_steps, str)),
+        # the baseline on every domain-specific cell
+        ("the baseline reaches its criterion on {} of {} cells; there the ratio is {}x in total, {}x to {}x per cell "
+         "(baseline {} s, edits {} s); it stays at synthetic accuracy {} on {} cells and {} on {}",
+         len(ds_done), len(ds_ft), f"{ratio['domain-specific']['time_ratio']:.1f}", f"{min(ds_per):.1f}",
+         f"{max(ds_per):.1f}", r.span([x["edit_seconds"] for x in ds_done], r.f1),
+         r.span([ds_edit[x["forget"]]["edit_seconds"] for x in ds_done], r.f1), r.span(high, r.f2), WORDS[len(high)],
+         r.span(low, r.f2), WORDS[len(low)]),
+        ("reaches its criterion in {} optimiser steps ({} s with its own synthesis)",
+         r.span([x["optimizer_steps_kept"] for x in done], str), r.span([x["edit_seconds"] for x in done],
+                                                                         lambda v: f"{v:.0f}")),
+        ("(retain {}, colour {}, and {} left on the forgotten class)",
+         *[r.span([x[key] for x in done_cold], r.f2) for key in ("retain_acc_after", "unrelated_acc_after",
+                                                                  "forget_acc_after")]),
+        # depth audit, whole domains
+        ("still finds {} % of the painted images", f"{100 * quick['domain']['retrieval_precision']:.0f}"),
+        # controlled forgetting
+        ("retain and colour flat at {} throughout: global star {} / {} / {} / {} at alpha 0.5 / 0.75 / 0.9 / 1; star in "
+         "sketches {} / {} / {} / {}; the painting domain {} at 0.5, {} at 0.75 and chance ({}) from 0.9 on",
+         r.span([p[key] for p in pts for key in ("retain_acc", "unrelated_acc")]), *at("global", 0.5, 0.75, 0.9, 1.0),
+         *at("domain-specific", 0.5, 0.75, 0.9, 1.0), *at("domain", 0.5, 0.75), " / ".join(sorted(chance))),
+        ("reads the forgotten cells at {} from alpha 0 to 1", r.span([p["probe_balanced_acc"] for p in pts])),
+        # edit cost
+        ("(the 40 x 4 request at 60 steps took {} s there, {} s above)",
+         f"{run('edit_cost_mm_law_steps60.json', 160)['edit_seconds']:.0f}",
+         f"{run('edit_cost_mm_law.json', 160)['edit_seconds']:.0f}"),
+        ("Cold text edits grow as `{} * cells^{}` s (ViT-B-32, {} to {:,} cells", f"{law('edit_cost_text_law.json')['a']:.3f}",
+         r.f2(law("edit_cost_text_law.json")["b"]), min(law("edit_cost_text_law.json")["cells_measured"]),
+         max(law("edit_cost_text_law.json")["cells_measured"])),
+        ("as `{} * cells^{}` s on the embedded architecture at 60 steps ({} to {} cells",
+         r.f2(law("edit_cost_mm_law.json")["a"]), r.f2(law("edit_cost_mm_law.json")["b"]),
+         min(law("edit_cost_mm_law.json")["cells_measured"]), max(law("edit_cost_mm_law.json")["cells_measured"])),
+        ("at 30 steps the fit over the three points of the slower CPU is `{} * cells^{}` (its 10 x 4 point is high: {} ms "
+         "per image-step against {} ms at 40 x 4)", r.f2(law("edit_cost_mm_law_steps30.json")["a"]),
+         r.f2(law("edit_cost_mm_law_steps30.json")["b"]), r.f1(1000 * per_step(run("edit_cost_mm_law_steps30.json", 40))),
+         r.f1(1000 * per_step(run("edit_cost_mm_law_steps30.json", 160)))),
+        ("requests stay flat ({} s: the solve and the weights checks)", r.span(warm, r.f2)),
+        ("then stays: {} GB at 40 x 4, {} GB at 345 x 6", gb(run("edit_cost_mm_law.json", 160)), gb(big)),
+        ("x {} steps = {:,} forward-backward image-steps at {} s each", vitb["proto_steps"],
+         vitb["stats"]["image"]["prototype_image_steps"], f"{per_step(vitb):.3f}"),
+        ("60 s allows about {} image-steps, i.e. {} steps per image", f"{round(60 / per_step(vitb), -1):.0f}",
+         f"{60 / per_step(vitb) / vitb['stats']['image']['n_prototypes']:.0f}"),
+        ("{} s cold (the law above extrapolates {} s; every image ran all 60 steps: {} ms per image-step, against {} ms "
+         "at 40 x 4), {} s warm, {} GB peak RSS", f"{big['edit_seconds']:.0f}",
+         f"{law('edit_cost_mm_law.json')['extrapolated_seconds_345x6']:.0f}", r.f2(1000 * per_step(big)),
+         r.f2(1000 * per_step(run("edit_cost_mm_law.json", 160))),
+         r.f2(run("edit_cost_345x6_domain.json", 2070, warm=True)["edit_seconds"]), gb(big)),
+        # limitations
+        ("leaves the binary probe at {} and the 10-class probe recall at {}",
+         r.span([sweep[p, v]["probe_bal_raw"][0] for p in ("global", "domain-specific") for v in ("deep", "deep+evidence")]),
+         r.span([sweep[p, v]["probe_recall"][0] for p in ("global", "domain-specific") for v in ("deep", "deep+evidence")],
+                r.f2)),
+        ("With about {} real images of every cell it reaches the probe targets (global {}, worst {}; domain-specific {}, "
+         "worst {}), at the price of {}-{} % zero-shot left", k,
+         *[r.f3(v) for p in ("global", "domain-specific") for v in sweep[p, f"deep+every-cell-{k}"]["probe_bal_raw"]],
+         f"{100 * zs[0]:.0f}", f"{100 * zs[1]:.0f}"),
+        ("The default sends the domain to one sink class: {} in every domain",
+         r.f3(ms("time_ratio.json", "single", "domain", "multimodal")["forget_after_worst"])),
+        ("the fitted reference only dips to {} by losing {} retain points on average",
+         r.span([s["forget_after_mean"] for s in dom]), r.span([s["retain_drop_mean"] for s in dom], r.f1)),
+        ("(text method on every one of the {} cells: forget {} mean / {} worst, `unlearning.json`), and the prototypes "
+         "are what complete it ({} / {})", text_ds["runs"], r.f3(text_ds["forget_after_mean"]),
+         r.f3(text_ds["forget_after_worst"]), r.f3(u["domain-specific"]["forget_after_mean"]),
+         r.f3(u["domain-specific"]["forget_after_worst"])),
+        ("still reads the forgotten cells with balanced accuracy {} in all three paradigms",
+         r.span([a["probe_balanced_acc"] for a in quick.values()], r.f2)),
+        ("({} s for a 10 x 4 class request against 60 s;", f"{vitb['edit_seconds']:.0f}"),
+        ("Text edits ({} s at 10 x 4, {} s at 345 x 6)", r.f2(run("edit_cost_text_law.json", 40)["edit_seconds"]),
+         f"{run('edit_cost_text_law.json', 2070)['edit_seconds']:.0f}"),
+        ("it reaches its own criterion on {} of {} classes, {} of {} cells and {} domain, in {} steps",
+         sum(conv["global"]), len(conv["global"]), sum(conv["domain-specific"]), len(conv["domain-specific"]),
+         "every" if all(conv["domain"]) else f"{sum(conv['domain'])} of {len(conv['domain'])}",
+         r.span([x["optimizer_steps_kept"] for x in done], str)),
+        ("(global {}x, domain-specific {}x, whole domains {}x the edit time",
+         *[f"{ratio[p]['time_ratio']:.1f}" for p in ("global", "domain-specific", "domain")]),
+    ]
+
+
 PROSE = {"how-it-works.md": _prose_how_it_works, "research-notes.md": _prose_research_notes,
-         "deep-mode.md": _prose_deep_mode}
+         "deep-mode.md": _prose_deep_mode, "results.md": _prose_results}
 
 
 @pytest.mark.parametrize("page", sorted(PROSE))
