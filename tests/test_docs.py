@@ -497,7 +497,6 @@ def _prose_results(r):
     stuck = [x["synthetic_acc_after"] for x in ds_ft if not x["converged"]]
     high, low = [v for v in stuck if round(v, 2) >= 0.5], [v for v in stuck if round(v, 2) < 0.5]
     done = [x for x in ft_runs("time_ratio.json", "time_ratio_ds.json") if x["converged"]]
-    done_cold = [x for x in ft_runs("time_ratio.json") if x["converged"]]
     ratio = {p: ms(f, "single", p, "finetune") for f, p in (("time_ratio.json", "global"), ("time_ratio.json", "domain"),
                                                            ("time_ratio_ds.json", "domain-specific"))}
     conv = {p: ratio[p]["converged"] for p in ratio}
@@ -556,8 +555,11 @@ def _prose_results(r):
         ("reaches its criterion in {} optimiser steps ({} s with its own synthesis)",
          r.span([x["optimizer_steps_kept"] for x in done], str), r.span([x["edit_seconds"] for x in done],
                                                                          lambda v: f"{v:.0f}")),
+        ("(up to {:,} forward-backward image-steps for a class, {:,} for a whole domain)",
+         vitb["stats"]["image"]["prototype_image_steps"],
+         run("edit_cost_mm_law_steps30.json", 40)["stats"]["image"]["prototype_image_steps"]),
         ("(retain {}, colour {}, and {} left on the forgotten class)",
-         *[r.span([x[key] for x in done_cold], r.f2) for key in ("retain_acc_after", "unrelated_acc_after",
+         *[r.span([x[key] for x in done], r.f2) for key in ("retain_acc_after", "unrelated_acc_after",
                                                                   "forget_acc_after")]),
         # depth audit, whole domains
         ("still finds {} % of the painted images", f"{100 * quick['domain']['retrieval_precision']:.0f}"),
