@@ -624,9 +624,33 @@ def _prose_results(r):
          *[f"{ratio[p]['time_ratio']:.1f}" for p in ("global", "domain-specific", "domain")]),
     ]
 
+def _prose_robustness(r):
+    comp = r.load("composition.json")
+    runs = {x["chain"]: x for x in comp["runs"] if "refused" not in x}
+    kind = {k: "global" if "forget_domains" not in q else "domain" if "forget_classes" not in q else "domain-specific"
+            for k, q in comp["requests"].items()}
+    heart = lambda chain: next(q for q in runs[chain]["requests"] if q["request"] == "S")["worst_forget_acc"]
+    sx = runs["S,Sx"]
+    # chains refused for stacking a whole-domain edit with another edit that moves image features
+    stacked = [x for x in runs.values() if x.get("would_refuse") and "domain" in [kind[k] for k in x["chain"].split(",")]
+               and sum(kind[k] != "global" for k in x["chain"].split(",")) >= 2]
+    order = r.deep_research("exp8_order.json")["rows"]
+    back = [x["zs_forget"] for x in order if x["paradigm"] == "domain" and x["variant"] in ("pre", "post", "pre-free")]
+    cls, dom = sx["worst_retain_cell"]
+    return [
+        ("(heart in sketches after chain G,S: {}, after S,G: {})", r.f2(heart("G,S")), r.f2(heart("S,G"))),
+        ("(measured, chain S,Sx of `benchmarks/results/composition.json` run with `--unchecked`: {} in {}es lost {} points)",
+         cls, dom, f"{sx['worst_retain_drop']:.0f}"),
+        ("refused: measured losing one retained cell by {} points in every order",
+         r.span([x["worst_retain_drop"] for x in stacked], lambda v: f"{v:.0f}")),
+        ("(measured: zero-shot on the domain back to {} data-free or with real images of every cell, `benchmarks/results/deep_research/exp8_order.json`)",
+         r.span(back, r.f2)),
+    ]
+
 
 PROSE = {"how-it-works.md": _prose_how_it_works, "research-notes.md": _prose_research_notes,
-         "deep-mode.md": _prose_deep_mode, "results.md": _prose_results}
+         "deep-mode.md": _prose_deep_mode, "results.md": _prose_results,
+         "robustness.md": _prose_robustness}
 
 
 @pytest.mark.parametrize("page", sorted(PROSE))
