@@ -350,11 +350,14 @@ def test_unsupported_strategies_are_refused_with_a_fix():
 
 
 def test_broadcast_maps_from_rank_zero_reach_every_edit():
-    class TwoRanks:  # what DDPStrategy offers compute_edit_: rank 0's maps win
-        root_device, world_size = torch.device("cpu"), 2
+    class TwoRanks:  # what DDPStrategy offers compute_edit_ (rank 0 here): rank 0's maps win
+        root_device, world_size, global_rank = torch.device("cpu"), 2, 0
 
         def broadcast(self, obj, src=0):
-            return {k: torch.eye(v.shape[0]) * 0.5 for k, v in obj.items()}
+            return {k: torch.eye(v.shape[0]) * 0.5 for k, v in obj.items()} if isinstance(obj, dict) else obj
+
+        def all_gather(self, t):  # both ranks hold the same values
+            return torch.stack([t, t])
 
         def reduce_boolean_decision(self, decision, all=True):  # no rank failed
             return decision
