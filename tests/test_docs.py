@@ -529,6 +529,16 @@ def _prose_results(r):
     vitb = run("edit_cost_vitb_10x4.json", 40, method="multimodal")
     big = run("edit_cost_345x6_domain.json", 2070)
     gb = lambda x: f"{x['peak_rss_mb'] / 1000:.2f}"
+    big_steps = big["stats"]["image"]["prototype_image_steps"]
+    cells = r.load("cell_sweep.json")
+    old_steps = re.search(r"(?<!\w)proto_steps=(\d+)", cells["defaults"]).group(1)
+    sweep_rows = lambda v: [x for x in cells["rows"] if (x["paradigm"], x["variant"]) == ("domain-specific", v)]
+    seen, later = set(), []
+    for x in sweep_rows("p4s120"):
+        (cls, _), = x["forget"]
+        if cls in seen:
+            later.append(x["seconds"])
+        seen.add(cls)
     return [
         # the cold rows against unlearning.json
         ("on the domain-specific cells (forget {} / {}, retain {} / {}, same-class {} / {})",
@@ -594,6 +604,15 @@ def _prose_results(r):
          f"{law('edit_cost_mm_law.json')['extrapolated_seconds_345x6']:.0f}", r.f2(1000 * per_step(big)),
          r.f2(1000 * per_step(run("edit_cost_mm_law.json", 160))),
          r.f2(run("edit_cost_345x6_domain.json", 2070, warm=True)["edit_seconds"]), gb(big)),
+        ("in the every-cell sweep this made every request after a class's first one cost {} s", r.span(later, r.f1)),
+        ("(at {} steps its worst domain-specific cell forgets only to {})", old_steps,
+         r.f2(max(x["after"]["forget_acc"] for x in sweep_rows("default")))),
+        ("(30 steps each: {:,} image-steps, half the measured run's, so about {} h on ViT-B-32 at {} s per image-step",
+         big_steps * 30 // big["proto_steps"], f"{big_steps * 30 / big['proto_steps'] * per_step(vitb) / 3600:.1f}",
+         f"{per_step(vitb):.3f}"),
+        ("up to {:,} x {} x {} x {} s = {} h", big["cells"], big["n_prototypes"], big["proto_steps"],
+         f"{per_step(vitb):.3f}", f"{big_steps * per_step(vitb) / 3600:.1f}"),
+        ("(defaults, {} test images per cell;", r.load("composition.json")["n_per_cell"]),
         # limitations
         ("leaves the binary probe at {} and the 10-class probe recall at {}",
          r.span([sweep[p, v]["probe_bal_raw"][0] for p in ("global", "domain-specific") for v in ("deep", "deep+evidence")]),
