@@ -533,6 +533,9 @@ def _prose_results(r):
     cells = r.load("cell_sweep.json")
     old_steps = re.search(r"(?<!\w)proto_steps=(\d+)", cells["defaults"]).group(1)
     sweep_rows = lambda v: [x for x in cells["rows"] if (x["paradigm"], x["variant"]) == ("domain-specific", v)]
+    seed_kept = {v: [x["after"]["forget_acc"] for x in sweep_rows(v) if round(x["after"]["forget_acc"], 2) > 0.05]
+                 for v in ("p4s120seed1", "p4s120seed2")}
+    ddp = r.load("ddp_scaling.json")["runs"]
     seen, later = set(), []
     for x in sweep_rows("p4s120"):
         (cls, _), = x["forget"]
@@ -613,7 +616,16 @@ def _prose_results(r):
         ("up to {:,} x {} x {} x {} s = {} h", big["cells"], big["n_prototypes"], big["proto_steps"],
          f"{per_step(vitb):.3f}", f"{big_steps * per_step(vitb) / 3600:.1f}"),
         ("(defaults, {} test images per cell;", r.load("composition.json")["n_per_cell"]),
+        ("The maps are {} and each rank does about {} the one-process CPU work",
+         "bit-identical" if all(x["maps_identical"] for x in ddp if x["procs"] == 2) else "NOT identical",
+         "half" if all(round(x["cpu_ratio"], 1) == 0.5 for x in ddp if x["procs"] == 2) else "?"),
+        ("which had {} a core whether it ran one process or two",
+         "half" if all(round(x["cpu_share"], 1) == 0.5 for x in ddp) else "?"),
         # limitations
+        ("worst-cell target on val ({}); at seeds 1 and 2, {} and {} cells keep {} (val)",
+         r.f3(max(x["after"]["forget_acc"] for x in sweep_rows("p4s120"))),
+         *[len(seed_kept[v]) for v in ("p4s120seed1", "p4s120seed2")],
+         r.span([a for v in seed_kept for a in seed_kept[v]], r.f2)),
         ("leaves the binary probe at {} and the 10-class probe recall at {}",
          r.span([sweep[p, v]["probe_bal_raw"][0] for p in ("global", "domain-specific") for v in ("deep", "deep+evidence")]),
          r.span([sweep[p, v]["probe_recall"][0] for p in ("global", "domain-specific") for v in ("deep", "deep+evidence")],
