@@ -136,14 +136,14 @@ def holdout(model, tokenizer, request: ForgetRequest, cells, *, seed: int, n_pro
                                     cache.settings_key(classes=classes, templates=class_templates, check=True),
                                     n_prototypes=n_prototypes, proto_steps=proto_steps, proto_lr=proto_lr,
                                     seed=seed, progress=progress)
-    return cols.T.contiguous(), T, stats["prototype_seconds"]
+    return cols.T.contiguous(), T.cpu(), stats["prototype_seconds"]  # on the CPU, with the maps
 
 
 def edited_classifier(model, tokenizer, classes, class_templates, M_text: torch.Tensor | None) -> torch.Tensor:
     """The class texts (C x d) as the edited model's text tower gives them: each template embedding
     goes through ``M_text`` (the joint-site text edit, or None) before the mean (exact: the edit is
     linear and the embeddings are normalised after it)."""
-    emb = encode(model, tokenizer, [fill_template(t, c=c) for c in classes for t in class_templates])
+    emb = encode(model, tokenizer, [fill_template(t, c=c) for c in classes for t in class_templates]).cpu()
     if M_text is not None:
         emb = F.normalize(emb @ M_text.float().T.to(emb), dim=-1)
     return F.normalize(emb.view(len(classes), len(class_templates), -1).mean(1), dim=-1)
