@@ -677,8 +677,8 @@ def _prose_robustness(r):
     cls, dom = sx["worst_retain_cell"]
     return [
         ("(heart in sketches after chain G,S: {}, after S,G: {})", r.f2(heart("G,S")), r.f2(heart("S,G"))),
-        ("(measured, chain S,Sx of `benchmarks/results/composition.json` run with `--unchecked`: {} in {}es lost {} points)",
-         cls, dom, f"{sx['worst_retain_drop']:.0f}"),
+        ("(measured, chain S,Sx of `benchmarks/results/composition.json` run with `--unchecked`: {} in {}{} lost {} points)",
+         cls, dom, "es" if dom.endswith(("s", "sh", "ch")) else "s", f"{sx['worst_retain_drop']:.0f}"),
         ("refused: measured losing one retained cell by {} points in every order",
          r.span([x["worst_retain_drop"] for x in stacked], lambda v: f"{v:.0f}")),
         ("(measured: zero-shot on the domain back to {} data-free or with real images of every cell, `benchmarks/results/deep_research/exp8_order.json`)",
