@@ -753,6 +753,21 @@ def render_ddp_scaling() -> str:
         + ("met" if d["ratio_ok"] else "NOT met") + "). " + source("ddp_scaling.json")
 
 
+def render_demo_worst() -> str:
+    """The demo at 50 test images per cell, with its worst cells (demo_worst_cells.json)."""
+    d = load("demo_worst_cells.json")
+    rows = []
+    for p in d["paradigms"]:
+        wf, wr = p["worst_forget_cell"], p["worst_retain_cell"]
+        rows.append([p["paradigm"], f"{f3(p['forget_acc_before'])} -> {f3(p['forget_acc_after'])}",
+                     f"{f3(p['retain_acc_before'])} -> {f3(p['retain_acc_after'])}",
+                     f"{'/'.join(wf['cell'])} {f2(wf['acc'])}",
+                     f"{'/'.join(wr['cell'])} {f2(wr['acc_before'])} -> {f2(wr['acc'])} ({f1(-wr['drop_points'] + 0.0)})"])
+    return table(["paradigm", "forget accuracy", "retain accuracy", "worst forgotten cell",
+                  "worst retained cell (change, points)"], rows) + f"\n\n{d['n_per_cell']} test images per cell. " \
+        + source("demo_worst_cells.json")
+
+
 RENDERERS = {
     "glance": render_glance,
     "quality": render_quality,
@@ -770,6 +785,9 @@ RENDERERS = {
     "fingerprint-cost": render_fingerprint_cost,
     "demo": render_demo,
     "composition": render_composition,
+    "demo-worst": render_demo_worst,
+    "self-check": lambda: _sweep_table("robustness.json", "table"),
+    "robustness-sweep": lambda: _sweep_table("robustness.json", "robustness_table"),
     "ddp-scaling": render_ddp_scaling,
     "cell-sweep": lambda: _sweep_table("cell_sweep.json", "table"),
     "cell-sweep-test": lambda: _sweep_table("cell_sweep.json", "table_test"),
