@@ -22,6 +22,9 @@ Methods (one row each, all in this one run, on the embedded model):
   the raw ``encode_image`` output of the ``--evidence`` train images of every cell, concept "in the
   forgotten cells", applied at the output; own criterion: the binary probe on the data it was
   fitted on at <= 0.55 (its guarantee: no linear probe beats chance there);
+* ``leace-normalised`` (not in the default list): LEACE fitted on, and applied to, the L2-normalised
+  output (how CLIP embeddings are compared), to see whether fitting where the probe reads closes
+  the normalised-probe gap of ``leace``;
 * ``library-eraser``: the library's own eraser (:func:`lightning_unlearn.deep.eraser`, with the
   normalised round, as the deep mode uses it with evidence of every cell) on the same embeddings,
   applied at the output alone: the like-for-like comparison with ``leace``; same criterion.
@@ -167,13 +170,14 @@ def run_method(name, emb, request, D, args) -> tuple:
                               "criterion": "val forget <= 0.2 with control >= 95% (lambda on val)",
                               "val_forget_acc": info["val_forget_acc"], "val_retain_acc": info["val_retain_acc"],
                               "lambda_curve": info["lambda_curve"]}
-    if name in ("leace", "library-eraser"):
+    if name in ("leace", "leace-normalised", "library-eraser"):
         H = encode(model, tr["x"])
         z = fm[tr["c"], tr["d"]]
-        if name == "leace":
+        if name.startswith("leace"):
             from concept_erasure import LeaceEraser
-            eraser = LeaceEraser.fit(H, z.long())
-            out = lambda h: eraser(h.float())  # noqa: E731
+            pre = (lambda h: F.normalize(h.float(), dim=-1)) if name == "leace-normalised" else (lambda h: h.float())
+            eraser = LeaceEraser.fit(pre(H), z.long())
+            out = lambda h: eraser(pre(h))  # noqa: E731
         else:
             cells = request.forget_cells + request.retain_cells
             rows = {(c, d): H[(tr["c"] == CLASSES.index(c)) & (tr["d"] == DOMAINS.index(d))].double() for c, d in cells}
