@@ -140,7 +140,7 @@ def guarded(H, mask) -> float:
 
 
 def run_method(name, emb, request, D, args) -> tuple:
-    """``(model, output map or None, info)`` of one method on one request; ``model`` may be the shared
+    """``(model, output map or None, info)`` of one method on one request; ``model`` may be the caller's
     model with an injected edit (the caller restores it)."""
     model = emb.model
     fm = forget_mask(request, CLASSES, DOMAINS)
