@@ -362,17 +362,26 @@ def split_cells(cls: torch.Tensor, dom: torch.Tensor, classnames: Sequence[str] 
 
 
 def audit_dataset(model, tokenizer, request: ForgetRequest, dataset, *, batch_size: int = 256, num_workers: int = 0,
-                  layers: Sequence[str] = LAYERS, **kwargs) -> dict:
+                  layers: Sequence[str] = LAYERS, relearn: bool = False, **kwargs) -> dict:
     """The audit on one labelled dataset (items ``(image, class_idx, domain_idx, ...)``, with
     ``classnames`` / ``domains`` attributes when the request's names are not in label order), split
-    by :func:`split_cells`: features are extracted once, half of each cell fits the probes."""
+    by :func:`split_cells`: features are extracted once, half of each cell fits the probes. With
+    ``relearn``, also the relearning attack's figures (:func:`~lightning_unlearn.relearn.summary`:
+    ``relearn_start_acc``, ``relearn_steps@<attack>``; attack images from the fit half)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     kwargs.setdefault("classnames", getattr(dataset, "classnames", None))
     kwargs.setdefault("domains", getattr(dataset, "domains", None))
     with eval_mode(model):  # each submodule's mode is restored on return
         feats = extract(model, loader, layers)
         fit, test = split_cells(feats.cls, feats.dom, kwargs["classnames"], kwargs["domains"])
-        return audit_features(model, tokenizer, request, feats.subset(fit), feats.subset(test), **kwargs)
+        out = audit_features(model, tokenizer, request, feats.subset(fit), feats.subset(test), **kwargs)
+    if relearn:
+        from .relearn import relearning_dataset, summary
+        out |= summary(relearning_dataset(model, tokenizer, request, dataset, batch_size=batch_size,
+                                          num_workers=num_workers, classnames=kwargs["classnames"],
+                                          domains=kwargs["domains"],
+                                          templates=kwargs.get("templates", CLASS_TEMPLATES)))
+    return out
 
 
 def format_audit(result: dict, before: dict | None = None) -> str:

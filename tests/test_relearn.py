@@ -69,3 +69,13 @@ def test_cli_evaluate_audit_prints_the_relearning_attack(tmp_path, capsys):
     assert report["audit"]["relearn_start_acc"] <= 0.1 and steps is not None and 1 <= steps <= 50
     assert report["relearning"]["model"]["attacks"]["proj-lr1e-3-5img"]["images"] == 5 * 40
     assert "relearning attack on the model" in out and "relearn_steps@proj-lr1e-4-5img" in out
+
+
+def test_audit_dataset_reports_the_relearning_figures(setup):
+    from lightning_unlearn.audit import audit_dataset
+    from lightning_unlearn.data import World, WorldDataset
+    emb, request, _, _ = setup
+    ds = WorldDataset(World("test", 4), transform=emb.preprocess)
+    out = audit_dataset(emb.model, emb.tokenizer, request, ds, layers=("output",), relearn=True)
+    assert out["relearn_start_acc"] >= 0.9 and out["relearn_steps@proj-lr1e-3-5img"] == 0  # unedited: already there
+    assert "probe_balanced_acc" in out
