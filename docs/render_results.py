@@ -768,6 +768,14 @@ def render_demo_worst() -> str:
         + source("demo_worst_cells.json")
 
 
+def _pareto(name: str) -> str:
+    """A benchmarks/pareto.py result, formatted by the benchmark's own table function."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.pareto import fmt_table
+    d = load(name)
+    return fmt_table(d["summary"], d["relearn_steps"]) + "\n\n" + source(name)
+
+
 RENDERERS = {
     "glance": render_glance,
     "quality": render_quality,
@@ -785,6 +793,9 @@ RENDERERS = {
     "fingerprint-cost": render_fingerprint_cost,
     "demo": render_demo,
     "composition": render_composition,
+    "pareto-quick": lambda: _pareto("pareto_quick.json"),
+    "pareto-erasers": lambda: _pareto("pareto_erasers.json"),
+    "pareto-library": lambda: _pareto("pareto_library.json"),
     "demo-worst": render_demo_worst,
     "self-check": lambda: _sweep_table("robustness.json", "table"),
     "robustness-sweep": lambda: _sweep_table("robustness.json", "robustness_table"),
