@@ -366,6 +366,8 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
     if name is not None and (not isinstance(name, str) or not name):
         raise ValueError(f"`name`={name!r} must be a non-empty string")
     name = name or fresh_name(model, "edit")
+    # the edits below `position` of the weight's chain; the bias's chain lacks the "pooled" ones
+    below = None if position is None else {e.info.get("name") for e in _stack(model, s)[:position]}
     with _all_or_nothing(model, name):  # the weight and the bias
         if s.slot is not None and s.slot.installed is None:  # a tower with no projection: add the layer
             s.slot.install(s.module)
@@ -375,10 +377,11 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
                 edit.P.weight.copy_(M.float())
             edit.to(getattr(module, tensor).device)  # before registering: torch evaluates the parametrization at once
             parametrize.register_parametrization(module, tensor, edit)
-            if position is not None:  # move it from the end of the chain to `position`
+            if position is not None:  # move it from the end of the chain to just above the edits `below`
                 plist = getattr(module.parametrizations, tensor)
                 order = list(plist)
-                order.insert(position, order.pop())
+                new = order.pop()
+                order.insert(sum(e.info.get("name") in below for e in order), new)
                 for i, e in enumerate(order):
                     plist[i] = e
     return name
@@ -425,11 +428,12 @@ def check_after(model: nn.Module, tower: str, info: dict, position: int, what: s
 @contextlib.contextmanager
 def suspended(model: nn.Module, positions: dict[str, int], sites: dict[str, Site] | None = None):
     """Inside the block, every edit at or past ``positions[tower]`` of a tower's chain acts as the
-    identity: the model as a composed edit computed for that position sees it. ``sites``: the towers'
+    identity, on every tensor it changes (weight and bias): the model as a composed edit computed for
+    that position sees it. ``sites``: the towers'
     :class:`~lightning_unlearn.sites.Site` objects already found (the others are looked up)."""
     sites = sites or {}
-    saved = [(e, e.P.weight.detach().clone()) for tower, k in positions.items()
-             for e in _stack(model, sites.get(tower, tower))[k:]]
+    above = {e.info.get("name") for tower, k in positions.items() for e in _stack(model, sites.get(tower, tower))[k:]}
+    saved = [(e, e.P.weight.detach().clone()) for _, e in edit_modules(model) if e.info.get("name") in above]
     try:
         with torch.no_grad():
             for e, w in saved:

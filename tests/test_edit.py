@@ -681,3 +681,17 @@ def test_the_context_manager_removes_its_edit_also_on_an_exception(zoo):
         with unlearned(model, tok, req("dog"), method="text", compose=True, **FAST):
             raise RuntimeError("inside the block")
     assert edits(model) == [outer.name], "only the block's own edit is removed"
+
+
+@pytest.mark.parametrize("zoo", ["world-clip", "RN50"], indirect=True)  # RN50: a projection with a bias
+def test_a_composed_feature_bound_edit_goes_below_the_global_one_on_every_tensor(zoo):
+    from lightning_unlearn.edit import _parametrized, suspended
+    model, tok = zoo.model, zoo.tokenizer
+    before = zoo.outputs()
+    g = unlearn_(model, tok, req("dog"), method="text", **FAST).name
+    with suspended(model, {"image": 0}):  # every edit from position 0 on acts as the identity, weight and bias
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(zoo.outputs(), before))
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(zoo.outputs(), before))  # and comes back
+    d = unlearn_(model, tok, req("cat", forget_domains=[DOMAINS[0]]), method="text", compose=True, **FAST).name
+    chains = [[e.info["name"] for e in getattr(m.parametrizations, t)] for m, t in _parametrized(model)]
+    assert len(chains) == (2 if zoo.name == "RN50" else 1) and all(c == [d, g] for c in chains)
