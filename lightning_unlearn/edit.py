@@ -15,6 +15,7 @@ underscore) return what they did, never the model: :func:`unlearn_` the :class:`
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import time
@@ -706,12 +707,11 @@ def checkerboard(cells, classes, domains) -> tuple | None:
     """Two forgotten cells ``(c1, d1)``, ``(c2, d2)`` of ``cells`` whose crossed cells ``(c1, d2)``,
     ``(c2, d1)`` are both kept, or None: a set of forgotten cells no single request forms, and that
     a linear edit cannot realise where class and domain add up."""
-    for d1 in domains:
-        for d2 in domains:
-            only1 = [c for c in classes if (c, d1) in cells and (c, d2) not in cells]
-            only2 = [c for c in classes if (c, d2) in cells and (c, d1) not in cells]
-            if d1 != d2 and only1 and only2:
-                return (only1[0], d1), (only2[0], d2)
+    for d1, d2 in itertools.combinations(domains, 2):
+        only1 = [c for c in classes if (c, d1) in cells and (c, d2) not in cells]
+        only2 = [c for c in classes if (c, d2) in cells and (c, d1) not in cells]
+        if only1 and only2:
+            return (only1[0], d1), (only2[0], d2)
     return None
 
 
