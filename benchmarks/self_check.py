@@ -6,7 +6,8 @@ constraints of whole domains do, and what each costs, on the embedded world (tes
 
 Requests: ``demo`` (the demo's three), ``domains`` (every whole domain), ``ds`` (four single cells of
 domain-specific requests, one per domain), ``multi`` (star and heart in sketch and cartoon; triangle,
-moon and hexagon globally; sketch and painting), ``pairs`` (every pair of domains). Variants: ``default`` (the library defaults),
+moon and hexagon globally; sketch and painting), ``pairs`` (every pair of domains), ``global`` (every
+class, globally), ``cells`` (every (class, domain) cell as a domain-specific request). Variants: ``default`` (the library defaults),
 ``cells0`` (``retain_cell_weight=0``: whole domains without the retained-cell constraints, the
 behaviour before them), ``cells4`` / ``cells9`` / ``cells900`` (the constraints at that weight on
 every request), ``rounds1`` / ``rounds2``
@@ -41,7 +42,7 @@ from benchmarks.cell_sweep import embed_split  # noqa: E402
 from lightning_unlearn import ForgetRequest, cache, restore_, unlearn_  # noqa: E402
 from lightning_unlearn import prototypes as protos  # noqa: E402
 from lightning_unlearn.data import QUICK_REQUESTS  # noqa: E402
-from lightning_unlearn.data.world import DOMAINS  # noqa: E402
+from lightning_unlearn.data.world import CLASSES, DOMAINS  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
 from lightning_unlearn.zeroshot import classifier, split_accuracy, worst_cells  # noqa: E402
 
@@ -54,6 +55,8 @@ REQUESTS = {
               {"forget_classes": ["triangle", "moon", "hexagon"]},
               {"forget_domains": ["sketch", "painting"]}],
     "pairs": [{"forget_domains": [DOMAINS[i], DOMAINS[j]]} for i in range(4) for j in range(i + 1, 4)],
+    "global": [{"forget_classes": [c]} for c in CLASSES],
+    "cells": [{"forget_classes": [c], "forget_domains": [d]} for c in CLASSES for d in DOMAINS],
 }
 VARIANTS = {"default": {}, "cells0": {"retain_cell_weight": 0.0}, "cells4": {"retain_cell_weight": 4.0},
             "cells9": {"retain_cell_weight": 9.0}, "cells900": {"retain_cell_weight": 900.0},
@@ -171,50 +174,49 @@ def run(args) -> dict:
     cb, nb = counts(h, y, eye, T, C, D)
     acc_b = cb / nb.clamp(min=1)
     rows = []
-    for group in args.requests:
-        for kw in REQUESTS[group]:
+    for seed in args.seeds:  # seeds outermost: a run cut short has every request at its first seeds
+        for group, kw in [(g, kw) for g in args.requests for kw in REQUESTS[g]]:
             request = ForgetRequest(emb.classnames, emb.domains, **kw)
-            for seed in args.seeds:
-                for name in args.variants:
-                    overrides = VARIANTS[name] | ({"seed": seed} if seed else {})
-                    t0 = time.perf_counter()
-                    with perturbed(name if name in PERTURBATIONS else None):
-                        u = unlearn_(emb.model, emb.tokenizer, request, progress=False, check=True, **overrides)
-                    wall = time.perf_counter() - t0
-                    restore_(emb.model)
-                    ca, na = counts(h, y, u.maps["image"], T, C, D)
-                    acc_a = ca / na.clamp(min=1)
-                    sb, sa = split_accuracy(cb, nb, request), split_accuracy(ca, na, request)
-                    worst = worst_cells(ca, na, request, before=(cb, nb))
-                    split = {"forget_acc": sa["forget_acc"], "retain_drop": 100 * (sb["retain_acc"] - sa["retain_acc"]),
-                             "same_class_drop": None if sb["same_class_other_domains_acc"] is None else
-                             100 * (sb["same_class_other_domains_acc"] - sa["same_class_other_domains_acc"])}
-                    check = u.check
-                    corr = u.stats["image"].get("correction")
-                    row = {"request": request.describe(), "group": group, "paradigm": request.paradigm,
-                           "forget": kw, "seed": seed, "overrides": overrides, "threads": torch.get_num_threads(),
-                           "variant": name + (f"-t{args.threads}" if args.threads else ""),
-                           **split, **worst, "real_pass": real_pass(request, split, worst),
-                           "edit_seconds": round(u.seconds, 3), "wall_seconds": round(wall, 3),
-                           "check_seconds": check.seconds, "check_passed": check.passed,
-                           "check_failures": check.failures, "check_worst_forget_cell": check.worst_forget_cell,
-                           "check_worst_retain_cell": check.worst_retain_cell,
-                           "agreement": agreement(request, check, acc_b, acc_a),
-                           "correction": None if corr is None else {k: v for k, v in corr.items() if k != "check"}}
-                    rows.append(row)
-                    wr, wf = worst["worst_retain_cell"], worst["worst_forget_cell"]
-                    ag = row["agreement"]
-                    rho = ag["spearman_retained_margin_drop_vs_real_drop"]
-                    print(f"{name:8s} s{seed} {request.describe()[:50]:50s} forget {split['forget_acc']:.3f} "
-                          f"(worst {'/'.join(wf['cell'])} {wf['acc']:.2f}) retain drop {split['retain_drop']:+.2f} "
-                          f"(worst {'/'.join(wr['cell'])} {wr['drop_points']:+.1f}) real "
-                          f"{'pass' if row['real_pass'] else 'FAIL'} | check {'pass' if check.passed else 'FAIL'} "
-                          f"rho {'-' if rho is None else format(rho, '.2f')} "
-                          f"failing {[(f['cell'], f['check']) for f in ag['real_failing_cells']]} "
-                          f"| edit {u.seconds:.1f}s check {check.seconds:.1f}s", flush=True)
-                    if args.json:
-                        args.json.parent.mkdir(parents=True, exist_ok=True)
-                        args.json.write_text(json.dumps({"rows": rows, "n_per_cell": args.n_per_cell}, indent=1))
+            for name in args.variants:
+                overrides = VARIANTS[name] | ({"seed": seed} if seed else {})
+                t0 = time.perf_counter()
+                with perturbed(name if name in PERTURBATIONS else None):
+                    u = unlearn_(emb.model, emb.tokenizer, request, progress=False, check=True, **overrides)
+                wall = time.perf_counter() - t0
+                restore_(emb.model)
+                ca, na = counts(h, y, u.maps["image"], T, C, D)
+                acc_a = ca / na.clamp(min=1)
+                sb, sa = split_accuracy(cb, nb, request), split_accuracy(ca, na, request)
+                worst = worst_cells(ca, na, request, before=(cb, nb))
+                split = {"forget_acc": sa["forget_acc"], "retain_drop": 100 * (sb["retain_acc"] - sa["retain_acc"]),
+                         "same_class_drop": None if sb["same_class_other_domains_acc"] is None else
+                         100 * (sb["same_class_other_domains_acc"] - sa["same_class_other_domains_acc"])}
+                check = u.check
+                corr = u.stats["image"].get("correction")
+                row = {"request": request.describe(), "group": group, "paradigm": request.paradigm,
+                       "forget": kw, "seed": seed, "overrides": overrides, "threads": torch.get_num_threads(),
+                       "variant": name + (f"-t{args.threads}" if args.threads else ""),
+                       **split, **worst, "real_pass": real_pass(request, split, worst),
+                       "edit_seconds": round(u.seconds, 3), "wall_seconds": round(wall, 3),
+                       "check_seconds": check.seconds, "check_passed": check.passed,
+                       "check_failures": check.failures, "check_worst_forget_cell": check.worst_forget_cell,
+                       "check_worst_retain_cell": check.worst_retain_cell,
+                       "agreement": agreement(request, check, acc_b, acc_a),
+                       "correction": None if corr is None else {k: v for k, v in corr.items() if k != "check"}}
+                rows.append(row)
+                wr, wf = worst["worst_retain_cell"], worst["worst_forget_cell"]
+                ag = row["agreement"]
+                rho = ag["spearman_retained_margin_drop_vs_real_drop"]
+                print(f"{name:8s} s{seed} {request.describe()[:50]:50s} forget {split['forget_acc']:.3f} "
+                      f"(worst {'/'.join(wf['cell'])} {wf['acc']:.2f}) retain drop {split['retain_drop']:+.2f} "
+                      f"(worst {'/'.join(wr['cell'])} {wr['drop_points']:+.1f}) real "
+                      f"{'pass' if row['real_pass'] else 'FAIL'} | check {'pass' if check.passed else 'FAIL'} "
+                      f"rho {'-' if rho is None else format(rho, '.2f')} "
+                      f"failing {[(f['cell'], f['check']) for f in ag['real_failing_cells']]} "
+                      f"| edit {u.seconds:.1f}s check {check.seconds:.1f}s", flush=True)
+                if args.json:
+                    args.json.parent.mkdir(parents=True, exist_ok=True)
+                    args.json.write_text(json.dumps({"rows": rows, "n_per_cell": args.n_per_cell}, indent=1))
     return {"rows": rows, "n_per_cell": args.n_per_cell, "split": "test", "threads": torch.get_num_threads()}
 
 
