@@ -11,6 +11,7 @@ from .request import ForgetRequest, RequestError
 _LAZY = {**dict.fromkeys(("EditError", "ProjectorEdit", "UnlearnConfig", "Unlearned", "edits", "fold_", "inject_",
                           "remove_edit_", "restore_", "unlearn_", "unlearned"), "edit"),
          "hf_tokenizer": "encoders", "UnsupportedModelError": "sites",
+         "ArtifactError": "localdir", "OutputError": "staging", "WeightsMismatchError": "artifact",
          "CLIPUnlearning": "module", "NullspaceUnlearning": "callback", "UnlearningAccuracy": "metrics",
          "WorldDataModule": "datamodules", "FolderDataModule": "datamodules"}
 

@@ -75,7 +75,8 @@ def cmd_unlearn(args) -> dict:
     from .data.datasets import evidence_from_folder, recorded
     from .data.world import CLASSES, DOMAINS
     from .edit import unlearn_
-    from .export import EDIT_NAME, check_output, save_model_and_edit
+    from .export import EDIT_NAME, save_model_and_edit
+    from .staging import check_output
     from .state import config_dict
     inputs = [args.model.removeprefix("local-dir:") if (args.model or "").startswith("local-dir:") else None,
               getattr(args, "pretrained", None)]  # what is read: never replaced by the output
@@ -98,7 +99,7 @@ def cmd_unlearn(args) -> dict:
     args.done.append(f"{out}/")
     print(f"forgot {request.describe()} in {u.seconds:.1f} s (removed rank {u.ranks})\nwrote {out}/: {', '.join(files)}"
           f"\nload it with open_clip.create_model_and_transforms('local-dir:{out}'), or re-apply the edit alone to "
-          f"the original model with lightning_unlearn.export.apply_edit(model, '{out / EDIT_NAME}')")
+          f"the original model with lightning_unlearn.artifact.apply_edit_file_(model, '{out / EDIT_NAME}')")
     if u.check is not None:
         print(u.check.summary())
     return {"model": lm.label, "request": request.to_dict(), "paradigm": request.paradigm,
@@ -256,7 +257,7 @@ time; print class x domain accuracy before/after and write demo.png (heatmaps) i
 
     p = _command(sub, "unlearn", cmd_unlearn, "edit a model and save it (folded) plus the edit", """Write --output as
 an open_clip local-dir folder with the edit folded in, plus edit.safetensors + edit.json (the edit
-alone, re-appliable to the original weights with lightning_unlearn.export.apply_edit).""",
+alone, re-appliable to the original weights with lightning_unlearn.artifact.apply_edit_file_).""",
                  ["unlearn --forget-classes star -o no-star",
                   "unlearn --forget-classes heart --forget-domains sketch -o no-sketched-hearts --json info.json",
                   "unlearn --model ViT-B-32 --pretrained vit-b-32.safetensors --classnames @classes.txt \\\n"
@@ -383,7 +384,7 @@ def _run(args) -> int:
         if json_path not in (None, "-"):  # before any work: an existing report is not replaced by surprise
             if Path(json_path).is_dir():
                 raise CLIError(f"--json {json_path} is a folder; give a file path (or '-' for stdout)")
-            from .export import check_output
+            from .staging import check_output
             check_output(json_path, getattr(args, "overwrite", False), folder=False)
         # with --json -: stdout carries the JSON alone; the tables go to stderr
         with contextlib.redirect_stdout(sys.stderr) if json_path == "-" else contextlib.nullcontext():
@@ -394,7 +395,7 @@ def _run(args) -> int:
             print(json.dumps(report, indent=2, default=str))
             args.done.append("--json -")
         elif json_path and report is not None:
-            from .export import write_json
+            from .staging import write_json
             written = write_json(report, json_path, overwrite=getattr(args, "overwrite", False))
             args.done.append(f"--json {json_path}")
             print(f"wrote {written}", file=sys.stderr)

@@ -17,7 +17,7 @@ import open_clip
 
 from . import embedded
 from .errors import UnlearnError
-from .export import WEIGHTS_NAME, describe_key_mismatch, quiet_open_clip, read_local_dir_config
+from .localdir import WEIGHTS_NAME, describe_key_mismatch, quiet_open_clip, read_local_dir_config
 from .prompts import CELL_TEMPLATES, CLASS_TEMPLATES
 
 EMBEDDED = "embedded"

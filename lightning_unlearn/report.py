@@ -62,7 +62,7 @@ def cell_heatmaps(rows: list[dict], classnames, domains, path: Path) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    from .export import staged_file
+    from .staging import staged_file
     fig = Figure(figsize=(2.2 + 1.3 * len(domains) * 2, 1.0 + 0.3 * len(classnames) * len(rows)), dpi=110,
                  layout="constrained")
     FigureCanvasAgg(fig)
