@@ -45,7 +45,7 @@ QUICK = ["G,S", "S,G"]
 FORGET_MEAN, FORGET_CELL, RETAIN_MEAN, RETAIN_CELL = 0.02, 0.05, 1.0, 5.0
 
 
-def run_chain(emb, batches, base, seq: str, unchecked: bool = False) -> dict:
+def run_chain(emb, batches, base, seq: str, unchecked: bool = False, seed: int = 0) -> dict:
     keys = seq.split(",")
     requests = [ForgetRequest(CLASSES, DOMAINS, **REQUESTS[k]) for k in keys]
     restore_(emb.model)
@@ -57,17 +57,18 @@ def run_chain(emb, batches, base, seq: str, unchecked: bool = False) -> dict:
         edit.composition_refusal = note
     try:
         for i, r in enumerate(requests):
-            names.append(unlearn_(emb.model, emb.tokenizer, r, compose=i > 0, progress=False).name)
+            names.append(unlearn_(emb.model, emb.tokenizer, r, compose=i > 0, progress=False,
+                                  **({"seed": seed} if seed else {})).name)
     except EditError as e:
         restore_(emb.model)
-        return {"chain": seq, "refused": str(e), "refused_at": keys[len(names)]}
+        return {"chain": seq, "seed": seed, "refused": str(e), "refused_at": keys[len(names)]}
     finally:
         edit.composition_refusal = refusal
     seconds = time.perf_counter() - t0
     after = evaluate(emb.model, emb.tokenizer, CLASSES, emb.templates, batches, DOMAINS, progress=False)["cells"]
     restore_(emb.model)
     forgotten = {c for r in requests for c in r.forget_cells}
-    out = {"chain": seq, "seconds": round(seconds, 1), "requests": []}
+    out = {"chain": seq, "seed": seed, "seconds": round(seconds, 1), "requests": []}
     if unchecked:
         out["would_refuse"] = next((w for w in would if w), None)
     for k, r in zip(keys, requests):
@@ -88,15 +89,15 @@ def run_chain(emb, batches, base, seq: str, unchecked: bool = False) -> dict:
 
 
 def table(rows) -> str:
-    lines = ["| chain | request: forget mean (worst cell) | retain drop mean / worst cell (points) | targets |",
-             "|---|---|---|---|"]
+    lines = ["| chain | seed | request: forget mean (worst cell) | retain drop mean / worst cell (points) | targets |",
+             "|---|---|---|---|---|"]
     for r in rows:
         if "refused" in r:
-            lines.append(f"| {r['chain']} | refused at {r['refused_at']}: {r['refused'].split(':')[0]} | - | - |")
+            lines.append(f"| {r['chain']} | {r.get('seed', 0)} | refused at {r['refused_at']}: {r['refused'].split(':')[0]} | - | - |")
             continue
         forget = "; ".join(f"{q['request']} {q['forget_mean']:.2f} ({q['worst_forget_acc']:.2f} "
                            f"{'/'.join(q['worst_forget_cell'])})" for q in r["requests"])
-        lines.append(f"| {r['chain']} | {forget} | {r['retain_drop_mean']:.2f} / {r['worst_retain_drop']:.1f} "
+        lines.append(f"| {r['chain']} | {r.get('seed', 0)} | {forget} | {r['retain_drop_mean']:.2f} / {r['worst_retain_drop']:.1f} "
                      f"({'/'.join(r['worst_retain_cell'])}) | {'met' if r['met'] else 'NOT met'}"
                      f"{' (refused by default)' if r.get('would_refuse') else ''} |")
     return "\n".join(lines)
@@ -110,18 +111,21 @@ def main(argv=None):
     p.add_argument("--chains", nargs="+", help="only these chains (comma-separated request keys)")
     p.add_argument("--unchecked", action="store_true",
                    help="run the chains the library refuses too (recording why it would refuse them)")
+    p.add_argument("--seeds", default="0", help="comma list of edit seeds (every request of a chain at that seed)")
     args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
     emb = load_embedded()
     batches = rendered_batches("test", args.n_per_cell, emb.preprocess)
     base = evaluate(emb.model, emb.tokenizer, CLASSES, emb.templates, batches, DOMAINS, progress=False)["cells"]
     chains = args.chains or (QUICK if args.quick else ALONE + PAIRS + SEVERAL + CHAINS)
     rows, t0 = [], time.perf_counter()
     with cache.use(cache.Cache()):
-        for seq in chains:
-            rows.append(run_chain(emb, batches, base, seq, args.unchecked))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+        for seed in seeds:
+            for seq in chains:
+                rows.append(run_chain(emb, batches, base, seq, args.unchecked, seed))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
     ran = [r for r in rows if "refused" not in r]
-    result = {"n_per_cell": args.n_per_cell, "unchecked": args.unchecked, "requests": REQUESTS, "targets": {
+    result = {"n_per_cell": args.n_per_cell, "unchecked": args.unchecked, "seeds": seeds, "requests": REQUESTS, "targets": {
         "forget_mean": FORGET_MEAN, "forget_cell": FORGET_CELL, "retain_drop_mean": RETAIN_MEAN,
         "retain_drop_cell": RETAIN_CELL}, "runs": rows, "summary": {
         "chains": len(rows), "refused": len(rows) - len(ran), "met": sum(r["met"] for r in ran),
