@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 from . import deep, nullspace
 from .cache import CURRENT, Cache, chosen
 from .directions import build, build_constraints, cell_texts
-from .errors import UnlearnError
+from .errors import EditError
 from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
 from .sites import SITES, TOWERS, EditLinear, Site, find_site, uninstall_
@@ -39,10 +39,6 @@ METHODS = ("multimodal", "text")
 SOLVERS = ("two-sided", "projector", "regularized")
 DEPTHS = ("shallow", "deep")
 PROTECT = ("none", "classes", "cells")
-
-
-class EditError(UnlearnError, RuntimeError):
-    """An edit that cannot be applied to this model in its current state."""
 
 
 #: Fields every edit reads; the prototype fields (method "multimodal" only); each solver's own.

@@ -8,3 +8,7 @@ library while older ``except ValueError`` handlers keep working. Imports nothing
 
 class UnlearnError(Exception):
     """Base of every exception raised by ``lightning_unlearn``."""
+
+
+class EditError(UnlearnError, RuntimeError):
+    """An edit that cannot be applied to this model in its current state."""
