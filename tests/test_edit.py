@@ -6,129 +6,30 @@ restored to the snapshot taken at creation. Big architectures run at 64 px with 
 or tiny prototype budgets.
 """
 import copy
-import json
 import sys
-from dataclasses import dataclass
 
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as Fn
-from open_clip.modified_resnet import ModifiedResNet
-from open_clip.timm_model import TimmModel
-from open_clip.transformer import VisionTransformer
 from safetensors.torch import save_file
-from torch import nn
 
-from lightning_unlearn import (EditError, ForgetRequest, RequestError, UnlearnConfig, UnsupportedModelError, edits,
-                               embedded, fold_, inject_, prototypes, restore_, unlearn_)
+from lightning_unlearn import (EditError, ForgetRequest, RequestError, UnlearnConfig, edits, fold_, inject_,
+                               prototypes, restore_, unlearn_)
 from lightning_unlearn import cache, directions, zeroshot
 from lightning_unlearn.directions import cell_texts, class_texts
 from lightning_unlearn.edit import edit_modules, remove_edit_, unlearned
 from lightning_unlearn.sites import find_site
 
+from conftest import ARCHS, BIG, CLASSES, DOMAINS, assert_bit_identical, snapshot
 
-_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}
-#: Tiny configs for the tower types no built-in small config covers.
-CONFIGS = {
-    # a timm ViT image tower (token pool) with a linear projection head
-    "lu-test-timm-vit": {"embed_dim": 64, "text_cfg": _TEXT, "vision_cfg": {
-        "timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "", "timm_proj": "linear",
-        "image_size": 160}},
-    # a timm CNN image tower with an MLP projection head that has a bias
-    "lu-test-timm-mlp": {"embed_dim": 64, "text_cfg": _TEXT, "vision_cfg": {
-        "timm_model_name": "test_resnet", "timm_model_pretrained": False, "timm_pool": "avg", "timm_proj": "mlp",
-        "timm_proj_bias": True, "image_size": 32}},
-    # CustomTextCLIP (model.text is a TextTransformer) whose text projection is a Linear with a bias
-    "lu-test-custom-text": {"embed_dim": 64, "custom_text": True, "text_cfg": dict(_TEXT, proj_bias=True),
-                            "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32,
-                                           "patch_size": 8}},
-    # CoCa: not supported
-    "lu-test-coca": {"embed_dim": 64, "custom_text": True,
-                     "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16,
-                                    "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
-                     "text_cfg": dict(_TEXT, embed_cls=True, output_tokens=True),
-                     "multimodal_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2,
-                                        "layers": 1, "attn_pooler_heads": 2}},
-}
-#: Architecture -> create_model keyword arguments (ViT-B-32 and RN50 at 64 px for speed).
-ARCHS = {"world-clip": {}, "ViT-B-32": {"force_image_size": 64}, "RN50": {"force_image_size": 64},
-         "lu-test-timm-vit": {}, "lu-test-timm-mlp": {}, "lu-test-custom-text": {}}
-BIG = ["ViT-B-32", "RN50"]
+
 TINY = [a for a in ARCHS if a not in BIG]
 SMALL = ["world-clip", "lu-test-timm-mlp", "lu-test-custom-text"]
 
-CLASSES, DOMAINS = ["cat", "dog", "bird", "fish"], ["photo", "sketch"]
 TEMPLATES = ["a {d} of a {c}."]
 FAST = dict(class_templates=("a {c}.",), progress=False)  # one template each: fast text encoding
 TINY_PROTOS = dict(proto_steps=2, n_prototypes=1)
-
-
-@pytest.fixture(scope="session")
-def registered(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("configs")
-    for name, cfg in CONFIGS.items():
-        if name not in open_clip.list_models():
-            path = folder / f"{name}.json"
-            path.write_text(json.dumps(cfg))
-            open_clip.add_model_config(path)
-    embedded.register()
-    return True
-
-
-@dataclass
-class Zoo:
-    name: str
-    model: nn.Module
-    tokenizer: object
-    snapshot: dict  # state_dict at creation
-    images: torch.Tensor  # a normalised input batch
-    tokens: torch.Tensor
-
-    def outputs(self):
-        dtype = next(self.model.parameters()).dtype
-        with torch.no_grad():
-            return self.model.encode_image(self.images.to(dtype)), self.model.encode_text(self.tokens)
-
-
-_CACHE = {}
-
-
-def cached(name):
-    if name not in _CACHE:
-        _CACHE[name] = build(name)
-    return _CACHE[name]
-
-
-def state(model):
-    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
-
-
-def assert_bit_identical(model, snapshot):
-    sd = model.state_dict()
-    assert set(sd) == set(snapshot)
-    bad = [k for k in sd if not torch.equal(sd[k], snapshot[k]) or sd[k].dtype != snapshot[k].dtype]
-    assert not bad, f"changed tensors: {bad}"
-
-
-def build(name):
-    torch.manual_seed(0)
-    model = open_clip.create_model(name, **ARCHS[name]).eval()
-    size, _, _ = prototypes.model_io(model)
-    tok = open_clip.get_tokenizer(name)
-    images = prototypes.normalise_images(model, torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(1)))
-    return Zoo(name, model, tok, state(model), images, tok(["a photo of a dog.", "a sketch of a cat."]))
-
-
-@pytest.fixture
-def zoo(registered, request):
-    """The cached model of ``request.param``, handed back restored to its creation snapshot."""
-    z = cached(request.param)
-    assert not edits(z.model)
-    yield z
-    restore_(z.model)
-    z.model.float().eval()  # before reloading: an fp32 snapshot copied into fp16 weights would be rounded
-    z.model.load_state_dict(z.snapshot)  # also undoes a fold_
 
 
 def req(forget="dog", **kw):
@@ -173,37 +74,6 @@ def test_injected_and_folded_outputs_are_equal(zoo, tower, site):
     assert set(originals) == {n for n in names}
     model.load_state_dict(originals, strict=False)
     assert_bit_identical(model, zoo.snapshot)
-
-
-@pytest.mark.parametrize("zoo", list(ARCHS), indirect=True)
-def test_pooled_site_features_are_the_projection_input(zoo):
-    """site.pooled(x) through the site's weight (and bias) reproduces encode_image(x)."""
-    s = find_site(zoo.model, "image")
-    W = getattr(s.module, s.weight)
-    with torch.no_grad():
-        pooled = s.pooled(zoo.images)
-        out = pooled @ W if s.layout == "param" else Fn.linear(pooled, W, getattr(s.module, s.bias) if s.bias else None)
-        torch.testing.assert_close(out, zoo.model.encode_image(zoo.images), atol=1e-5, rtol=1e-5)
-    assert pooled.shape == (len(zoo.images), s.dims[0])
-
-
-def test_tower_types_are_the_ones_claimed(registered):
-    kinds = {name: type(cached(name).model.visual) for name in ARCHS}
-    assert kinds["ViT-B-32"] is VisionTransformer and kinds["RN50"] is ModifiedResNet
-    assert kinds["lu-test-timm-vit"] is TimmModel and kinds["lu-test-timm-mlp"] is TimmModel
-    assert type(cached("lu-test-custom-text").model).__name__ == "CustomTextCLIP"
-    assert type(cached("lu-test-custom-text").model.text.text_projection) is nn.Linear
-
-
-@pytest.mark.parametrize("zoo", ["world-clip"], indirect=True)
-@pytest.mark.parametrize("private", ["_embeds", "_pool"])
-def test_a_vit_without_open_clips_private_pooling_is_refused_clearly(zoo, private, monkeypatch):
-    monkeypatch.setattr(VisionTransformer, private, None)
-    with pytest.raises(UnsupportedModelError, match=rf"no \['{private}'\].*open_clip_torch>=3,<4"):
-        find_site(zoo.model, "image")
-    with pytest.raises(UnsupportedModelError, match=private):
-        unlearn_(zoo.model, zoo.tokenizer, req(), method="text", **FAST)
-    assert not edits(zoo.model)
 
 
 @pytest.mark.parametrize("zoo", ["world-clip", "lu-test-custom-text"], indirect=True)
@@ -548,40 +418,6 @@ def test_bad_unlearn_calls_raise_and_leave_the_model_untouched(zoo):
     assert_bit_identical(model, zoo.snapshot)
 
 
-def test_unsupported_models_raise_listing_what_is_supported(registered):
-    tok = open_clip.get_tokenizer("world-clip")
-    supported = (r"supported: open_clip CLIP, CustomTextCLIP or CoCa with a visual tower of type \['ModifiedResNet', "
-                 r"'TimmModel', 'VisionTransformer'\].*transformers CLIPModel or SiglipModel")
-    with pytest.raises(UnsupportedModelError, match=r"cannot edit a model of type Linear; " + supported):
-        unlearn_(nn.Linear(4, 4), tok, req(), progress=False)
-    coca = open_clip.create_model("lu-test-coca")  # CoCa is supported (tests/test_families.py): both towers found
-    assert type(coca).__name__ == "CoCa"
-    assert find_site(coca, "image").module is coca.visual and find_site(coca, "text").module is coca.text
-    assert issubclass(UnsupportedModelError, TypeError)
-
-
-@pytest.mark.parametrize("zoo", ["lu-test-custom-text"], indirect=True)
-def test_unsupported_towers_raise_before_any_edit(zoo):
-    model = copy.deepcopy(zoo.model)
-
-    class OtherText(nn.Module):
-        def forward(self, text):
-            return torch.zeros(len(text), 64)
-
-    model.text = OtherText()
-    with pytest.raises(UnsupportedModelError, match=r"text-side edits support the built-in text tower only, not "
-                                                    r"OtherText; edit the image tower \(towers=\('image',\)\)"):
-        unlearn_(model, zoo.tokenizer, req(), method="text", towers=("image", "text"), progress=False)
-    assert not edits(model)  # the image tower was not edited either
-    model.visual = nn.Identity()
-    with pytest.raises(UnsupportedModelError, match=r"cannot edit a tower of type Identity; supported"):
-        unlearn_(model, zoo.tokenizer, req(), method="text", progress=False)
-    no_proj = copy.deepcopy(zoo.model)
-    no_proj.visual.proj = None
-    with pytest.raises(UnsupportedModelError, match=r"has no projection \(`proj` is None\)"):
-        unlearn_(no_proj, zoo.tokenizer, req(), method="text", progress=False)
-
-
 # --------------------------------------------------------------------------- prototypes
 
 #: Measured on the random world-clip (seed 0) with 30 steps: margin 0.259 for seed 0, and 0.095 to 0.26
@@ -629,17 +465,6 @@ def test_explicit_empty_lists_are_refused_not_read_as_absent(kw, match):
         ForgetRequest(["cat", "dog"], ["photo", "sketch"], **kw)
 
 
-def test_each_solver_accepts_its_own_fields_and_the_edit_id_covers_only_them():
-    from lightning_unlearn.state import config_dict, edit_id
-    projector = UnlearnConfig(solver="projector", energy=0.9, protect="none")
-    assert projector.energy == 0.9 and "margin" not in config_dict(projector)
-    default = config_dict(UnlearnConfig(text_weight=10.0))
-    assert default["text_weight"] == 10.0 and not {"energy", "protect", "center", "retain_energy"} & set(default)
-    assert "n_prototypes" not in config_dict(UnlearnConfig(method="text"))
-    r = req()
-    assert edit_id(r, UnlearnConfig()) != edit_id(r, UnlearnConfig(text_weight=10.0))
-
-
 # --------------------------------------------------------------------------- named edits, one return convention
 
 
@@ -648,7 +473,7 @@ def test_named_edits_list_remove_and_return_what_they_did(zoo):
     model, tok = zoo.model, zoo.tokenizer
     ua = unlearn_(model, tok, req("dog"), method="text", **FAST)
     assert ua.name == f"forget-{req('dog').digest()[:8]}" and edits(model) == [ua.name]
-    after_a = state(model)
+    after_a = snapshot(model)
     ub = unlearn_(model, tok, req("bird"), method="text", compose=True, name="birds", **FAST)
     with pytest.raises(ValueError, match=r"`name`='birds' must be a non-empty string no edit .* carries yet"):
         unlearn_(model, tok, req("cat"), method="text", compose=True, name="birds", **FAST)

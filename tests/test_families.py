@@ -21,28 +21,11 @@ from lightning_unlearn.encoders import encode_image, encode_text, tokenize
 from lightning_unlearn.export import ArtifactError, apply_edit, save_edit, save_folded, save_pretrained_folded
 from lightning_unlearn.sites import EditLinear, find_site
 
-from conftest import CLASSES, DOMAINS, hf_tiny
+from conftest import CLASSES, DOMAINS, FAMILY_CONFIGS, assert_bit_identical, hf_tiny, snapshot
 
 
-_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}
-CONFIGS = {
-    # timm ViT with attention-pool ("map") and proj="none": SigLIP / SigLIP2 / PE-Core style, no projection
-    "lu-fam-noproj": {"embed_dim": 96, "custom_text": True, "text_cfg": _TEXT, "vision_cfg": {
-        "timm_model_name": "test_vit3", "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none",
-        "image_size": 160}},
-    # timm ViT with proj=None: the trunk's own classifier (a Linear with a bias) is the projection (EVA02 style)
-    "lu-fam-classifier": {"embed_dim": 64, "custom_text": True, "text_cfg": _TEXT, "vision_cfg": {
-        "timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "token", "timm_proj": None,
-        "image_size": 160}},
-    "lu-fam-coca": {"embed_dim": 64, "custom_text": True,
-                    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16,
-                                   "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
-                    "text_cfg": dict(_TEXT, embed_cls=True, output_tokens=True),
-                    "multimodal_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2,
-                                       "layers": 1, "attn_pooler_heads": 2}},
-}
 HF = ["hf-clip", "hf-siglip"]
-FAMILIES = [*CONFIGS, *HF]
+FAMILIES = [*FAMILY_CONFIGS, *HF]
 FAST = dict(method="text", class_templates=("a {c}.",), progress=False)
 
 
@@ -51,15 +34,6 @@ def request():
 
 
 _CACHE = {}
-
-
-@pytest.fixture(scope="module")
-def registered(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("family-configs")
-    for name, cfg in CONFIGS.items():
-        if name not in open_clip.list_models():
-            (folder / f"{name}.json").write_text(json.dumps(cfg))
-            open_clip.add_model_config(folder / f"{name}.json")
 
 
 def build(name):
@@ -81,10 +55,6 @@ def build(name):
     return _CACHE[name]
 
 
-def snapshot(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def outputs(model, images, tokens):
     with torch.no_grad():
         return encode_image(model, images), encode_text(model, tokens)
@@ -92,13 +62,6 @@ def outputs(model, images, tokens):
 
 def max_diff(a, b):
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
-
-
-def assert_bit_identical(model, snap):
-    sd = model.state_dict()
-    assert set(sd) == set(snap), f"keys differ: {sorted(set(sd) ^ set(snap))}"
-    as_bytes = lambda t: t.detach().cpu().contiguous().numpy().tobytes()  # noqa: E731 - NaN-safe, every bit
-    assert not [k for k in sd if sd[k].dtype != snap[k].dtype or as_bytes(sd[k]) != as_bytes(snap[k])]
 
 
 @pytest.fixture(params=FAMILIES)
@@ -151,7 +114,7 @@ def test_alpha_zero_changes_nothing(family):
     assert_bit_identical(model, snap)
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(FAMILY_CONFIGS))
 def test_open_clip_export_reloads_without_the_library(registered, name, tmp_path):
     model, tok, images, tokens, snap = build(name)
     unlearn_(model, tok, request(), towers=("image", "text"), **FAST)
