@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
-from lightning_unlearn.audit import binary_probe  # noqa: E402
+from lightning_unlearn.probes import binary_probe  # noqa: E402
 from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
 from lightning_unlearn.metrics import forget_mask  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402

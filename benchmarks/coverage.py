@@ -38,8 +38,8 @@ from torch import nn  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_unlearn import ForgetRequest, edits, embedded, fold_, inject_, restore_, unlearn_  # noqa: E402
 from lightning_unlearn.encoders import encode_image, encode_text, image_io, tokenize  # noqa: E402
-from lightning_unlearn.export import (_check_against_config, quiet_open_clip, save_folded,  # noqa: E402
-                                      save_pretrained_folded)
+from lightning_unlearn.export import _check_against_config, save_folded, save_pretrained_folded  # noqa: E402
+from lightning_unlearn.localdir import quiet_open_clip  # noqa: E402
 from lightning_unlearn.sites import TOWERS, EditLinear, UnsupportedModelError, find_site, folded_config  # noqa: E402
 
 _TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}

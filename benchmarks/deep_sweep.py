@@ -21,7 +21,7 @@ evidence of every cell) and measures the same quantities on the edited model, wi
 construction: LEACE equalises the class means of the set it is fitted on. That says nothing about
 held-out images, so no variant uses val or test images.)
 
-Metrics, for the forgotten cells (probes are :func:`lightning_unlearn.audit.fit_probe` logistic
+Metrics, for the forgotten cells (probes are :func:`lightning_unlearn.probes.fit_probe` logistic
 regressions fitted on the edited val embeddings and scored on the edited test embeddings): ``probe_bal_raw`` / ``probe_bal_norm``
 (binary "forgotten cells vs the rest", balanced accuracy, raw / normalised embedding; chance 0.5),
 ``probe_recall`` (10-class probe, recall on the forgotten cells), ``probe_recall_same`` (the same
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
 from lightning_unlearn import cache, deep  # noqa: E402
-from lightning_unlearn.audit import binary_probe, fit_probe  # noqa: E402
+from lightning_unlearn.probes import binary_probe, fit_probe  # noqa: E402
 from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
 from lightning_unlearn.zeroshot import classifier  # noqa: E402

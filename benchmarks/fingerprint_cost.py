@@ -4,7 +4,7 @@
 
 For each architecture (randomly initialised open_clip model on CPU, one thread): the seconds to
 take the weights digest ``save_edit`` stores (float32 + bfloat16 + float16 digests of every weight),
-and the seconds ``apply_edit`` spends checking it on the same weights in float32 and in bfloat16.
+and the seconds ``apply_edit_file_`` spends checking it on the same weights in float32 and in bfloat16.
 The machine's load average is recorded: timings on a busy machine are upper bounds.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ def measure(arch: str) -> dict:
     import torch
 
     from lightning_unlearn import embedded
-    from lightning_unlearn.export import quiet_open_clip
+    from lightning_unlearn.localdir import quiet_open_clip
     from lightning_unlearn.state import check_digest, weights_digest
     embedded.register()
     with quiet_open_clip():

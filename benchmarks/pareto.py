@@ -61,7 +61,7 @@ from benchmarks import task_negation as tn  # noqa: E402
 from benchmarks.finetune_baseline import finetune_unlearn  # noqa: E402
 from benchmarks.unlearning import TUNED  # noqa: E402
 from lightning_unlearn import ForgetRequest, cache, deep, inject_, restore_, unlearn_  # noqa: E402
-from lightning_unlearn.audit import binary_probe  # noqa: E402
+from lightning_unlearn.probes import binary_probe  # noqa: E402
 from lightning_unlearn.data import CLASSES, DOMAINS, QUICK_REQUESTS, rendered_batches  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
 from lightning_unlearn.metrics import forget_mask  # noqa: E402

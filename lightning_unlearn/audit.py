@@ -24,8 +24,9 @@ block, spatial mean of a ResNet stage), keyed ``<metric>@<layer>`` (``probe_reca
 :mod:`~lightning_unlearn.encoders` (open_clip and transformers models), in eval mode (each
 submodule's mode is restored after).
 
-Probes are multinomial logistic regressions on standardised features (weight decay, full-batch
-L-BFGS, float64: deterministic); the binary probe weights both sides equally. For a before / after
+Probes (:mod:`~lightning_unlearn.probes`) are multinomial logistic regressions on standardised
+features (weight decay, full-batch L-BFGS, float64: deterministic); the binary probe weights both
+sides equally. For a before / after
 comparison, extract the unedited model's features once and call :func:`audit_features` per request,
 or use :func:`compare` on two audits.
 """
@@ -41,6 +42,7 @@ from torch import nn
 
 from .encoders import encode_image, eval_mode, image_tower
 from .errors import UnlearnError
+from .probes import accuracy, binary_probe, probe_metrics
 from .prompts import CLASS_TEMPLATES, fill_template
 from .request import ForgetRequest
 from .sites import find_site
@@ -120,8 +122,9 @@ def _summary(x: torch.Tensor) -> torch.Tensor:
     return x.mean(1) if x.dim() == 3 else x.mean((2, 3)) if x.dim() == 4 else x
 
 
-def _project(site, pooled: torch.Tensor) -> torch.Tensor:
-    W = getattr(site.module, site.weight)
+def project(site, pooled: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
+    """The projection of ``site`` (its own weight, or ``W``) applied to ``pooled`` features."""
+    W = getattr(site.module, site.weight) if W is None else W
     if site.layout == "param":
         return pooled @ W
     return F.linear(pooled, W, getattr(site.module, site.bias) if site.bias else None)
@@ -151,7 +154,7 @@ def _extract(model: nn.Module, batches: Iterable, layers: tuple[str, ...]) -> Fe
         for batch in batches:
             x = batch[0].to(device, dtype)
             pooled = site.pooled(x)
-            output = _project(site, pooled)
+            output = project(site, pooled)
             if not checked:  # the shortcut output = projection(pooled) must be encode_image itself
                 checked = True
                 exact = torch.allclose(output, encode_image(model, x), rtol=1e-4, atol=1e-5)
@@ -170,78 +173,10 @@ def _extract(model: nn.Module, batches: Iterable, layers: tuple[str, ...]) -> Fe
     return Features({k: torch.cat(v) for k, v in feats.items()}, torch.cat(cls), torch.cat(dom))
 
 
-# ---------------------------------------------------------------------------------------------- probes
-def fit_probe(X: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float = 1e-3,
-              balanced: bool = False, max_iter: int = 200):
-    """A multinomial logistic regression on standardised ``X``; returns ``predict(X) -> labels``.
-
-    Minimises the (class-balanced if ``balanced``) cross-entropy plus ``weight_decay / 2 * |W|^2``
-    with full-batch L-BFGS in float64, from zero: deterministic."""
-    X = X.double()
-    mu, sd = X.mean(0), X.std(0).clamp_min(1e-8)
-    Z = (X - mu) / sd
-    counts = torch.bincount(y, minlength=n_classes).double()
-    w = (1.0 / (n_classes * counts.clamp_min(1)))[y] if balanced else torch.full((len(y),), 1.0 / len(y),
-                                                                                  dtype=torch.float64)
-    W = torch.zeros(Z.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = (F.cross_entropy(Z @ W + b, y, reduction="none") * w).sum() + 0.5 * weight_decay * W.pow(2).sum()
-        loss.backward()
-        return loss
-    with torch.enable_grad():
-        opt.step(closure)
-    W, b = W.detach(), b.detach()
-    return lambda X: (((X.double() - mu) / sd) @ W + b).argmax(-1)
-
-
-def balanced_accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean per-class recall over the classes present in ``target``."""
-    recalls = [float((pred[target == c] == c).double().mean()) for c in target.unique()]
-    return sum(recalls) / len(recalls)
-
-
-def binary_probe(fit_x: torch.Tensor, fit_mask: torch.Tensor, test_x: torch.Tensor, test_mask: torch.Tensor,
-                 weight_decay: float = 1e-3) -> float:
-    """Balanced accuracy of a class-balanced linear probe "mask vs the rest" fitted on ``fit_x`` and
-    scored on ``test_x`` (chance 0.5)."""
-    probe = fit_probe(fit_x, fit_mask.long(), 2, weight_decay, balanced=True)
-    return balanced_accuracy(probe(test_x), test_mask.long())
-
-
-def knn_predict(memory: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, n_classes: int,
-                k: int = 10) -> torch.Tensor:
-    """Majority vote of the ``k`` cosine-nearest ``memory`` rows (ties: the larger summed similarity)."""
-    sim = F.normalize(query.double(), dim=-1) @ F.normalize(memory.double(), dim=-1).T
-    top, idx = sim.topk(min(k, len(memory)), dim=-1)
-    votes = torch.zeros(len(query), n_classes, dtype=torch.float64)
-    votes.scatter_add_(1, labels[idx], 1 + 1e-3 * top)
-    return votes.argmax(-1)
-
-
-def _acc(pred, target, mask) -> float | None:
-    return float((pred[mask] == target[mask]).double().mean()) if mask.any() else None
-
-
-def probe_metrics(fit_x, fit: Features, test_x, test: Features, forget: torch.Tensor, n_classes: int,
-                  k: int = 10, weight_decay: float = 1e-3) -> dict:
-    """Binary probe, multi-class probe and k-NN on one layer; ``forget`` is the C x D cell mask."""
-    f_fit, f_test = forget[fit.cls, fit.dom], forget[test.cls, test.dom]
-    multi = fit_probe(fit_x, fit.cls, n_classes, weight_decay)(test_x)
-    knn = knn_predict(fit_x, fit.cls, test_x, n_classes, k)
-    return {"probe_balanced_acc": binary_probe(fit_x, f_fit, test_x, f_test, weight_decay),
-            "probe_recall": _acc(multi, test.cls, f_test), "probe_retain_acc": _acc(multi, test.cls, ~f_test),
-            "knn_recall": _acc(knn, test.cls, f_test), "knn_retain_acc": _acc(knn, test.cls, ~f_test)}
-
-
 # ---------------------------------------------------------------------------------------------- text side
 def _zero_shot(h: torch.Tensor, T: torch.Tensor, test: Features, f_test: torch.Tensor) -> tuple:
     pred = (F.normalize(h, dim=-1) @ T.cpu().float()).argmax(-1)
-    return _acc(pred, test.cls, f_test), _acc(pred, test.cls, ~f_test)
+    return accuracy(pred, test.cls, f_test), accuracy(pred, test.cls, ~f_test)
 
 
 def retrieval_precision(model, tokenizer, request: ForgetRequest, h: torch.Tensor, test: Features,

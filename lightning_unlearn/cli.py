@@ -12,8 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
-
+from . import interrupts
 from .errors import UnlearnError
 from .request import ForgetRequest, read_names
 
@@ -143,23 +142,19 @@ def cmd_evaluate(args) -> dict:
 
 
 def _relearning(args, lm, request, ds) -> dict:
-    """The relearning attack (relearn.py) on the model as loaded and, where it carries injected edits,
-    on a copy with them removed (the unedited model); printed, and returned for the report."""
-    import copy
-    from .edit import edits, restore_
-    from .relearn import format_relearning, relearning_dataset
-    kw = {"batch_size": args.batch_size, "num_workers": args.workers, "templates": lm.templates}
-    out = {"model": relearning_dataset(lm.model, lm.tokenizer, request, ds, **kw), "unedited": None}
-    print(format_relearning(out["model"], "the model"))
-    if edits(lm.model):
-        restore_(plain := copy.deepcopy(lm.model))
-        out["unedited"] = relearning_dataset(plain, lm.tokenizer, request, ds, **kw)
-        print(format_relearning(out["unedited"], "the unedited model"))
+    """The relearning attack on the model as loaded and, where it carries injected edits, on the
+    unedited model (:func:`~lightning_unlearn.relearn.relearning_with_unedited`); printed, and returned."""
+    from .relearn import format_relearning, relearning_with_unedited
+    out = relearning_with_unedited(lm.model, lm.tokenizer, request, ds, batch_size=args.batch_size,
+                                   num_workers=args.workers, templates=lm.templates)
+    for key, label in (("model", "the model"), ("unedited", "the unedited model")):
+        if out[key] is not None:
+            print(format_relearning(out[key], label))
     return out
 
 
 def cmd_export(args) -> dict:
-    from .module import export_checkpoint  # imports Lightning: only this subcommand needs it
+    from .checkpoint import export_checkpoint  # imports Lightning: only this subcommand needs it
     files = export_checkpoint(args.checkpoint, out := Path(args.output), model=args.model, overwrite=args.overwrite)
     args.done.append(f"{out}/")
     print(f"wrote {out}/: {', '.join(files)}; load it with open_clip.create_model_and_transforms('local-dir:{out}')")
@@ -310,54 +305,17 @@ def _user_error(e: BaseException) -> bool:  # ValueError covers RequestError; OS
 
 def _interrupted(args, done: list[str]) -> str:
     """The line an interrupt prints: which outputs were written and complete before it."""
-    where = PROG if args is None else f"{PROG} {args.command}"
-    if not done:
-        return f"{where}: interrupted before any output was complete; nothing half-written was left behind"
-    json_path = getattr(args, "json", None)
-    missing = f"; --json {json_path} was not written" if json_path and f"--json {json_path}" not in done else ""
-    return f"{where}: interrupted; complete: {', '.join(done)}{missing}"
-
-
-def _end(code: int, args, done: list[str]) -> NoReturn:
-    """End the command line's own process once its outputs are written: exit handlers run, then the
-    process exits without the interpreter's teardown (seconds of freeing torch, during which an
-    interrupt would end it with no word); an interrupt from here on prints :func:`_interrupted` and
-    exits 130."""
-    import atexit
-    import signal
-    signal.signal(signal.SIGINT, lambda *_: _exit_now(130, _interrupted(args, done)))
-    atexit._run_exitfuncs()
-    _exit_now(code)
-
-
-def _exit_now(code: int, line: str = "") -> NoReturn:
-    for stream, text in ((sys.stdout, ""), (sys.stderr, line and line + "\n")):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe
-            stream.write(text)
-            stream.flush()
-    os._exit(code)
-
-
-def _note_interrupts(caught: list) -> None:
-    """Interrupts raise ``KeyboardInterrupt`` as usual and are also noted in ``caught``: one raised where
-    Python drops exceptions (a finaliser, a weakref callback) is then still reported, without a traceback."""
-    import signal
-
-    def handler(signum, frame):
-        caught.append(signum)
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGINT, handler)
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda u: None if issubclass(u.exc_type, KeyboardInterrupt) else hook(u)
+    return interrupts.interrupted_line(PROG if args is None else f"{PROG} {args.command}", done,
+                                       getattr(args, "json", None))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 bad input, 130 interrupted). Without
     ``argv`` (the process's own command line) it also takes the process's interrupts and ends the
-    process (:func:`_end`)."""
+    process (:func:`~lightning_unlearn.interrupts.end`)."""
     args, done, caught = None, [], []  # done: the outputs written and complete so far, by their names
     if argv is None:
-        _note_interrupts(caught)
+        interrupts.note_interrupts(caught)
     try:
         args = build_parser().parse_args(argv)
         args.done = done
@@ -368,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_interrupted(args, done), file=sys.stderr)
         code = 130
     if argv is None:
-        _end(code, args, done)
+        interrupts.end(code, lambda: _interrupted(args, done))
     return code
 
 

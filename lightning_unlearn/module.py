@@ -36,7 +36,7 @@ from .encoders import encode_image, encode_text, to_device, tokenize
 from .sites import find_site, is_clip
 from .state import EDIT_ID_LEN, config_dict, edit_id, edit_id_from_tensor, edit_id_tensor
 
-STAGES = ("fit", "validate", "test", "predict")
+
 class CLIPUnlearning(LightningModule):
     """Zero-shot evaluation (and optional fine-tuning) of an open_clip model with a class / domain
     forgotten by the training-free nullspace edit.
@@ -445,69 +445,10 @@ class CLIPUnlearning(LightningModule):
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 
 
-_EXPORT_HINT = ("a CLIPUnlearning checkpoint holds only tensors and plain values, so this one was written by "
-                "another module (or with objects in its hyper-parameters)")
-
-
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, model: str | None = None,
-                      overwrite: bool = False) -> list[str]:
-    """Write a Lightning checkpoint of :class:`CLIPUnlearning` as a folded open_clip ``local-dir:``
-    folder (plus ``edit.safetensors`` when the model carries edits). The architecture is the one the
-    module recorded (``model_config``), or ``model`` (a name or ``local-dir:DIR``) where it recorded
-    none. The checkpoint is read with ``weights_only=True``. Returns the written file names."""
-    import pickle
-
-    from .export import ArtifactError, save_model_and_edit
-    from .load import keys_from_torch_error, unpickling_error
-    from .localdir import describe_key_mismatch
-    from .staging import check_output
-    ckpt, out = Path(checkpoint), Path(out_dir)
-    check_output(out, overwrite, inputs=[ckpt])
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt} does not exist" if not ckpt.exists()
-                                else f"checkpoint {ckpt} is not a file")
-    try:
-        raw = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise unpickling_error(ckpt, e, _EXPORT_HINT) from e
-    except Exception as e:  # noqa: BLE001 - zipfile / EOF / OS errors: unreadable
-        raise ValueError(f"cannot read checkpoint {ckpt} ({type(e).__name__}: {e})") from e
-    if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict):
-        raise ValueError(f"{ckpt} is not a Lightning checkpoint (no 'state_dict' entry); for plain open_clip weights "
-                         f"use load_clip(NAME, pretrained='{ckpt}') (`lightning-unlearn unlearn --model NAME "
-                         f"--pretrained {ckpt}`)")
-    del raw
-    try:
-        module = CLIPUnlearning.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise unpickling_error(ckpt, e, _EXPORT_HINT) from e
-    except RuntimeError as e:
-        missing, unexpected, shapes = keys_from_torch_error(str(e))
-        if missing or unexpected or shapes:
-            raise ValueError(f"{ckpt} does not match CLIPUnlearning: "
-                             + describe_key_mismatch(missing, unexpected, shapes)) from e
-        raise ValueError(f"cannot restore CLIPUnlearning from {ckpt}: {str(e).splitlines()[0]}") from e
-    except Exception as e:  # noqa: BLE001 - hyperparameters that no longer fit the class, ...
-        raise ValueError(f"cannot restore CLIPUnlearning from {ckpt}: {type(e).__name__}: {e}") from e
-    if model is not None:
-        model_cfg = model_cfg_of(model)
-    elif module.model_config is not None:
-        model_cfg = module.model_config["model_cfg"]
-    else:
-        raise ValueError(f"{ckpt} records no model config (the module was built from a model object without "
-                         "`arch`); pass the architecture: `model`= a name or 'local-dir:DIR' (--model)")
-    if not module.computed:
-        raise ValueError(f"{ckpt} holds no computed edit (the module was saved before `compute_edit()` or a stage ran)")
-    try:
-        return save_model_and_edit(module.clip, model_cfg, out, overwrite, inputs=[ckpt])
-    except ArtifactError as e:
-        raise ArtifactError(f"{ckpt}: {e}") from e
-
-
 def _rename_old_buffer(state_dict, prefix, *args) -> None:
     """Checkpoints written before the buffer was renamed hold ``edit_fingerprint``: load it as ``computed_edit_id``."""
     if prefix + "edit_fingerprint" in state_dict and prefix + "computed_edit_id" not in state_dict:
         state_dict[prefix + "computed_edit_id"] = state_dict.pop(prefix + "edit_fingerprint")
 
 
-__all__ = ["CLIPUnlearning", "STAGES", "export_checkpoint"]
+__all__ = ["CLIPUnlearning"]

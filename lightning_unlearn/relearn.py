@@ -33,6 +33,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .audit import project, split_cells
 from .encoders import encode_image, eval_mode
 from .errors import UnlearnError
 from .prompts import CLASS_TEMPLATES
@@ -71,12 +72,6 @@ def _weight(site):
     return getattr(site.module, site.weight)
 
 
-def _project(site, pooled: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    if site.layout == "param":
-        return pooled @ W
-    return F.linear(pooled, W, getattr(site.module, site.bias) if site.bias else None)
-
-
 @torch.no_grad()
 def _pooled(model, site, batches: Iterable) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pooled features (None where the projection is not the end of ``encode_image``), the images,
@@ -91,7 +86,7 @@ def _pooled(model, site, batches: Iterable) -> tuple[torch.Tensor | None, torch.
         dom.append(torch.as_tensor(batch[2]).long())
         if exact:
             h = site.pooled(x)
-            exact = torch.allclose(_project(site, h, _weight(site)), encode_image(model, x), rtol=1e-4, atol=1e-5)
+            exact = torch.allclose(project(site, h), encode_image(model, x), rtol=1e-4, atol=1e-5)
             pooled.append(h)
     if not cls:
         raise RelearnError("no images: the batches are empty")
@@ -148,7 +143,7 @@ def relearning_attack(model, tokenizer, request: ForgetRequest, attack_batches: 
     W = _weight(site)  # the folded copy's projection weight: the only tensor the attack trains
 
     def features(W, h, x):
-        e = _project(site, h, W) if fast else encode_image(attacked, x)  # slow path: the whole tower
+        e = project(site, h, W) if fast else encode_image(attacked, x)  # slow path: the whole tower
         return e if output is None else output(e)
 
     @torch.no_grad()
@@ -192,7 +187,6 @@ def relearning_dataset(model, tokenizer, request: ForgetRequest, dataset, *, bat
     """:func:`relearning_attack` on one labelled dataset, split as the audit splits it
     (:func:`~lightning_unlearn.audit.split_cells`): the attack's images come from the fit half, the
     scores from the other half."""
-    from .audit import split_cells
     kwargs.setdefault("classnames", getattr(dataset, "classnames", None))
     kwargs.setdefault("domains", getattr(dataset, "domains", None))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
@@ -202,6 +196,21 @@ def relearning_dataset(model, tokenizer, request: ForgetRequest, dataset, *, bat
     fit, test = split_cells(c, d, kwargs["classnames"], kwargs["domains"])
     chunks = lambda idx: [(x[i], c[i], d[i]) for i in idx.split(batch_size)]  # noqa: E731
     return relearning_attack(model, tokenizer, request, chunks(fit), chunks(test), **kwargs)
+
+
+def relearning_with_unedited(model, tokenizer, request: ForgetRequest, dataset, **kwargs) -> dict:
+    """:func:`relearning_dataset` on ``model`` and, where it carries injected edits, on a copy with
+    them removed (the unedited model); keyword arguments are passed on.
+
+    Returns:
+        ``{"model": result, "unedited": result or None}``.
+    """
+    from .edit import edits, restore_
+    out = {"model": relearning_dataset(model, tokenizer, request, dataset, **kwargs), "unedited": None}
+    if edits(model):
+        restore_(plain := copy.deepcopy(model))
+        out["unedited"] = relearning_dataset(plain, tokenizer, request, dataset, **kwargs)
+    return out
 
 
 def summary(result: dict, prefix: str = "relearn") -> dict:

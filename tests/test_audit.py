@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from lightning_unlearn import ForgetRequest, unlearned
-from lightning_unlearn.audit import (AuditError, Features, audit, audit_features, compare, extract, knn_predict,
-                                     probe_metrics, resolve_layers, retrieval_precision, split_cells)
+from lightning_unlearn.audit import (AuditError, Features, audit, audit_features, compare, extract, resolve_layers,
+                                     retrieval_precision, split_cells)
 from lightning_unlearn.data import World, WorldDataset, write_world
 from lightning_unlearn.embedded import load_embedded
 from lightning_unlearn.encoders import encode_image, image_io
+from lightning_unlearn.probes import knn_predict, probe_metrics
 
 from test_cli import cli
 

@@ -194,7 +194,7 @@ def test_a_truncated_jpeg_is_skipped_and_counted(tmp_path):
 # ---- files: nothing of the user's is lost -----------------------------------------------------------
 
 def _write(out, overwrite=False, **kw):
-    from lightning_unlearn.export import staged_dir
+    from lightning_unlearn.staging import staged_dir
     with staged_dir(out, overwrite, **kw) as tmp:
         (tmp / "weights.bin").write_bytes(b"new weights")
     return out
@@ -207,7 +207,7 @@ def _dead_pid() -> int:
 
 
 def test_a_downloaded_model_folder_is_never_replaced(tmp_path):
-    from lightning_unlearn.export import OutputError
+    from lightning_unlearn.staging import OutputError
     hub = tmp_path / "ViT-B-32"
     hub.mkdir()
     files = {"open_clip_config.json": "{}", "open_clip_model.safetensors": "weights", "README.md": "card",
@@ -222,7 +222,7 @@ def test_a_downloaded_model_folder_is_never_replaced(tmp_path):
 
 
 def test_output_into_the_input_model_folder_is_refused(tmp_path):
-    from lightning_unlearn.export import OutputError
+    from lightning_unlearn.staging import OutputError
     model_dir = _write(tmp_path / "o2")
     for out in (model_dir, tmp_path, model_dir / "sub"):
         with pytest.raises(OutputError, match=r"is \(or contains, or lies inside\) the input"):
@@ -231,7 +231,7 @@ def test_output_into_the_input_model_folder_is_refused(tmp_path):
 
 
 def test_a_symlink_is_never_replaced(tmp_path):
-    from lightning_unlearn.export import OutputError, write_json
+    from lightning_unlearn.staging import OutputError, write_json
     target = _write(tmp_path / "real")
     link = tmp_path / "link"
     link.symlink_to(target, target_is_directory=True)
@@ -245,7 +245,7 @@ def test_a_symlink_is_never_replaced(tmp_path):
 
 
 def test_a_killed_write_leaves_a_partial_that_the_next_write_cleans(tmp_path):
-    code = ("import os, signal, sys; from lightning_unlearn.export import staged_dir\n"
+    code = ("import os, signal, sys; from lightning_unlearn.staging import staged_dir\n"
             "with staged_dir(sys.argv[1]) as tmp:\n"
             "    (tmp / 'weights.bin').write_bytes(b'half'); os.kill(os.getpid(), signal.SIGKILL)\n")
     run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -263,7 +263,7 @@ def test_a_killed_write_leaves_a_partial_that_the_next_write_cleans(tmp_path):
 
 
 def test_a_write_killed_between_the_renames_gets_its_previous_output_back(tmp_path):
-    from lightning_unlearn.export import clean_stale
+    from lightning_unlearn.staging import clean_stale
     old = tmp_path / f".out.{_dead_pid()}.abcd1234.old"  # what a kill between the two renames leaves
     _write(old)
     assert clean_stale(tmp_path / "out") == [old]
@@ -272,7 +272,7 @@ def test_a_write_killed_between_the_renames_gets_its_previous_output_back(tmp_pa
 
 @pytest.mark.parametrize("exchange", [True, False])
 def test_replacing_flushes_before_renaming_and_leaves_nothing_behind(tmp_path, monkeypatch, exchange):
-    from lightning_unlearn import export
+    from lightning_unlearn import staging
     out = _write(tmp_path / "out")
     events = []
     fsync, rename = os.fsync, os.rename
@@ -280,11 +280,11 @@ def test_replacing_flushes_before_renaming_and_leaves_nothing_behind(tmp_path, m
                         or fsync(fd))
     monkeypatch.setattr(os, "rename", lambda a, b: events.append(("rename", str(a))) or rename(a, b))
     if not exchange:
-        monkeypatch.setattr(export, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(staging, "_exchange", lambda a, b: False)
     else:
-        real = export._exchange
-        monkeypatch.setattr(export, "_exchange", lambda a, b: events.append(("rename", str(a))) or real(a, b))
-    with export.staged_dir(out, overwrite=True) as tmp:
+        real = staging._exchange
+        monkeypatch.setattr(staging, "_exchange", lambda a, b: events.append(("rename", str(a))) or real(a, b))
+    with staging.staged_dir(out, overwrite=True) as tmp:
         (tmp / "weights.bin").write_bytes(b"v2")
     moved = [i for i, e in enumerate(events) if e == ("rename", str(tmp))][0]
     synced = {Path(p).name for kind, p in events[:moved] if kind == "fsync"}
@@ -294,9 +294,9 @@ def test_replacing_flushes_before_renaming_and_leaves_nothing_behind(tmp_path, m
 
 
 def test_a_failed_second_rename_puts_the_previous_output_back(tmp_path, monkeypatch):
-    from lightning_unlearn import export
+    from lightning_unlearn import staging
     out = _write(tmp_path / "out")
-    monkeypatch.setattr(export, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(staging, "_exchange", lambda a, b: False)
     rename = os.rename
 
     def fail_into_out(a, b):
@@ -305,7 +305,7 @@ def test_a_failed_second_rename_puts_the_previous_output_back(tmp_path, monkeypa
         rename(a, b)
     monkeypatch.setattr(os, "rename", fail_into_out)
     with pytest.raises(OSError, match="previous output is back in place"):
-        with export.staged_dir(out, overwrite=True) as tmp:
+        with staging.staged_dir(out, overwrite=True) as tmp:
             (tmp / "weights.bin").write_bytes(b"v2")
     monkeypatch.setattr(os, "rename", rename)
     assert (out / "weights.bin").read_bytes() == b"new weights"
@@ -315,7 +315,7 @@ def test_a_failed_second_rename_puts_the_previous_output_back(tmp_path, monkeypa
 @pytest.mark.parametrize("umask", [0o022, 0o002])
 def test_weights_and_json_get_the_same_umask_modes(tmp_path, umask):
     from safetensors.torch import save_file
-    from lightning_unlearn.export import staged_dir, write_json
+    from lightning_unlearn.staging import staged_dir, write_json
     previous = os.umask(umask)
     try:
         with staged_dir(tmp_path / "m") as tmp:
@@ -332,7 +332,7 @@ def test_weights_and_json_get_the_same_umask_modes(tmp_path, umask):
 
 
 def test_write_json_refuses_to_overwrite_unless_asked(tmp_path):
-    from lightning_unlearn.export import write_json
+    from lightning_unlearn.staging import write_json
     path = tmp_path / "eval.json"
     path.write_text('{"kept": true}')
     with pytest.raises(FileExistsError, match=r"eval\.json already exists.*overwrite"):
@@ -348,7 +348,7 @@ def test_write_json_refuses_to_overwrite_unless_asked(tmp_path):
 def artifacts(emb, tmp_path_factory):
     """Edit A (forget star in photos), and B (forget moon in photos) computed on top of A (both bound to
     the image features they were computed on), saved alone and as a chain."""
-    from lightning_unlearn.export import save_edit
+    from lightning_unlearn.artifact import save_edit
     folder = tmp_path_factory.mktemp("edits")
     model = copy.deepcopy(emb.model)
     kw = dict(method="text", progress=False)
@@ -368,7 +368,7 @@ def _rewrite(src: Path, dst: Path, change, change_maps=None, consistent: bool = 
     import json
     from safetensors import safe_open
     from safetensors.torch import save_file
-    from lightning_unlearn.export import FORMAT, content_digest
+    from lightning_unlearn.artifact import FORMAT, content_digest
     with safe_open(str(src), framework="pt") as f:
         meta, tensors = json.loads(f.metadata()[FORMAT]), {k: f.get_tensor(k) for k in f.keys()}
     change(meta)
@@ -382,7 +382,7 @@ def _rewrite(src: Path, dst: Path, change, change_maps=None, consistent: bool = 
 
 @pytest.mark.parametrize("damage", ["empty", "no backbone", "no projection", "empty digest"])
 def test_an_edit_with_an_empty_or_partial_fingerprint_is_refused(emb, artifacts, tmp_path, damage):
-    from lightning_unlearn.export import ArtifactError, apply_edit
+    from lightning_unlearn.artifact import ArtifactError, apply_edit_file_
     fp = lambda m: m["fingerprint"]["tensors"]  # noqa: E731
     change = {"empty": lambda m: fp(m).clear(), "no backbone": lambda m: fp(m).pop("backbone"),
               "no projection": lambda m: fp(m).pop("visual.proj"),
@@ -390,28 +390,30 @@ def test_an_edit_with_an_empty_or_partial_fingerprint_is_refused(emb, artifacts,
     path = _rewrite(artifacts[0] / "a.safetensors", tmp_path / "damaged.safetensors", change)
     model = copy.deepcopy(emb.model)
     with pytest.raises(ArtifactError, match=r"has no weights digest for .*refused.*check=False"):
-        apply_edit(model, path)
+        apply_edit_file_(model, path)
     assert not edits(model)
 
 
 def test_the_same_edit_applied_twice_is_refused(emb, artifacts):
-    from lightning_unlearn.export import apply_edit
-    model = apply_edit(copy.deepcopy(emb.model), artifacts[0] / "a.safetensors")
+    from lightning_unlearn.artifact import apply_edit_file_
+    model = copy.deepcopy(emb.model)
+    apply_edit_file_(model, artifacts[0] / "a.safetensors")
     with pytest.raises(EditError, match=r"already applied to this model.*remove_edit"):
-        apply_edit(model, artifacts[0] / "a.safetensors", compose=True)
+        apply_edit_file_(model, artifacts[0] / "a.safetensors", compose=True)
     assert len(edits(model)) == 1
 
 
 def test_an_edit_computed_on_top_of_another_needs_its_predecessor(emb, artifacts):
-    from lightning_unlearn.export import apply_edit
+    from lightning_unlearn.artifact import apply_edit_file_
     folder, edited = artifacts
     model = copy.deepcopy(emb.model)
     with pytest.raises(EditError, match=r"computed on top of 1 other edit.*carries none.*Apply them first"):
-        apply_edit(model, folder / "b-alone.safetensors")
+        apply_edit_file_(model, folder / "b-alone.safetensors")
     assert not edits(model)
-    apply_edit(model, folder / "a.safetensors")
-    apply_edit(model, folder / "b-alone.safetensors", compose=True)  # in order: fine
-    chained = apply_edit(copy.deepcopy(emb.model), folder / "a-then-b.safetensors")  # the whole chain: fine
+    apply_edit_file_(model, folder / "a.safetensors")
+    apply_edit_file_(model, folder / "b-alone.safetensors", compose=True)  # in order: fine
+    chained = copy.deepcopy(emb.model)
+    apply_edit_file_(chained, folder / "a-then-b.safetensors")  # the whole chain: fine
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = edited.encode_image(x)
@@ -426,56 +428,57 @@ def _relabel(meta):  # forget "moon" instead of "star", in every place the metad
 
 @pytest.mark.parametrize("tamper", ["request", "identity maps", "one value"])
 def test_an_edit_file_altered_after_saving_is_refused(emb, artifacts, tmp_path, tamper):
-    from lightning_unlearn.export import ArtifactError, apply_edit
+    from lightning_unlearn.artifact import ArtifactError, apply_edit_file_
     change, maps = {"request": (_relabel, None), "identity maps": (lambda m: None, lambda t: torch.eye(t.shape[0])),
                     "one value": (lambda m: None, lambda t: t + torch.eye(t.shape[0]) * 1e-3)}[tamper]
     path = _rewrite(artifacts[0] / "a.safetensors", tmp_path / "altered.safetensors", change, maps, consistent=False)
     model = copy.deepcopy(emb.model)
     with pytest.raises(ArtifactError, match=r"altered after it was saved: its maps or metadata do not match"):
-        apply_edit(model, path)
+        apply_edit_file_(model, path)
     assert not edits(model)
 
 
 def test_the_same_map_under_another_label_is_still_a_duplicate(emb, artifacts, tmp_path):
-    from lightning_unlearn.export import apply_edit
+    from lightning_unlearn.artifact import apply_edit_file_
     relabelled = _rewrite(artifacts[0] / "a.safetensors", tmp_path / "relabelled.safetensors", _relabel)
-    model = apply_edit(copy.deepcopy(emb.model), relabelled)  # a consistent file: read as what it says
+    model = copy.deepcopy(emb.model)
+    apply_edit_file_(model, relabelled)  # a consistent file: read as what it says
     with pytest.raises(EditError, match=r"already applied to this model \(its map.*same map twice"):
-        apply_edit(model, artifacts[0] / "a.safetensors", compose=True)
+        apply_edit_file_(model, artifacts[0] / "a.safetensors", compose=True)
     assert len(edits(model)) == 1
 
 
 def test_a_map_that_does_not_match_its_recorded_digest_is_refused(emb, artifacts, tmp_path):
-    from lightning_unlearn.export import ArtifactError, apply_edit
+    from lightning_unlearn.artifact import ArtifactError, apply_edit_file_
     def swap(meta):  # the maps of another edit under this file's per-edit digests
         meta["edits"][0]["info"]["map"] = "0" * 32
     path = _rewrite(artifacts[0] / "a.safetensors", tmp_path / "swapped.safetensors", swap)
     with pytest.raises(ArtifactError, match=r"damaged: edit 0's map does not match the digest"):
-        apply_edit(copy.deepcopy(emb.model), path)
+        apply_edit_file_(copy.deepcopy(emb.model), path)
 
 
 @pytest.mark.parametrize("where", ["visual.transformer.resblocks.0.mlp.c_fc.weight", "token_embedding.weight",
                                    "visual.ln_post.bias"])
 def test_a_fine_tuned_backbone_is_detected(emb, artifacts, where):
-    from lightning_unlearn.export import WeightsMismatchError, apply_edit
+    from lightning_unlearn.artifact import WeightsMismatchError, apply_edit_file_
     model = copy.deepcopy(emb.model)
     with torch.no_grad():
         model.get_parameter(where).view(-1)[0] += 1e-4  # one small step on one weight
     with pytest.raises(WeightsMismatchError, match=r"backbone\) has different values.*fine-tuned"):
-        apply_edit(model, artifacts[0] / "a.safetensors")
+        apply_edit_file_(model, artifacts[0] / "a.safetensors")
     assert not edits(model)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_the_same_weights_in_lower_precision_are_the_same_weights(emb, artifacts, dtype, caplog):
-    from lightning_unlearn.export import WeightsMismatchError, apply_edit
+    from lightning_unlearn.artifact import WeightsMismatchError, apply_edit_file_
     model = copy.deepcopy(emb.model).to(dtype)
     with caplog.at_level("WARNING"):
-        apply_edit(model, artifacts[0] / "a.safetensors")
+        apply_edit_file_(model, artifacts[0] / "a.safetensors")
     assert len(edits(model)) == 1
     assert f"same weights, different precision (edit computed in float32, model in {str(dtype)[6:]})" in caplog.text
     other = copy.deepcopy(emb.model)
     with torch.no_grad():
         other.visual.conv1.weight.mul_(1.01)  # a change larger than the rounding: still refused in low precision
     with pytest.raises(WeightsMismatchError, match="backbone"):
-        apply_edit(other.to(dtype), artifacts[0] / "a.safetensors")
+        apply_edit_file_(other.to(dtype), artifacts[0] / "a.safetensors")

@@ -17,7 +17,7 @@ import torch
 from lightning_unlearn import ForgetRequest, embedded, unlearn_
 from lightning_unlearn.cli import main
 from lightning_unlearn.data import World, WorldDataset, write_world
-from lightning_unlearn.export import apply_edit, load_edit
+from lightning_unlearn.artifact import apply_edit_file_, load_edit
 from lightning_unlearn.zeroshot import evaluate, split_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def test_unlearn_then_open_clip_then_evaluate_gives_the_in_process_numbers(tmp_p
     # the edit artifact re-applies to the original model: the same outputs, and the request it records
     art = load_edit(out / "edit.safetensors")
     assert art.meta["request"] == request.to_dict()
-    apply_edit(original, art)
+    apply_edit_file_(original, art)
     with torch.no_grad():
         torch.testing.assert_close(original.encode_image(x), e.model.encode_image(x), rtol=0, atol=1e-6)
 
@@ -142,7 +142,7 @@ def test_export_turns_a_lightning_checkpoint_into_an_open_clip_folder(tmp_path, 
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval().encode_image(x), folded.encode_image(x), rtol=0, atol=1e-6)
     original = embedded.load_embedded(weights).model  # the edit alone re-applies to the original weights
-    apply_edit(original, out / "edit.safetensors")
+    apply_edit_file_(original, out / "edit.safetensors")
     with torch.no_grad():
         torch.testing.assert_close(original.encode_image(x), folded.encode_image(x), rtol=0, atol=1e-6)
     code, _, err = cli(["export", ckpt, "-o", out], capsys)

@@ -12,8 +12,9 @@ import torch
 from benchmarks.deep_sweep import data, encode, evidence_of, measure
 from lightning_unlearn import ForgetRequest, edits, embedded, fold_, nullspace, restore_, unlearn_
 from lightning_unlearn import deep
+from lightning_unlearn.artifact import apply_edit_file_, load_edit, save_edit
 from lightning_unlearn.edit import edit_modules
-from lightning_unlearn.export import apply_edit, load_edit, remove_edit, save_edit, save_folded
+from lightning_unlearn.export import save_folded
 from lightning_unlearn.module import CLIPUnlearning
 
 FAST_DEEP = dict(depth="deep", proto_steps=3, n_prototypes=1, class_templates=("a {c}.",), progress=False)
@@ -138,10 +139,10 @@ def test_deep_edit_folds_restores_and_exports(emb, deep_edited, inputs, tmp_path
 
     path = save_edit(model, tmp_path / "deep.safetensors")
     fresh = copy.deepcopy(emb.model)
-    apply_edit(fresh, load_edit(path))
+    apply_edit_file_(fresh, load_edit(path))
     for a, b in zip(outs(fresh, inputs), edited):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    remove_edit(fresh)
+    restore_(fresh)
     for k, v in emb.model.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v), k
 

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from lightning_unlearn import CLIPUnlearning, ForgetRequest, NullspaceUnlearning, edits, fold_, restore_, unlearn_
+from lightning_unlearn.artifact import ArtifactError, apply_edit_file_, save_edit
 from lightning_unlearn.edit import edit_modules
 from lightning_unlearn.encoders import encode_image, encode_text, tokenize
-from lightning_unlearn.export import ArtifactError, apply_edit, save_edit, save_folded, save_pretrained_folded
+from lightning_unlearn.export import save_folded, save_pretrained_folded
 from lightning_unlearn.sites import EditLinear, find_site
 
 from conftest import CLASSES, DOMAINS, FAMILY_CONFIGS, assert_bit_identical, hf_tiny, snapshot
@@ -129,7 +130,7 @@ def test_open_clip_export_reloads_without_the_library(registered, name, tmp_path
         cfg = json.loads((out / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"]
         assert (cfg["timm_proj"], cfg["timm_proj_bias"]) == ("linear", False)
         assert type(reloaded.visual.head.proj) is nn.Linear
-    apply_edit(model, edit_path)  # the edit artifact re-applies to the original weights
+    apply_edit_file_(model, edit_path)  # the edit artifact re-applies to the original weights
     assert max_diff(outputs(model, images, tokens), injected) <= 1e-5
     restore_(model)
     assert_bit_identical(model, snap)

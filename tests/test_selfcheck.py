@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_unlearn import ForgetRequest, cache, restore_, unlearn_
-from lightning_unlearn import selfcheck
+from lightning_unlearn import correction, selfcheck
 from lightning_unlearn.cli import main
 from lightning_unlearn.data import World, write_world
 from lightning_unlearn.directions import build_constraints, class_texts
@@ -90,7 +90,7 @@ def test_correction_rounds_never_make_the_worst_retained_check_cell_worse(emb, m
                           proto_steps=cfg.prototype_steps("global"), proto_lr=cfg.proto_lr, seed=cfg.seed,
                           text_weight=cfg.text_weight, image_weight=cfg.image_weight, margin=cfg.margin,
                           sink_margin=cfg.sink_margin, retain_prompts=cfg.retain_prompts, progress=False)
-    M, info = selfcheck.correct(emb.model, emb.tokenizer, request, cfg, t, hurt.double(), lambda M2: M2, None, None)
+    M, info = correction.correct(emb.model, emb.tokenizer, request, cfg, t, hurt.double(), lambda M2: M2, None, None)
     assert info["rounds_run"] >= 1 and info["constraints_added"] >= 1
     last = info["check"]
     assert last.seed == info["history"][-1]["seed"] > cfg.seed + selfcheck.SEED_OFFSET  # a fresh set
@@ -98,7 +98,7 @@ def test_correction_rounds_never_make_the_worst_retained_check_cell_worse(emb, m
     assert last.worst_retain_cell["drop_points"] <= reference.worst_retain_cell["drop_points"] + 1e-9
     assert last.worst_retain_cell["drop_points"] < reference.worst_retain_cell["drop_points"]  # it corrected
     # through unlearn_: forced rounds on the good edit find nothing wrong, stop, and keep its map
-    monkeypatch.setattr(selfcheck, "CORRECTION_THRESHOLDS", CheckThresholds(retain_drop_cell=-1.0))
+    monkeypatch.setattr(correction, "CORRECTION_THRESHOLDS", CheckThresholds(retain_drop_cell=-1.0))
     fixed = unlearn_(emb.model, emb.tokenizer, request, progress=False, rounds=2)
     restore_(emb.model)
     assert fixed.stats["image"]["correction"]["constraints_added"] == 0
