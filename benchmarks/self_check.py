@@ -64,13 +64,14 @@ VARIANTS = {"default": {}, "cells0": {"retain_cell_weight": 0.0}, "cells4": {"re
 #: Variants that perturb the numerics of the prototype synthesis (library defaults otherwise), standing in
 #: for other hardware: float64 synthesis (on a float64 copy of the model), bfloat16 autocast synthesis
 #: (``prototypes.options(autocast=True)``).
-#: Each runs in a fresh prototype cache (nothing synthesised unperturbed is reused).
+#: Each has its own prototype cache, shared by its runs (nothing synthesised unperturbed is reused).
 PERTURBATIONS = ("fp64", "bf16")
 
 
 @contextlib.contextmanager
-def perturbed(kind: str | None):
-    """Prototype synthesis (:func:`lightning_unlearn.prototypes.synthesize`) perturbed by ``kind``."""
+def perturbed(kind: str | None, own: cache.Cache | None = None):
+    """Prototype synthesis (:func:`lightning_unlearn.prototypes.synthesize`) perturbed by ``kind``, in the
+    prototype cache ``own`` (a fresh one when None)."""
     if kind is None:
         yield
         return
@@ -86,7 +87,7 @@ def perturbed(kind: str | None):
     if kind == "fp64":
         protos.synthesize = fp64
     try:  # bf16: the library's own autocast option of the synthesis
-        with cache.use(cache.Cache()), protos.options(autocast=kind == "bf16"):
+        with cache.use(cache.Cache() if own is None else own), protos.options(autocast=kind == "bf16"):
             yield
     finally:
         protos.synthesize = original
@@ -173,14 +174,14 @@ def run(args) -> dict:
     eye = torch.eye(h.shape[1])
     cb, nb = counts(h, y, eye, T, C, D)
     acc_b = cb / nb.clamp(min=1)
-    rows = []
+    rows, caches = [], {k: cache.Cache() for k in PERTURBATIONS}
     for seed in args.seeds:  # seeds outermost: a run cut short has every request at its first seeds
         for group, kw in [(g, kw) for g in args.requests for kw in REQUESTS[g]]:
             request = ForgetRequest(emb.classnames, emb.domains, **kw)
             for name in args.variants:
                 overrides = VARIANTS[name] | ({"seed": seed} if seed else {})
                 t0 = time.perf_counter()
-                with perturbed(name if name in PERTURBATIONS else None):
+                with perturbed(name if name in PERTURBATIONS else None, caches.get(name)):
                     u = unlearn_(emb.model, emb.tokenizer, request, progress=False, check=True, **overrides)
                 wall = time.perf_counter() - t0
                 restore_(emb.model)
