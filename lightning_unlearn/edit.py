@@ -17,10 +17,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import math
 import time
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -28,212 +27,12 @@ from torch.nn.utils import parametrize
 
 from . import deep, nullspace
 from .cache import CURRENT, Cache, chosen
+from .config import AUTO_PROTO_STEPS, AUTO_RETAIN_CELL_WEIGHT, UnlearnConfig  # noqa: F401 - importable from here
 from .directions import build, build_constraints, cell_texts
 from .errors import EditError
-from .prompts import ATTRIBUTE_PROMPTS, CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
-from .sites import SITES, TOWERS, EditLinear, Site, find_site, uninstall_
+from .sites import EditLinear, Site, find_site, uninstall_
 from .state import map_digest, provenance, text_anchored
-
-METHODS = ("multimodal", "text")
-SOLVERS = ("two-sided", "projector", "regularized")
-DEPTHS = ("shallow", "deep")
-PROTECT = ("none", "classes", "cells")
-
-
-#: Fields every edit reads; the prototype fields (method "multimodal" only); each solver's own.
-COMMON_FIELDS = ("method", "solver", "alpha", "towers", "site", "class_templates", "depth")
-PROTOTYPE_FIELDS = ("n_prototypes", "proto_steps", "proto_lr", "seed")
-#: Prototype steps when ``proto_steps`` is None, by what is synthesised, chosen on every request of each
-#: paradigm (README "Prototype settings per paradigm"): class requests need 120 (domain-specific: for
-#: every cell to stay forgotten; global: fewer prototypes or steps held on single classes but cost
-#: retain accuracy on requests of several classes); whole domains (every cell synthesised) held at
-#: every seed with 30, better than 60; the deep mode's eraser (one prototype of every cell) 60.
-AUTO_PROTO_STEPS = {"global": 120, "domain-specific": 120, "domain": 30, "eraser": 60}
-#: ``retain_cell_weight`` when it is None, by paradigm: a whole domain keeps every retained cell's prompt
-#: direction where it is (measured on every domain at edit seeds 0-2, 50 test images per cell: the
-#: worst retained cell lost up to 10 points without, at most 2 with weights 900 and 10,000, 4 with
-#: weight 4; benchmarks/self_check.py). Requests of several domains get none: there the constraints
-#: cost retained cells (sketch and painting: 24-26 points with weights 100-900, 6 with 9, none with
-#: 0-4; no pair lost anything without them). Class requests are left as they were (not measured).
-AUTO_RETAIN_CELL_WEIGHT = {"global": 0.0, "domain-specific": 0.0, "domain": 900.0, "domains": 0.0}
-SOLVER_FIELDS = {
-    "two-sided": ("text_first", "lam", "mu", "text_weight", "image_weight", "margin", "sink_margin",
-                  "retain_prompts", "retain_cell_weight"),
-    "projector": ("protect", "center", "energy", "retain_energy"),
-    "regularized": ("protect", "center", "lam", "mu"),
-}
-
-
-@dataclass(frozen=True)
-class UnlearnConfig:
-    """How the edit is computed. ``method``: "multimodal" (text + visual prototypes, 2512.14113) or
-    "text" (text-only nullspace, 2512.14137); ``solver``: "two-sided" (the default, see
-    :func:`compute_map`), the paper's exact "projector" or the "regularized" closed form (``lam``,
-    ``mu``); ``alpha`` in [0, 1] scales the removal; ``site``: "joint" (d x d after the
-    projection) or "pooled" (D x D before it, image tower only). Two-sided only: ``text_first``
-    (stage 1, see :func:`compute_map`), ``margin`` and ``sink_margin`` (where forgotten prototypes
-    are sent, see :func:`directions.build_constraints`), the weights of text and image constraints.
-    ``proto_steps`` None (the default) picks the steps per paradigm (:data:`AUTO_PROTO_STEPS`).
-    ``depth``: "shallow" (the surface edit alone) or "deep" (the surface edit after the output eraser
-    of :func:`deep.output_eraser`, from ``deep_prototypes`` prototypes per cell; joint site only).
-
-    Each solver reads its own fields (:data:`SOLVER_FIELDS`; the prototype fields only under
-    "multimodal", ``deep_prototypes`` only under depth "deep"): a field the chosen solver ignores
-    must keep its default, otherwise the config is refused with the field, the solver and the fix
-    named. The edit id covers the acting fields only (:meth:`acting_fields`).
-
-    Attributes:
-        method: "multimodal" (text constraints + visual prototypes) or "text" (prompts only).
-        solver: "two-sided" (default), "projector" (the paper's exact nullspace) or "regularized".
-        alpha: strength in [0, 1]; the map is ``I + alpha (M - I)`` (0 = no edit).
-        towers: the towers to edit, a subset of ``("image", "text")``.
-        site: "joint" (the d x d map after the projection) or "pooled" (D x D before it; image only).
-        protect: what the projector solver keeps exactly: "classes", "cells" or "none" (projector only).
-        center: centre prompt directions on the mean prompt before solving.
-        energy: share of the forget directions' energy the projector removes (projector only).
-        retain_energy: share of the retain directions' energy the projector protects (projector only).
-        lam: weight of the forgotten prompts in the regularised closed form (stage 1 of two-sided).
-        mu: weight of the retained prompts in the regularised closed form.
-        text_weight: weight of the text constraints in the two-sided solve.
-        image_weight: weight of the prototype constraints in the two-sided solve.
-        margin: how far forgotten prototypes are sent past the sink class (two-sided).
-        sink_margin: how far whole-domain prototypes are sent towards the sink class (two-sided).
-        text_first: run the regularised text stage before the two-sided stage.
-        retain_prompts: generic attribute words whose scores the edit keeps (colours, sizes, ...).
-        n_prototypes: visual prototypes synthesised per (class, domain) cell (multimodal).
-        proto_steps: synthesis steps per prototype; None picks them per paradigm (:data:`AUTO_PROTO_STEPS`).
-        proto_lr: learning rate of the prototype synthesis.
-        class_templates: prompt templates of the class vectors (``{c}``: the class name).
-        seed: seed of the prototypes' starting noise and jitter.
-        depth: "shallow" (the surface edit) or "deep" (+ the output eraser; no whole domains).
-        deep_prototypes: prototypes per cell the deep eraser reads where no evidence is given.
-        rounds: correction rounds after the edit (multimodal, two-sided, joint site; 0 = none): held-out
-            prototypes the edit gets wrong become constraints (:func:`selfcheck.correct`).
-        retain_cell_weight: weight of constraints that keep every retained cell's prompt direction in
-            place in the image embedding (two-sided, joint site, image tower); None picks it per
-            paradigm (:data:`AUTO_RETAIN_CELL_WEIGHT`).
-
-    Raises:
-        ValueError: a field outside its allowed values, or a field set that the chosen method or
-            solver does not read.
-    """
-    method: str = "multimodal"
-    solver: str = "two-sided"
-    alpha: float = 1.0
-    towers: tuple = ("image",)
-    site: str = "joint"
-    protect: str = "classes"
-    center: bool = True
-    energy: float = 0.99
-    retain_energy: float = 1.0
-    lam: float = 30.0
-    mu: float = 1.0
-    text_weight: float = 1000.0
-    image_weight: float = 100.0
-    margin: float = 0.75
-    sink_margin: float = 0.25
-    text_first: bool = True
-    retain_prompts: tuple = ATTRIBUTE_PROMPTS
-    n_prototypes: int = 4
-    proto_steps: int | None = None
-    proto_lr: float = 0.05
-    class_templates: tuple = CLASS_TEMPLATES
-    seed: int = 0
-    depth: str = "shallow"
-    deep_prototypes: int = 1
-    rounds: int = 0
-    retain_cell_weight: float | None = None
-
-    def prototype_steps(self, what: str) -> int:
-        """``proto_steps``, or when it is None the steps of :data:`AUTO_PROTO_STEPS` for ``what`` (a
-        request's paradigm, or "eraser")."""
-        return AUTO_PROTO_STEPS[what] if self.proto_steps is None else self.proto_steps
-
-    def cell_weight(self, request: ForgetRequest) -> float:
-        """``retain_cell_weight``, or when it is None the weight of :data:`AUTO_RETAIN_CELL_WEIGHT` for the
-        request's paradigm ("domains": whole domains, several of them)."""
-        if self.retain_cell_weight is not None:
-            return self.retain_cell_weight
-        several = request.paradigm == "domain" and len(request.forget_domains) > 1
-        return AUTO_RETAIN_CELL_WEIGHT["domains" if several else request.paradigm]
-
-    def acting_fields(self) -> tuple[str, ...]:
-        """The fields the computed edit depends on under this method and solver."""
-        fields = COMMON_FIELDS + (PROTOTYPE_FIELDS if self.method == "multimodal" else ())
-        solver = SOLVER_FIELDS[self.solver]
-        if self.solver == "two-sided" and not self.text_first:
-            solver = tuple(f for f in solver if f not in ("lam", "mu"))
-        deep = ("deep_prototypes", "proto_steps", "proto_lr", "seed") if self.depth == "deep" else ()  # the eraser's
-        rounds = ("rounds",) if self.corrects() else ()
-        return fields + solver + tuple(f for f in deep if f not in fields) + rounds
-
-    def corrects(self) -> bool:
-        """Whether correction ``rounds`` can act: the two-sided multimodal edit at the joint site."""
-        return self.method == "multimodal" and self.solver == "two-sided" and self.site == "joint"
-
-    def __post_init__(self):
-        for name, value, allowed in [("method", self.method, METHODS), ("solver", self.solver, SOLVERS),
-                                     ("site", self.site, SITES), ("protect", self.protect, PROTECT),
-                                     ("depth", self.depth, DEPTHS)]:
-            if value not in allowed:
-                raise ValueError(f"`{name}`={value!r} is not one of {allowed}")
-        if not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"`alpha`={self.alpha!r} must be a number in [0, 1] (0 = no edit, 1 = full forgetting)")
-        towers = (self.towers,) if isinstance(self.towers, str) else tuple(self.towers)
-        if not towers or any(t not in TOWERS for t in towers) or len(set(towers)) != len(towers):
-            raise ValueError(f"`towers`={self.towers!r} must be a non-empty subset of {TOWERS}")
-        if self.site == "pooled" and "text" in towers:
-            raise ValueError("`site`='pooled' edits the image tower only; use towers=('image',) or site='joint'")
-        object.__setattr__(self, "towers", towers)
-        object.__setattr__(self, "retain_prompts", tuple(self.retain_prompts))
-        object.__setattr__(self, "class_templates", validate_templates(self.class_templates, "c", "class_templates"))
-        if self.retain_cell_weight is not None and (isinstance(self.retain_cell_weight, bool) or not isinstance(
-                self.retain_cell_weight, (int, float)) or not math.isfinite(self.retain_cell_weight)
-                or self.retain_cell_weight < 0):
-            raise ValueError(f"`retain_cell_weight`={self.retain_cell_weight!r} must be None (per paradigm) or a "
-                             "finite number >= 0")
-        for name in ("text_weight", "image_weight", "mu"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"`{name}`={getattr(self, name)!r} must be a finite number >= 0 (a weight; "
-                                 f"default {_DEFAULTS[name]})")
-        for name in ("lam", "proto_lr"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
-                raise ValueError(f"`{name}`={getattr(self, name)!r} must be a finite number > 0 "
-                                 f"(default {_DEFAULTS[name]})")
-        for name in ("energy", "retain_energy"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"`{name}`={getattr(self, name)!r} must be in (0, 1] (a fraction of spectral "
-                                 f"energy; default {_DEFAULTS[name]})")
-        if not self.margin >= 0 or not self.sink_margin >= 0:
-            raise ValueError(f"`margin`={self.margin} and `sink_margin`={self.sink_margin} must be >= 0 (how far past "
-                             "the sink forgotten prototypes are sent; defaults 0.75 and 0.25)")
-        if self.depth == "deep" and (self.site != "joint" or "image" not in towers):
-            raise ValueError(f"`depth`='deep' erases at the image output: it needs site='joint' and the image tower, "
-                             f"got site={self.site!r}, towers={towers}")
-        if self.deep_prototypes < 1:
-            raise ValueError(f"`deep_prototypes`={self.deep_prototypes} must be >= 1 (prototypes per cell of the eraser)")
-        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or self.rounds < 0:
-            raise ValueError(f"`rounds`={self.rounds!r} must be an integer >= 0 (correction rounds; 0 = none)")
-        if self.n_prototypes < 1 or (self.proto_steps is not None and self.proto_steps < 1):
-            raise ValueError(f"`n_prototypes`={self.n_prototypes} and `proto_steps`={self.proto_steps} must be >= 1")
-        acting = self.acting_fields()
-        for name, default in _DEFAULTS.items():
-            if name not in acting and getattr(self, name) != default:
-                users = [s for s, f in SOLVER_FIELDS.items() if name in f]
-                why, fix = ((f"method={self.method!r} builds no visual prototypes", "pass method='multimodal'")
-                            if name in PROTOTYPE_FIELDS else
-                            ("depth='shallow' builds no eraser", "pass depth='deep'") if name == "deep_prototypes" else
-                            ("correction rounds need method='multimodal', solver='two-sided' and site='joint'",
-                             "use those") if name == "rounds" else
-                            ("text_first=False skips stage 1", "pass text_first=True")
-                            if name in SOLVER_FIELDS[self.solver] else
-                            (f"solver={self.solver!r} ignores it", f"pass solver={users[0]!r}"))
-                raise ValueError(f"`{name}`={getattr(self, name)!r} has no effect: {why}; {fix} or leave `{name}` at "
-                                 f"its default ({default!r})")
-
-
-_DEFAULTS = {f.name: f.default for f in fields(UnlearnConfig)}
 
 
 class ProjectorEdit(nn.Module):
@@ -555,11 +354,7 @@ def solve(F: torch.Tensor, R: torch.Tensor, cfg: UnlearnConfig) -> tuple[torch.T
     if cfg.solver == "projector":
         U = nullspace.nullspace_basis(F, R, cfg.energy, cfg.retain_energy)
         return nullspace.projector(U, cfg.alpha).float(), U.shape[1]
-    Fn = F / F.norm(dim=0, keepdim=True).clamp(min=1e-12)
-    Rn = R / R.norm(dim=0, keepdim=True).clamp(min=1e-12)
-    M = nullspace.regularized_map(Fn, Rn, cfg.lam, cfg.mu)
-    M = torch.eye(M.shape[0], dtype=M.dtype) + cfg.alpha * (M - torch.eye(M.shape[0], dtype=M.dtype))
-    return M.float(), int(torch.linalg.matrix_rank(Fn))
+    return nullspace.regularized_edit(F, R, cfg.lam, cfg.mu, cfg.alpha)
 
 
 def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: UnlearnConfig,
@@ -588,8 +383,10 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
     if cfg.text_first and request.kept_classes:
         d = build(model, tokenizer, request, site, cfg.site, protect="classes", center=True,
                   **(common | {"multimodal": False}))
-        M1, _ = solve(d.F, d.R, UnlearnConfig(solver="regularized", lam=cfg.lam, mu=cfg.mu))
+        M1, _ = nullspace.regularized_edit(d.F, d.R, cfg.lam, cfg.mu)  # the whole stage-1 map (alpha 1)
         stats["text_first_rank"] = d.F.shape[1]
+    elif cfg.text_first:  # recorded, not skipped silently (see config.TwoSided)
+        stats["text_first_skipped"] = "no kept class to protect (whole-domain request)"
     through = None if pre is None else pre.double()  # what the prototypes go through: pre, then M1
     if M1 is not None:
         through = M1.double() if through is None else M1.double() @ through

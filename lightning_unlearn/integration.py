@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import sharding
+from .config import KEYWORDS
 from .edit import EditError, ProjectorEdit, UnlearnConfig, Unlearned, edit_modules, edits, restore_, unlearn_
 from .errors import UnlearnError
 from .request import ForgetRequest
@@ -28,8 +29,8 @@ class UnsupportedStrategyError(UnlearnError, ValueError):
 
 
 def make_config(config: UnlearnConfig | Mapping | None = None, **overrides) -> UnlearnConfig:
-    """An :class:`UnlearnConfig` from a config, a dict of its fields, or ``None`` (defaults), with
-    ``overrides``; unknown field names raise a ``ValueError`` listing the valid ones."""
+    """An :class:`UnlearnConfig` from a config, a dict of its flat settings (:data:`config.KEYWORDS`), or
+    ``None`` (defaults), with ``overrides``; unknown names raise a ``ValueError`` listing the valid ones."""
     if config is None:
         config = UnlearnConfig()
     elif isinstance(config, Mapping):
@@ -37,7 +38,7 @@ def make_config(config: UnlearnConfig | Mapping | None = None, **overrides) -> U
         config = UnlearnConfig()
     elif not isinstance(config, UnlearnConfig):
         raise TypeError(f"`config` must be an UnlearnConfig, a dict of its fields or None, got {type(config).__name__}")
-    fields = [f.name for f in dataclasses.fields(UnlearnConfig)]
+    fields = list(KEYWORDS)
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         hints = {u: difflib.get_close_matches(u, fields, n=1) for u in unknown}

@@ -89,6 +89,20 @@ def regularized_map(F: torch.Tensor, R: torch.Tensor | None = None, lam: float =
     return torch.linalg.solve(A, B, left=False)  # B A^-1 (A symmetric positive definite)
 
 
+def regularized_edit(F: torch.Tensor, R: torch.Tensor, lam: float, mu: float,
+                     alpha: float = 1.0) -> tuple[torch.Tensor, int]:
+    """The regularised solver's edit from forget / retain columns: :func:`regularized_map` of the unit-norm
+    columns, scaled ``I + alpha (W - I)``.
+
+    Returns:
+        The map (float32) and the rank of the unit-norm forget columns.
+    """
+    Fn = F / F.norm(dim=0, keepdim=True).clamp(min=1e-12)
+    Rn = R / R.norm(dim=0, keepdim=True).clamp(min=1e-12)
+    M = regularized_map(Fn, Rn, lam, mu)
+    M = torch.eye(M.shape[0], dtype=M.dtype) + alpha * (M - torch.eye(M.shape[0], dtype=M.dtype))
+    return M.float(), int(torch.linalg.matrix_rank(Fn))
+
 def two_sided_map(A: torch.Tensor, B: torch.Tensor, V: torch.Tensor, Vt: torch.Tensor) -> torch.Tensor:
     """The map ``M`` minimising ``||M - I||^2 + ||A^T M - B^T||^2 + ||M V - Vt||^2``.
 

@@ -34,11 +34,9 @@ EDIT_ID_LEN = 16
 
 # ---------------------------------------------------------------------------------------------- config, provenance
 def config_dict(config) -> dict:
-    """An :class:`~lightning_unlearn.edit.UnlearnConfig` (any dataclass) as plain JSON data (tuples become
-    lists): only the fields that act (``config.acting_fields()``, where the config defines it)."""
-    d = dataclasses.asdict(config)
-    if hasattr(config, "acting_fields"):
-        d = {k: d[k] for k in config.acting_fields()}
+    """An :class:`~lightning_unlearn.config.UnlearnConfig` (any dataclass) as plain JSON data (tuples become
+    lists): the flat settings that act (``config.to_dict()``, where the config defines it), the edit id's input."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
     return json.loads(json.dumps(d))
 
 
