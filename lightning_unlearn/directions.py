@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch.nn.utils import parametrize
 
 from . import cache, nullspace, sharding
 from . import prototypes as protos
@@ -18,6 +17,7 @@ from .encoders import encode_image
 from .prompts import cell_prompts, fill_template
 from .request import ForgetRequest
 from .sites import Site
+from .stack import site_edits
 from .zeroshot import text_embeddings
 
 
@@ -61,11 +61,12 @@ def _edited_range(model, site: Site, where: str) -> torch.Tensor | None:
     there: it then keeps the earlier requests forgotten (with an alpha=1 projector, range(C) is
     span(U_f) complement and this is C itself). The "pooled" site reads through the edited weight
     already, and text-tower embeddings come from the edited tower."""
-    if where != "joint" or not parametrize.is_parametrized(site.module, site.weight) or site.tower != "image":
+    chained = site_edits(site) if where == "joint" and site.tower == "image" else []
+    if not chained:
         return None
     C = torch.eye(site.dims[1], dtype=torch.float64)
-    for e in getattr(site.module.parametrizations, site.weight):  # in application order
-        if getattr(e, "side", None) == "joint" and isinstance(getattr(e, "P", None), torch.nn.Linear):
+    for e in chained:  # in application order
+        if e.side == "joint":
             C = e.P.weight.detach().double().cpu() @ C
     U = nullspace.orth(C)
     return None if U.shape[1] == C.shape[0] else (U @ U.T).float()

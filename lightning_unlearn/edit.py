@@ -16,58 +16,40 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from . import deep, nullspace
 from .cache import CURRENT, Cache, chosen
+from .compose import (  # noqa: F401 - importable from here
+    _all_or_nothing,
+    chain,
+    check_after,
+    dependents,
+    inject_,
+    place,
+    remove_edit_,
+    suspended,
+)
 from .config import AUTO_PROTO_STEPS, AUTO_RETAIN_CELL_WEIGHT, UnlearnConfig  # noqa: F401 - importable from here
 from .directions import build, build_constraints, cell_texts
 from .errors import EditError
 from .request import ForgetRequest
-from .sites import EditLinear, Site, find_site, uninstall_
+from .sites import Site, find_site
+from .stack import (  # noqa: F401 - importable from here
+    ProjectorEdit,
+    edit_modules,
+    edits,
+    fold_,
+    fresh_name,
+    restore_,
+    stacks,
+)
 from .state import map_digest, provenance, text_anchored
-
-
-class ProjectorEdit(nn.Module):
-    """Parametrization ``W -> W'`` applying the frozen map ``P`` (an ``nn.Linear(n, n, bias=False)``)
-    on the output side ("joint") or the input side ("pooled") of a projection weight.
-    ``layout``: "param" (x @ W), "linear" (W x) or "bias" (a Linear's bias, output side)."""
-
-    def __init__(self, n: int, side: str, layout: str, info: dict | None = None):
-        super().__init__()
-        self.side, self.layout, self.info = side, layout, dict(info or {})
-        # Built on the meta device and then given memory: a plain nn.Linear(n, n) would draw its random
-        # init from (and so change) the global torch RNG state.
-        self.P = nn.Linear(n, n, bias=False, device="meta").to_empty(device="cpu")
-        with torch.no_grad():
-            self.P.weight.copy_(torch.eye(n))
-        self.P.weight.requires_grad_(False)
-
-    def forward(self, W: torch.Tensor) -> torch.Tensor:
-        M = self.P.weight.float()
-        meta = W.device.type == "meta"  # shapes only (autocast has no meta device)
-        with contextlib.nullcontext() if meta else torch.autocast(device_type=W.device.type, enabled=False):
-            Wf = W.float()
-            if self.layout == "bias":
-                out = M @ Wf
-            elif self.layout == "param":
-                out = Wf @ M.T if self.side == "joint" else M.T @ Wf
-            else:
-                out = M @ Wf if self.side == "joint" else Wf @ M
-        return out.to(W.dtype)
-
-    def get_extra_state(self):
-        return {"side": self.side, "layout": self.layout, "info": json.dumps(self.info)}
-
-    def set_extra_state(self, state):
-        self.side, self.layout, self.info = state["side"], state["layout"], json.loads(state["info"])
 
 
 @dataclass
@@ -94,259 +76,6 @@ class Unlearned:
     name: str = ""  # the injected edit's name (see :func:`edits`, :func:`remove_edit_`)
     check: object = None  # the self-check on held-out prototypes (selfcheck.Check), when it ran; its
     # seconds are its own, not in ``seconds``, unless correction rounds ran (then it is part of the edit)
-
-
-def _edited_tensors(site: Site, where: str) -> list[tuple[nn.Module, str, str]]:
-    """(module, tensor name, layout) of every tensor an edit at ``where`` changes."""
-    out = [(site.module, site.weight, site.layout)]
-    if site.bias is not None and where == "joint":
-        out.append((site.module, site.bias, "bias"))
-    return out
-
-
-def fresh_name(model: nn.Module, base: str) -> str:
-    """``base``, or ``base-2``, ``base-3``... whichever no edit of ``model`` carries yet."""
-    taken, name, k = set(edits(model)), base, 1
-    while name in taken:
-        k += 1
-        name = f"{base}-{k}"
-    return name
-
-
-@contextlib.contextmanager
-def _all_or_nothing(model: nn.Module, name: str):
-    """Injections under ``name`` inside the block: if it raises (an interrupt included) and ``name`` was
-    a new edit, every map injected under it is removed (the model is as before) and the error goes on."""
-    new = name not in edits(model)
-    try:
-        yield
-    except BaseException:
-        if new and name in edits(model):
-            remove_edit_(model, name)
-        elif not edits(model):  # a layer installed for it
-            uninstall_(model)
-        raise
-
-
-def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str = "joint",
-            info: dict | None = None, *, name: str | None = None, position: int | None = None,
-            resolved: Site | None = None) -> str:
-    """Add the frozen map ``M`` to ``tower``'s projection (composes with earlier edits): last in the
-    chain, or at index ``position`` of it (0 = applied first). The edit's ``info`` records the map's
-    :func:`~lightning_unlearn.state.map_digest` (a given ``info["map"]`` must match ``M``).
-    ``resolved``: ``tower``'s :class:`~lightning_unlearn.sites.Site` when the caller already found it
-    (the map is then installed on that very object); None looks it up.
-
-    Returns the edit's name: ``name`` if given (maps injected under one name form one edit, removed
-    together by :func:`remove_edit_`), else a fresh one.
-
-    Raises:
-        ValueError: ``M`` does not have the shape the projection needs, ``name`` is empty, or
-            ``resolved`` is another tower's site.
-        EditError: ``info["map"]`` records a digest that does not match ``M``.
-        UnsupportedModelError: ``tower`` has no projection this library can edit.
-    """
-    digest = map_digest(M)
-    if info and info.get("map", digest) != digest:
-        raise EditError(f"the map does not match the digest its info records ({info['map']} != {digest}): the map "
-                        "or its info was altered; recompute the edit or load it again from its file")
-    info = dict(info or {}, map=digest)
-    s = find_site(model, tower) if resolved is None else resolved
-    if s.tower != tower:
-        raise ValueError(f"`resolved` is the {s.tower} tower's site, not the {tower} tower's; pass "
-                         f"find_site(model, {tower!r}) or leave `resolved` out")
-    n = s.dims[1] if site == "joint" else s.dims[0]
-    if tuple(M.shape) != (n, n):
-        raise ValueError(f"the edit has shape {tuple(M.shape)}, but the {tower} projection needs ({n}, {n}) at "
-                         f"site {site!r}")
-    if name is not None and (not isinstance(name, str) or not name):
-        raise ValueError(f"`name`={name!r} must be a non-empty string")
-    name = name or fresh_name(model, "edit")
-    # the edits below `position` of the weight's chain; the bias's chain lacks the "pooled" ones
-    below = None if position is None else {e.info.get("name") for e in _stack(model, s)[:position]}
-    with _all_or_nothing(model, name):  # the weight and the bias
-        if s.slot is not None and s.slot.installed is None:  # a tower with no projection: add the layer
-            s.slot.install(s.module)
-        for module, tensor, layout in _edited_tensors(s, site):
-            edit = ProjectorEdit(n, site, layout, dict(info or {}, name=name))
-            with torch.no_grad():
-                edit.P.weight.copy_(M.float())
-            edit.to(getattr(module, tensor).device)  # before registering: torch evaluates the parametrization at once
-            parametrize.register_parametrization(module, tensor, edit)
-            if position is not None:  # move it from the end of the chain to just above the edits `below`
-                plist = getattr(module.parametrizations, tensor)
-                order = list(plist)
-                new = order.pop()
-                order.insert(sum(e.info.get("name") in below for e in order), new)
-                for i, e in enumerate(order):
-                    plist[i] = e
-    return name
-
-
-def _stack(model: nn.Module, tower: str | Site) -> list[ProjectorEdit]:
-    """The edits on ``tower``'s projection weight, in application order; ``tower`` is "image" / "text",
-    or its :class:`~lightning_unlearn.sites.Site` when the caller already found it (no lookup)."""
-    site = tower if isinstance(tower, Site) else find_site(model, tower)
-    if not parametrize.is_parametrized(site.module, site.weight):
-        return []
-    return [e for e in getattr(site.module.parametrizations, site.weight) if isinstance(e, ProjectorEdit)]
-
-
-def chain(model: nn.Module, tower: str | Site) -> list[str]:
-    """The :func:`~lightning_unlearn.state.map_digest` of every edit on ``tower``'s projection weight, in
-    application order (``tower``: a name, or its found :class:`~lightning_unlearn.sites.Site`)."""
-    return [e.info.get("map") or map_digest(e.P.weight) for e in _stack(model, tower)]
-
-
-def place(model: nn.Module, tower: str | Site, info: dict) -> int:
-    """Where in ``tower``'s chain an edit with provenance ``info`` goes: last if it is text-anchored
-    (:func:`~lightning_unlearn.state.text_anchored`: it holds on any input), else below the first
-    text-anchored edit, on the image features it needs (measured: a domain-specific edit computed on
-    top of a global one forgets nothing, as the global edit flattens the domain directions; below it,
-    both hold). ``tower``: a name, or its found :class:`~lightning_unlearn.sites.Site`."""
-    stack = _stack(model, tower)
-    if text_anchored(info):
-        return len(stack)
-    return next((i for i, e in enumerate(stack) if text_anchored(e.info)), len(stack))
-
-
-def check_after(model: nn.Module, tower: str, info: dict, position: int, what: str) -> None:
-    """Refuse an edit whose ``info["after"]`` (the maps it was computed on top of) is not what lies
-    below ``position`` of ``tower``'s chain. A text-anchored edit holds on any input and is never
-    refused."""
-    below, after = chain(model, tower)[:position], list(info.get("after") or [])
-    if not text_anchored(info) and below != after:
-        raise EditError(f"{what} was computed on top of {len(after)} other edit(s) ({after}), and this model's "
-                        f"{tower} projection carries {below or 'none'} where it would go: it only holds on top of "
-                        "those. Apply them first (in order), or save the whole chain with save_edit(edited_model, path)")
-
-
-@contextlib.contextmanager
-def suspended(model: nn.Module, positions: dict[str, int], sites: dict[str, Site] | None = None):
-    """Inside the block, every edit at or past ``positions[tower]`` of a tower's chain acts as the
-    identity, on every tensor it changes (weight and bias): the model as a composed edit computed for
-    that position sees it. ``sites``: the towers'
-    :class:`~lightning_unlearn.sites.Site` objects already found (the others are looked up)."""
-    sites = sites or {}
-    above = {e.info.get("name") for tower, k in positions.items() for e in _stack(model, sites.get(tower, tower))[k:]}
-    saved = [(e, e.P.weight.detach().clone()) for _, e in edit_modules(model) if e.info.get("name") in above]
-    try:
-        with torch.no_grad():
-            for e, w in saved:
-                e.P.weight.copy_(torch.eye(w.shape[0], dtype=w.dtype))
-        yield
-    finally:
-        with torch.no_grad():
-            for e, w in saved:
-                e.P.weight.copy_(w)
-
-
-def edit_modules(model: nn.Module) -> list[tuple[str, ProjectorEdit]]:
-    """Every injected map as (qualified tensor name, edit), in application order."""
-    out = []
-    for mod_name, module in model.named_modules():
-        if parametrize.is_parametrized(module):
-            for name, plist in module.parametrizations.items():
-                out += [(f"{mod_name}.{name}".lstrip("."), e) for e in plist if isinstance(e, ProjectorEdit)]
-    return out
-
-
-def edits(model: nn.Module) -> list[str]:
-    """The names of the edits ``model`` carries, in application order ("" for an unnamed legacy edit);
-    an empty list for a model without edits. Never raises."""
-    return list(dict.fromkeys(e.info.get("name", "") for _, e in edit_modules(model)))
-
-
-def _parametrized(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    return [(m, name) for m in model.modules() if parametrize.is_parametrized(m)
-            for name, plist in list(m.parametrizations.items()) if any(isinstance(e, ProjectorEdit) for e in plist)]
-
-
-def _remove(module: nn.Module, name: str, leave_parametrized: bool) -> None:
-    # A deepcopy of a parametrized module shares its generated class with the original, and
-    # remove_parametrizations deletes the property from that class: give the module its own first.
-    cls = module.__class__
-    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-    parametrize.remove_parametrizations(module, name, leave_parametrized=leave_parametrized)
-
-
-def restore_(model: nn.Module) -> list[str]:
-    """Remove every injected edit (and every layer an edit installed): the state_dict is then
-    bit-identical to the original. Returns the names removed (an empty list for a model without
-    edits, which is left as it is)."""
-    names = edits(model)
-    for module, name in _parametrized(model):
-        _remove(module, name, leave_parametrized=False)
-    uninstall_(model)
-    return names
-
-
-def dependents(model: nn.Module, name: str) -> list[str]:
-    """The edits that hold only on top of edit ``name``: feature-bound edits computed on top of it (their
-    ``info["after"]`` holds one of its maps, directly or through another such edit), in chain order.
-    Text-anchored edits (:func:`~lightning_unlearn.state.text_anchored`) hold on any input."""
-    mods = [e for _, e in edit_modules(model) if not text_anchored(e.info)]
-    maps, out = {e.info.get("map") for e in mods if e.info.get("name") == name}, []
-    grew = True
-    while grew:
-        grew = False
-        for e in mods:
-            other = e.info.get("name", "")
-            if other != name and other not in out and maps & set(e.info.get("after") or ()):
-                out.append(other)
-                maps |= {x.info.get("map") for x in mods if x.info.get("name") == other}
-                grew = True
-    return [n for n in edits(model) if n in out]
-
-
-def remove_edit_(model: nn.Module, name: str, *, cascade: bool = False) -> list[str]:
-    """Remove the edit called ``name`` and keep the others: removing the last edit gives back exactly
-    the model before it. An edit that later edits were computed on top of (:func:`dependents`) is
-    only removed with ``cascade=True``, which removes those too: without it they would no longer
-    hold. Returns the names removed, in chain order.
-
-    Raises:
-        KeyError: the model carries no edit called ``name``.
-        EditError: later edits were computed on top of it and ``cascade`` is False.
-    """
-    if name not in edits(model):
-        raise KeyError(f"the model carries no edit named {name!r}; its edits are {edits(model)}")
-    later = dependents(model, name)
-    if later and not cascade:
-        raise EditError(f"edit {name!r} cannot be removed alone: {later} were computed on top of it and would no "
-                        "longer hold without it (their maps were solved on the image features it produces). Pass "
-                        "cascade=True to remove them too, or restore_(model) to remove every edit")
-    gone = [n for n in edits(model) if n == name or n in later]
-    for module, tensor in _parametrized(model):
-        plist = getattr(module.parametrizations, tensor)
-        hit = [i for i, e in enumerate(plist) if isinstance(e, ProjectorEdit) and e.info.get("name", "") in gone]
-        if len(hit) == len(plist):
-            _remove(module, tensor, leave_parametrized=False)
-        else:
-            for i in reversed(hit):
-                del plist[i]
-    if not edits(model):  # the last edit: the layers edits installed go too
-        uninstall_(model)
-    return gone
-
-
-def fold_(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Merge every injected edit into its projection weight: a plain open_clip model with the
-    original state_dict keys and no inference overhead. Returns the original weights by key, the
-    only way back (``model.load_state_dict(originals, strict=False)``). A layer an edit installed on
-    a tower with no projection stays, as a plain ``nn.Linear`` holding the edit. A model without
-    edits is left as it is (returns ``{}``)."""
-    names = {id(m): n for n, m in model.named_modules()}
-    originals = {}
-    for module, name in _parametrized(model):
-        key = f"{names[id(module)]}.{name}".lstrip(".")
-        if not isinstance(module, EditLinear):  # an installed layer has no original
-            originals[key] = getattr(module.parametrizations, name).original.detach().clone()
-        requires_grad = getattr(module.parametrizations, name).original.requires_grad
-        _remove(module, name, leave_parametrized=True)
-        getattr(module, name).requires_grad_(requires_grad)
-    uninstall_(model, plain=True)
-    return originals
 
 
 def solve(F: torch.Tensor, R: torch.Tensor, cfg: UnlearnConfig) -> tuple[torch.Tensor, int]:

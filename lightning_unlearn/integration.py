@@ -10,14 +10,14 @@ from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from . import sharding
 from .config import KEYWORDS
-from .edit import EditError, ProjectorEdit, UnlearnConfig, Unlearned, edit_modules, edits, restore_, unlearn_
-from .errors import UnlearnError
+from .edit import UnlearnConfig, Unlearned, unlearn_
+from .errors import EditError, UnlearnError
 from .request import ForgetRequest
-from .sites import find_site, is_clip
+from .sites import is_clip, tower_sites
+from .stack import ProjectorEdit, edit_modules, edits, restore_, site_stacks
 from .state import info_edit_id, map_digest
 
 #: Strategies that shard or flatten parameters: the parametrized projection cannot live there.
@@ -115,13 +115,8 @@ def check_strategy(strategy: Any, who: str, allow_fork: bool = False) -> None:
 
 def tower_edits(model: nn.Module, config: UnlearnConfig) -> dict[str, list[ProjectorEdit]]:
     """The last injected edit of every tensor each tower's edit changes (weight, and bias at "joint")."""
-    out = {}
-    for tower in config.towers:
-        site = find_site(model, tower)
-        names = [site.weight] + ([site.bias] if site.bias is not None and config.site == "joint" else [])
-        out[tower] = [getattr(site.module.parametrizations, n)[-1] for n in names
-                      if parametrize.is_parametrized(site.module, n)]
-    return out
+    return {tower: [st.edits[-1] for st in site_stacks(site, config.site) if st.edits]
+            for tower, site in tower_sites(model, config.towers, strict=True).items()}
 
 
 def compute_edit_(model: nn.Module, tokenizer: Callable, request: ForgetRequest, config: UnlearnConfig, *,
@@ -184,3 +179,27 @@ def check_metrics(check) -> dict:
            "worst_forget_cell_acc": check.worst_forget_cell and check.worst_forget_cell["acc"],
            "worst_retain_cell_drop": check.worst_retain_cell and check.worst_retain_cell["drop_points"]}
     return {f"selfcheck/{k}": float(v) for k, v in out.items() if v is not None}
+
+
+def check_tokenizer(tokenizer: Callable | None) -> None:
+    """Raise ``TypeError`` for a ``tokenizer`` that is neither None nor callable."""
+    if tokenizer is not None and not callable(tokenizer):
+        raise TypeError(f"`tokenizer` must be callable (e.g. open_clip.get_tokenizer(name)), got "
+                        f"{type(tokenizer).__name__}")
+
+
+def check_flags(**flags) -> None:
+    """Raise ``TypeError`` for a flag (keyword argument) that is not ``True`` or ``False``."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"`{name}`={value!r} must be True or False")
+
+
+def edit_summary(who: str, request: ForgetRequest, config: UnlearnConfig, result: Unlearned,
+                 edit_id: str | None = None) -> str:
+    """The log line of a computed edit: the request, the edited towers, method, solver, ranks and
+    seconds (and ``edit_id`` when given), then the self-check's summary when it ran."""
+    tail = f", edit id {edit_id}" if edit_id else ""
+    return (f"{who}: {request.describe()}; edited {list(result.maps)} ({config.method}, {config.solver}, "
+            f"ranks {result.ranks}, {result.seconds:.2f} s{tail})"
+            + (f"\n{result.check.summary()}" if result.check is not None else ""))

@@ -7,14 +7,15 @@ space) or on its input (``"pooled"``: a D x D map on the pooled features, image 
 Towers whose output has no projection weight (timm towers built with ``proj="none"`` such as
 SigLIP / SigLIP2 / PE-Core / MobileCLIP2, and the vision tower of a transformers ``SiglipModel``)
 get a :class:`Slot`: the edit installs a new frozen :class:`EditLinear` (identity until edited) on
-the tower output and removes it again on restore. Models: open_clip ``CLIP``, ``CustomTextCLIP``,
+the tower output and removes it again on restore. Finding a site allocates nothing: a slot's layer
+is made when the site's ``module`` is first read, and that very object is installed. Models: open_clip ``CLIP``, ``CustomTextCLIP``,
 ``CoCa`` (contrastive towers), transformers ``CLIPModel`` and ``SiglipModel``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Callable
 
 import torch
 from open_clip.coca_model import CoCa
@@ -63,11 +64,17 @@ class Slot:
     name: str
     dim: int
     folded_cfg: dict | None = None  # open_clip model_cfg changes that describe the folded layer
+    device: torch.device | None = None  # where the new layer goes (the tower's weights')
+    dtype: torch.dtype | None = None
 
     @property
     def installed(self) -> EditLinear | None:
         child = getattr(self.parent, self.name, None)
         return child if isinstance(child, EditLinear) else None
+
+    def new_layer(self) -> EditLinear:
+        """A new identity :class:`EditLinear` for this slot (not attached)."""
+        return EditLinear(self.dim, device=self.device, dtype=self.dtype)
 
     def install(self, linear: EditLinear) -> None:
         if self.name in self.parent._modules or hasattr(self.parent, self.name):
@@ -98,7 +105,9 @@ def uninstall_(model: nn.Module, plain: bool = False) -> int:
 
 @dataclass
 class Site:
-    module: nn.Module  # owns the projection weight
+    """A tower's projection: ``module.<weight>`` (and ``module.<bias>``), its layout and pooled input.
+    A slot's layer not installed yet is made when ``module`` is first read (:attr:`pending` until then)."""
+    _module: nn.Module | None  # owns the projection weight; None: a slot's layer, not made yet
     weight: str  # attribute name of the weight on ``module``
     bias: str | None  # attribute name of the bias, for Linear projections with a bias
     layout: str  # "param": x @ W with W [D, d]; "linear": x @ W.T + b with W [d, D]
@@ -107,8 +116,22 @@ class Site:
     tower: str = "image"
 
     @property
+    def module(self) -> nn.Module:
+        """The module owning the projection weight (for a slot not installed yet, its new layer, made once)."""
+        if self._module is None:
+            self._module = self.slot.new_layer()
+        return self._module
+
+    @property
+    def pending(self) -> bool:
+        """Whether this is a slot whose layer is neither installed nor made yet (it carries no edit)."""
+        return self._module is None
+
+    @property
     def dims(self) -> tuple[int, int]:
         """(D, d): the projection's input and output widths."""
+        if self.pending:
+            return self.slot.dim, self.slot.dim
         W = getattr(self.module, self.weight)
         return tuple(W.shape) if self.layout == "param" else tuple(W.shape[::-1])
 
@@ -161,13 +184,14 @@ def _resnet(visual: ModifiedResNet) -> Site:
     return site
 
 
-def _slot_site(slot: Slot, owner: Callable[[torch.Tensor], torch.Tensor], ref: torch.Tensor) -> Site:
-    """The site of ``slot``: its installed :class:`EditLinear`, or a new identity one (not attached
-    yet: :func:`~lightning_unlearn.edit.inject_` installs it) whose input is ``owner``'s output."""
-    linear = slot.installed or EditLinear(slot.dim, device=ref.device, dtype=ref.dtype)
-    site = Site(linear, "weight", None, "linear", slot=slot)
-    site.pooled = (lambda x: _input_of(linear, owner, x)) if slot.installed else owner
-    return site
+def _slot_site(slot: Slot, owner: Callable[[torch.Tensor], torch.Tensor]) -> Site:
+    """The site of ``slot``: its installed :class:`EditLinear`, or (pending) the identity one made for it
+    when the site's ``module`` is first read (:func:`~lightning_unlearn.stack.inject_` installs that
+    very object), whose input is ``owner``'s output."""
+    linear = slot.installed
+    if linear is None:
+        return Site(None, "weight", None, "linear", owner, slot=slot)
+    return Site(linear, "weight", None, "linear", lambda x: _input_of(linear, owner, x), slot=slot)
 
 
 def _timm(visual: TimmModel) -> Site:
@@ -181,9 +205,9 @@ def _timm(visual: TimmModel) -> Site:
             return _linear_site(classifier, visual)
         # proj="none": the pooled trunk output is the embedding; open_clip's proj="linear" folds the edit
         ref = next(visual.parameters())
-        dim = _output_dim(visual)
-        slot = Slot(head, "proj", dim, {"vision_cfg": {"timm_proj": "linear", "timm_proj_bias": False}})
-        return _slot_site(slot, visual, ref)
+        slot = Slot(head, "proj", _output_dim(visual), {"vision_cfg": {"timm_proj": "linear", "timm_proj_bias": False}},
+                    ref.device, ref.dtype)
+        return _slot_site(slot, visual)
     raise UnsupportedModelError(f"this TimmModel's head ({[n for n, _ in head.named_children()]}) ends in neither a "
                                 "linear projection (`head.proj`, `head.mlp.fc2`) nor the trunk output; nothing to edit")
 
@@ -223,7 +247,7 @@ def _lookup(obj: nn.Module, registry: dict) -> Callable:
 def _hf_site(model: nn.Module, kind: str, tower: str) -> Site:
     """transformers ``CLIPModel``: ``visual_projection`` / ``text_projection``; ``SiglipModel``: the
     text tower's ``head`` Linear, and a :class:`Slot` after the vision tower's pooling head."""
-    image = lambda x: encode_image(model, x)  # noqa: E731
+    image = lambda x: encode_image(model, x)
     if kind == "clip":
         linear = model.visual_projection if tower == "image" else model.text_projection
         return _linear_site(linear, image) if tower == "image" else \
@@ -235,8 +259,9 @@ def _hf_site(model: nn.Module, kind: str, tower: str) -> Site:
     if head is None:
         raise UnsupportedModelError("this SiglipModel's vision tower has no pooling head (vision_use_head=False); "
                                     "nothing to edit on the image side: use towers=('text',)")
-    slot = Slot(head, "edit_proj", model.config.vision_config.hidden_size)
-    return _slot_site(slot, image, next(head.parameters()))
+    ref = next(head.parameters())
+    slot = Slot(head, "edit_proj", model.config.vision_config.hidden_size, device=ref.device, dtype=ref.dtype)
+    return _slot_site(slot, image)
 
 
 def is_clip(model) -> bool:
@@ -266,15 +291,24 @@ def find_site(model: nn.Module, tower: str) -> Site:
     return site
 
 
+def tower_sites(model: nn.Module, towers=TOWERS, strict: bool = False) -> dict[str, Site]:
+    """``{tower: Site}`` of ``towers`` (default: both), one lookup each. A tower without a supported
+    site raises :class:`UnsupportedModelError` if ``strict``, else is left out."""
+    out = {}
+    for tower in towers:
+        try:
+            out[tower] = find_site(model, tower)
+        except UnsupportedModelError:
+            if strict:
+                raise
+    return out
+
+
 def folded_config(model: nn.Module, model_cfg: dict) -> dict:
     """``model_cfg`` (an open_clip config) describing ``model`` once its edits are folded: a tower
     that received an :class:`EditLinear` gets the config of an open_clip projection layer."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in model_cfg.items()}
-    for tower in TOWERS:
-        try:
-            site = find_site(model, tower)
-        except UnsupportedModelError:
-            continue
+    for tower, site in tower_sites(model).items():
         if site.slot is not None and site.slot.installed is not None:
             if site.slot.folded_cfg is None:
                 raise UnsupportedModelError(f"the {tower} tower's edit layer has no open_clip config equivalent")

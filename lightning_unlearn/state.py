@@ -23,10 +23,10 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .request import ForgetRequest
-from .sites import TOWERS, EditLinear, UnsupportedModelError, find_site
+from .sites import EditLinear
+from .stack import projection_stacks, stacks, stored_edits
 
 #: Bytes of the edit id as stored in a uint8 buffer (``CLIPUnlearning.computed_edit_id``).
 EDIT_ID_LEN = 16
@@ -99,14 +99,9 @@ def edit_id_from_tensor(t: torch.Tensor) -> str:
 
 
 def checkpoint_edits(state_dict: Mapping[str, Any], prefix: str) -> dict[str, tuple[dict, torch.Tensor]]:
-    """Edits stored in a ``state_dict`` under ``prefix``: ``{key of P.weight: (info, M)}``."""
-    out = {}
-    for key, value in state_dict.items():
-        if key.startswith(prefix) and ".parametrizations." in key and key.endswith("._extra_state"):
-            stem = key[: -len("_extra_state")]
-            if isinstance(value, Mapping) and "info" in value and stem + "P.weight" in state_dict:
-                out[stem + "P.weight"] = (json.loads(value["info"]), state_dict[stem + "P.weight"])
-    return out
+    """Edits stored in a ``state_dict`` under ``prefix``: ``{key of P.weight: (info, M)}``
+    (:func:`~lightning_unlearn.stack.stored_edits`, which knows how an edit stack's keys read)."""
+    return stored_edits(state_dict, prefix)
 
 
 # ---------------------------------------------------------------------------------------------- weights digest
@@ -116,27 +111,15 @@ PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": t
 BACKBONE = "backbone"
 
 
-def _original(module: nn.Module, name: str) -> torch.Tensor:
-    """The unedited tensor ``module.<name>`` (under its parametrization if it has one)."""
-    if parametrize.is_parametrized(module, name):
-        return getattr(module.parametrizations, name).original
-    return getattr(module, name)
-
-
 def unedited_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter of ``model`` by its name in the unedited model (edits left out, the original
-    of each parametrized tensor under its own name; layers an edit installed left out too)."""
-    out = {}
+    of each edited tensor under its own name; layers an edit installed left out too)."""
+    edited = stacks(model)
+    originals = {id(st.original): st.key for st in edited}
+    maps = {id(p) for st in edited for e in st.edits for p in e.parameters()}  # the edits' own
     installed = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, EditLinear))  # the edit's own layers
-    for name, p in model.named_parameters():
-        if installed and name.startswith(installed):
-            continue
-        if "parametrizations." in name:
-            if not name.endswith(".original"):
-                continue  # an injected edit's own map
-            name = name.replace("parametrizations.", "").removesuffix(".original")
-        out[name] = p
-    return out
+    return {originals.get(id(p), name): p for name, p in model.named_parameters()
+            if id(p) not in maps and not name.startswith(installed)}
 
 
 def _precision(tensors) -> str:
@@ -171,22 +154,10 @@ def weights_digest(model: nn.Module) -> dict[str, dict]:
     (``{qualified name: {"tower", "shape", "precision", "sha256"}}``) and ``"backbone"``: every other
     weight of the model (both towers: the edit was computed through both). Each sha256 is taken of
     the values rounded to a precision (see :func:`check_digest`)."""
-    names = {id(m): n for n, m in model.named_modules()}
-    out, projections = {}, set()
-    for tower in TOWERS:
-        try:
-            site = find_site(model, tower)
-        except UnsupportedModelError:
-            continue
-        if site.slot is not None:  # a layer the edit installs: not a weight of the model
-            continue
-        for attr in (site.weight, site.bias):
-            if attr is None:
-                continue
-            t = _original(site.module, attr)
-            key = f"{names[id(site.module)]}.{attr}".lstrip(".")
-            projections.add(key)
-            out[key] = _entry({key: t}, tower=tower, shape=list(t.shape))
+    out, projections = {}, projection_stacks(model)
+    for key, (tower, st) in projections.items():
+        t = st.original
+        out[key] = _entry({key: t}, tower=tower, shape=list(t.shape))
     rest = {k: v for k, v in unedited_parameters(model).items() if k not in projections}
     out[BACKBONE] = _entry(rest, tower="all", n_tensors=len(rest), numel=sum(v.numel() for v in rest.values()))
     return out
@@ -196,20 +167,8 @@ def _model_tensors(model: nn.Module, key: str) -> dict[str, torch.Tensor] | None
     params = unedited_parameters(model)
     if key != BACKBONE:
         return {key: params[key]} if key in params else None
-    return {k: v for k, v in params.items() if k not in _projection_keys(model)}
-
-
-def _projection_keys(model: nn.Module) -> set[str]:
-    names, keys = {id(m): n for n, m in model.named_modules()}, set()
-    for tower in TOWERS:
-        try:
-            site = find_site(model, tower)
-        except UnsupportedModelError:
-            continue
-        if site.slot is not None:  # a layer the edit installs: not one of the model's weights
-            continue
-        keys |= {f"{names[id(site.module)]}.{a}".lstrip(".") for a in (site.weight, site.bias) if a is not None}
-    return keys
+    projections = projection_stacks(model)
+    return {k: v for k, v in params.items() if k not in projections}
 
 
 def _common(have: str, theirs: str) -> str | None:
@@ -258,9 +217,6 @@ def missing_digest(expected, model: nn.Module, towers) -> list[str]:
     lacks (the check fails closed: what is not in the digest is not trusted)."""
     if not isinstance(expected, dict):
         return ["the whole weights digest"]
-    names, need = {id(m): n for n, m in model.named_modules()}, [BACKBONE]
-    for tower in towers:
-        site = find_site(model, tower)
-        if site.slot is None:  # a layer the edit installs has no weights of the model's to digest
-            need += [f"{names[id(site.module)]}.{a}".lstrip(".") for a in (site.weight, site.bias) if a is not None]
+    # a tower without a supported site raises; a layer an edit installs has no weights of the model's to digest
+    need = [BACKBONE, *projection_stacks(model, towers, strict=True)]
     return [k for k in need if not isinstance(expected.get(k), dict) or not expected[k].get("sha256")]

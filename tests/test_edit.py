@@ -6,7 +6,6 @@ restored to the snapshot taken at creation. Big architectures run at 64 px with 
 or tiny prototype budgets.
 """
 import copy
-import sys
 
 import open_clip
 import pytest
@@ -18,7 +17,9 @@ from lightning_unlearn import (EditError, ForgetRequest, RequestError, UnlearnCo
                                prototypes, restore_, unlearn_)
 from lightning_unlearn import cache, directions, zeroshot
 from lightning_unlearn.directions import cell_texts, class_texts
-from lightning_unlearn.edit import edit_modules, remove_edit_, unlearned
+from lightning_unlearn.compose import remove_edit_
+from lightning_unlearn.edit import unlearned
+from lightning_unlearn.stack import edit_modules
 from lightning_unlearn.sites import find_site
 
 from conftest import ARCHS, BIG, CLASSES, DOMAINS, assert_bit_identical, snapshot
@@ -74,32 +75,6 @@ def test_injected_and_folded_outputs_are_equal(zoo, tower, site):
     assert set(originals) == {n for n in names}
     model.load_state_dict(originals, strict=False)
     assert_bit_identical(model, zoo.snapshot)
-
-
-@pytest.mark.parametrize("zoo", ["world-clip", "lu-test-custom-text"], indirect=True)
-def test_one_unlearn_call_finds_each_towers_site_once(zoo, monkeypatch):
-    calls = []
-
-    def counting(model, tower):
-        calls.append(tower)
-        return find_site(model, tower)
-    for module in [m for n, m in sys.modules.items() if n.startswith("lightning_unlearn")]:
-        if getattr(module, "find_site", None) is find_site:  # wherever it is looked up, sites itself included
-            monkeypatch.setattr(module, "find_site", counting)
-    model, tok = zoo.model, zoo.tokenizer
-    forget_dog = ForgetRequest(CLASSES, DOMAINS, forget_classes=["dog"], templates=TEMPLATES)
-    in_sketches = ForgetRequest(CLASSES, DOMAINS, forget_classes=["cat"], forget_domains=["sketch"], templates=TEMPLATES)
-    for request, kwargs in [(forget_dog, dict(towers=("image", "text"))), (in_sketches, dict(compose=True))]:
-        calls.clear()
-        unlearn_(model, tok, request, **FAST, **TINY_PROTOS, **kwargs)
-        assert sorted(calls) == sorted(kwargs.get("towers", ("image",)))
-    restore_(model)
-    calls.clear()
-    unlearn_(model, tok, forget_dog, depth="deep", deep_prototypes=1, **FAST, **TINY_PROTOS)
-    assert calls == ["image"]
-    restore_(model)
-    with pytest.raises(ValueError, match="`resolved` is the image tower's site, not the text tower's"):
-        inject_(model, torch.eye(find_site(model, "text").dims[1]), "text", resolved=find_site(model, "image"))
 
 
 @pytest.mark.parametrize("zoo", ["world-clip"], indirect=True)
@@ -469,7 +444,8 @@ def test_the_context_manager_removes_its_edit_also_on_an_exception(zoo):
 
 @pytest.mark.parametrize("zoo", ["world-clip", "RN50"], indirect=True)  # RN50: a projection with a bias
 def test_a_composed_feature_bound_edit_goes_below_the_global_one_on_every_tensor(zoo):
-    from lightning_unlearn.edit import _parametrized, suspended
+    from lightning_unlearn.compose import suspended
+    from lightning_unlearn.stack import stacks
     model, tok = zoo.model, zoo.tokenizer
     before = zoo.outputs()
     g = unlearn_(model, tok, req("dog"), method="text", **FAST).name
@@ -477,5 +453,5 @@ def test_a_composed_feature_bound_edit_goes_below_the_global_one_on_every_tensor
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(zoo.outputs(), before))
     assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(zoo.outputs(), before))  # and comes back
     d = unlearn_(model, tok, req("cat", forget_domains=[DOMAINS[0]]), method="text", compose=True, **FAST).name
-    chains = [[e.info["name"] for e in getattr(m.parametrizations, t)] for m, t in _parametrized(model)]
+    chains = [st.names for st in stacks(model)]
     assert len(chains) == (2 if zoo.name == "RN50" else 1) and all(c == [d, g] for c in chains)
