@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.unlearning import QUICK, depth, measure, prepare  # noqa: E402
+from benchmarks.unlearning import QUICK, depth, prepare  # noqa: E402
+from lightning_unlearn.zeroshot import request_accuracy  # noqa: E402
 from lightning_unlearn.data.datasets import rendered_batches  # noqa: E402
 from lightning_unlearn import ForgetRequest, restore_, unlearn_  # noqa: E402
 
@@ -44,7 +45,7 @@ def main(argv=None):
         for alpha in alphas:
             torch.manual_seed(0)
             unlearn_(emb.model, emb.tokenizer, request, alpha=alpha, progress=False)
-            m = measure(emb.model, emb, batches, request, colour_T)
+            m = request_accuracy(emb.model, emb, batches, request, colour_T)
             audit = depth(emb.model, emb, request, fit_batches, batches, before=before)  # a joint-site edit
             restore_(emb.model)
             points.append({"alpha": alpha, **m, "probe_balanced_acc": audit["probe_balanced_acc"], "audit": audit})

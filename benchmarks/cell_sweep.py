@@ -31,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
 from lightning_unlearn.probes import binary_probe  # noqa: E402
-from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
+from lightning_unlearn.data import CLASSES, DOMAINS, embed_split  # noqa: E402
 from lightning_unlearn.metrics import forget_mask  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
 from lightning_unlearn.zeroshot import classifier, split_accuracy, worst_cells  # noqa: E402
@@ -55,17 +55,6 @@ PARADIGMS = {"global": [{"forget_classes": [c]} for c in CLASSES],
 
 #: A variant override (not a config field): apply the request's cells one at a time, each composed on the last.
 ONE_BY_ONE = "one_cell_at_a_time"
-
-
-@torch.no_grad()
-def embed_split(emb, split: str, n_per_cell: int):
-    """Unnormalised image embeddings of a split and their (class, domain, colour) labels."""
-    world = World(split, n_per_cell)
-    samples = [world[i] for i in range(len(world))]
-    x = torch.stack([emb.preprocess(s.image) for s in samples])
-    h = torch.cat([emb.model.encode_image(x[i:i + 500]).float() for i in range(0, len(x), 500)])
-    y = torch.tensor([(s.cls, s.domain, s.colour) for s in samples])
-    return x, h, y
 
 
 def score(h, y, M, T, colour_T, request, n_classes, n_domains) -> dict:

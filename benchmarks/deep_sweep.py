@@ -43,10 +43,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_unlearn import ForgetRequest, UnlearnConfig, restore_, unlearn_  # noqa: E402
 from lightning_unlearn import cache, deep  # noqa: E402
-from lightning_unlearn.probes import binary_probe, fit_probe  # noqa: E402
-from lightning_unlearn.data.world import CLASSES, DOMAINS, World  # noqa: E402
+from lightning_unlearn.data import CLASSES, DOMAINS, cell_images, render_split  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
-from lightning_unlearn.zeroshot import classifier  # noqa: E402
+from lightning_unlearn.metrics import depth_metrics  # noqa: E402
+from lightning_unlearn.zeroshot import classifier, encode_images  # noqa: E402
 
 REQUESTS = ([("global", {"forget_classes": [c]}) for c in CLASSES]
             + [("domain-specific", {"forget_classes": [c], "forget_domains": [d]}) for c in CLASSES for d in DOMAINS]
@@ -55,78 +55,30 @@ N_EVIDENCE = 5
 EVERY_CELL = (5, 20, 80)
 
 
-def images(emb, split: str, n: int):
-    w = World(split, n)
-    s = [w[i] for i in range(len(w))]
-    return torch.stack([emb.preprocess(a.image) for a in s]), torch.tensor([(a.cls, a.domain, a.colour) for a in s])
-
-
-@torch.no_grad()
-def encode(model, x, batch=400):
-    return torch.cat([model.encode_image(x[i:i + batch]).double() for i in range(0, len(x), batch)])
-
-
-def masks(y, request):
-    forget = torch.zeros(len(y), dtype=torch.bool)
-    for c, d in request.forget_cells:
-        forget |= (y[:, 0] == request.classnames.index(c)) & (y[:, 1] == request.domains.index(d))
-    same = torch.zeros_like(forget)
-    for c in request.forget_classes or ():  # whole domains: no same-class cells
-        same |= y[:, 0] == request.classnames.index(c)
-    return forget, same & ~forget
-
-
-def measure(Hv, yv, Ht, yt, request, T, Tc) -> dict:
-    """Zero-shot and probe metrics of edited val (probe fit) and test (scored) raw embeddings."""
-    fv, _ = masks(yv, request)
-    ft, st = masks(yt, request)
-    mean = lambda m: float(m.double().mean()) if m.numel() else None  # noqa: E731
-    zs = (F.normalize(Ht, dim=-1) @ T).argmax(1) == yt[:, 0]
-    out = {"zs_forget": mean(zs[ft]), "zs_retain": mean(zs[~ft]), "zs_same": mean(zs[st]),
-           "colour": mean((F.normalize(Ht, dim=-1) @ Tc).argmax(1) == yt[:, 2])}
-    for name, f in [("raw", lambda h: h), ("norm", lambda h: F.normalize(h, dim=-1))]:
-        out[f"probe_bal_{name}"] = binary_probe(f(Hv), fv, f(Ht), ft)
-    ok = fit_probe(Hv, yv[:, 0], len(request.classnames))(Ht) == yt[:, 0]
-    return out | {"probe_recall": mean(ok[ft]), "probe_recall_same": mean(ok[st]),
-                  "probe_retain_acc": mean(ok[~ft & ~st])}
+def encode(model, x) -> torch.Tensor:
+    """Raw image embeddings in float64, 400 images at a time."""
+    return encode_images(model, x, batch_size=400).double()
 
 
 def data(emb, n: int, n_train: int = N_EVIDENCE):
     """Images and labels of ``n`` val and test and ``n_train`` train images per cell, and the class
     and colour classifiers."""
-    xv, yv = images(emb, "val", n)
-    xt, yt = images(emb, "test", n)
-    xe, ye = images(emb, "train", n_train)
+    xv, yv = render_split("val", n, emb.preprocess)
+    xt, yt = render_split("test", n, emb.preprocess)
+    xe, ye = render_split("train", n_train, emb.preprocess)
     T = classifier(emb.model, emb.tokenizer, emb.classnames, emb.templates).double()
     Tc = classifier(emb.model, emb.tokenizer, emb.colours, emb.colour_templates).double()
     return {"xv": xv, "yv": yv, "xt": xt, "yt": yt, "xe": xe, "ye": ye, "T": T, "Tc": Tc}
 
 
-def research_setup(n: int, k: int):
-    """For the scripts in benchmarks/deep_research: seeded, gradients on (prototype synthesis), the
-    embedded model, ``n`` val and test and ``k`` train images per cell (images, labels), the class
-    and colour classifiers, and every cell's train images as ``evidence``."""
-    torch.manual_seed(0)
-    torch.set_grad_enabled(True)
-    emb = load_embedded()
-    D = data(emb, n, k)
-    cells = [(c, d) for c in CLASSES for d in DOMAINS]
-    return emb, D, evidence_of(D, cells, k)
-
-
 def evidence_of(D, cells, k: int = N_EVIDENCE):
     """The first ``k`` train images of each of ``cells``, as ``evidence``."""
-    ci, di = D["ye"][:, 0], D["ye"][:, 1]
-    return {(c, d): D["xe"][(ci == CLASSES.index(c)) & (di == DOMAINS.index(d))][:k] for c, d in cells}
+    return cell_images(D["xe"], D["ye"], cells, k)
 
 
-def cell_rows(H, y, cell):
-    """The rows of ``H`` labelled ``cell``."""
-    return H[(y[:, 0] == CLASSES.index(cell[0])) & (y[:, 1] == DOMAINS.index(cell[1]))]
-
-
-def cell_mean(H, y, cell):
-    return cell_rows(H, y, cell).mean(0)
+def measure(Hv, yv, Ht, yt, request, D) -> dict:
+    """:func:`~lightning_unlearn.metrics.depth_metrics` with the class and colour classifiers of ``D``."""
+    return depth_metrics(Hv, yv, Ht, yt, request, D["T"], D["Tc"])
 
 
 def feature_sweep(emb, D, requests, every_cell=EVERY_CELL, save=lambda runs: None) -> list[dict]:
@@ -143,8 +95,8 @@ def feature_sweep(emb, D, requests, every_cell=EVERY_CELL, save=lambda runs: Non
     print(f"prototypes of every cell: {time.perf_counter() - t0:.1f} s", flush=True)
     cells = list(proto)
     pmean = {c: h.mean(0) for c, h in proto.items()}
-    real = {c: cell_mean(Hv, D["yv"], c) for c in cells}  # the prototypes' statistics only
-    evid = {k: {c: cell_rows(He, D["ye"], c)[:k] for c in cells} for k in {N_EVIDENCE, *every_cell}}
+    real = {c: h.mean(0) for c, h in cell_images(Hv, D["yv"], cells).items()}  # the prototypes' statistics only
+    evid = {k: cell_images(He, D["ye"], cells, k) for k in {N_EVIDENCE, *every_cell}}
     stats = {"proto_zs_acc": float(((F.normalize(torch.stack([pmean[c] for c in cells]), dim=-1) @ D["T"]).argmax(1)
                                     == torch.tensor([CLASSES.index(c) for c, _ in cells])).double().mean()),
              "proto_to_real_mean_dist_rel": float(torch.stack([(pmean[c] - real[c]).norm() / real[c].norm()
@@ -161,7 +113,7 @@ def feature_sweep(emb, D, requests, every_cell=EVERY_CELL, save=lambda runs: Non
         for name, cell_h in variants.items():
             E = torch.eye(Hv.shape[1], dtype=torch.float64) if cell_h is None else \
                 deep.eraser(cell_h, request, normalised=name.startswith("deep+every-cell"))
-            row = measure(Hv @ E.T, D["yv"], Ht @ E.T, D["yt"], request, D["T"], D["Tc"])
+            row = measure(Hv @ E.T, D["yv"], Ht @ E.T, D["yt"], request, D)
             runs.append({"paradigm": paradigm, "variant": name, "forget": request.describe()} | row)
             save(runs)
             print(f"{paradigm:16s} {name:14s} {request.describe():40s} " +
@@ -186,7 +138,7 @@ def model_sweep(emb, D, requests, every_cell=EVERY_CELL) -> list[dict]:
                             (f"deep+every-cell-{k}", {"depth": "deep", "evidence": evidence_of(D, everything, k)})]:
             with cache.use(cache.Cache()):  # every edit cold: its time is comparable
                 u = unlearn_(model, emb.tokenizer, request, progress=False, **extra)
-            row = measure(encode(model, D["xv"]), D["yv"], encode(model, D["xt"]), D["yt"], request, D["T"], D["Tc"])
+            row = measure(encode(model, D["xv"]), D["yv"], encode(model, D["xt"]), D["yt"], request, D)
             restore_(model)
             runs.append({"paradigm": paradigm, "variant": name, "forget": request.describe(),
                          "edit_seconds": round(u.seconds, 2)} | row)

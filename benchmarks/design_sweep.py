@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.unlearning import measure, prepare  # noqa: E402
+from benchmarks.unlearning import prepare  # noqa: E402
+from lightning_unlearn.zeroshot import request_accuracy  # noqa: E402
 from lightning_unlearn import EditError, ForgetRequest, restore_, unlearn_  # noqa: E402
 
 REQUESTS = [("global", {"forget_classes": ["star"]}), ("global", {"forget_classes": ["hexagon"]}),
@@ -52,7 +53,7 @@ def main(argv=None):
     rows = []
     for paradigm, kw in REQUESTS:
         request = ForgetRequest(emb.classnames, emb.domains, **kw)
-        before = measure(emb.model, emb, batches, request, colour_T)
+        before = request_accuracy(emb.model, emb, batches, request, colour_T)
         for name, overrides in VARIANTS.items():
             torch.manual_seed(0)
             t0 = time.perf_counter()
@@ -62,7 +63,7 @@ def main(argv=None):
                 print(f"{request.describe()[:60]:60s} {name:36s} refused: {e}", flush=True)
                 after = before
             else:
-                after = measure(emb.model, emb, batches, request, colour_T)
+                after = request_accuracy(emb.model, emb, batches, request, colour_T)
                 restore_(emb.model)
             seconds = time.perf_counter() - t0
             row = {"paradigm": paradigm, "forget": request.describe(), "variant": name.strip(),

@@ -44,12 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def _import_library() -> None:
     """The library, imported once the device is known (a refusal answers at once)."""
     global label_space, ForgetRequest, cache, restore_, unlearn_, QUICK_REQUESTS, rendered_batches, load_clip
-    global evaluate, split_accuracy, worst_cells
+    global request_accuracy, worst_cells
     from benchmarks.edit_cost import label_space
     from lightning_unlearn import ForgetRequest, cache, restore_, unlearn_
     from lightning_unlearn.data import QUICK_REQUESTS, rendered_batches
     from lightning_unlearn.load import load_clip
-    from lightning_unlearn.zeroshot import evaluate, split_accuracy, worst_cells
+    from lightning_unlearn.zeroshot import request_accuracy, worst_cells
 
 SECTIONS = ("demo", "whole_domains", "precision", "edit_cost")
 REFUSAL = ("device_check: no CUDA device here (torch.cuda.is_available() is False with torch {torch}): this "
@@ -80,8 +80,9 @@ def sync(device: str) -> None:
 
 
 def measure(lc, batches, request) -> tuple[dict, tuple]:
-    res = evaluate(lc.model, lc.tokenizer, lc.classnames, lc.templates, batches, lc.domains, progress=False)
-    return split_accuracy(res["correct"], res["total"], request), (res["correct"], res["total"])
+    """The request's accuracies on ``batches`` and the per-cell counts ``(correct, total)``."""
+    out = request_accuracy(lc.model, lc, batches, request, cells=True)
+    return out, out.pop("cells")
 
 
 def edit_row(lc, batches, kw: dict, device: str, before=None, **overrides) -> dict:

@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import finetune_baseline as fb  # noqa: E402
-from benchmarks.unlearning import measure, prepare  # noqa: E402
+from benchmarks.unlearning import prepare  # noqa: E402
+from lightning_unlearn.zeroshot import request_accuracy  # noqa: E402
 from lightning_unlearn import ForgetRequest  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def main(argv=None):
     synth = {}
     for c in args.classes.split(","):
         request = ForgetRequest(emb.classnames, emb.domains, forget_classes=[c])
-        before = measure(emb.model, emb, batches, request, colour_T)
+        before = request_accuracy(emb.model, emb, batches, request, colour_T)
         for point in args.grid:
             lr, spe = point.split(":")
             recipe = fb.Recipe(lr=float(lr), steps_per_epoch=int(spe))
@@ -60,7 +61,7 @@ def main(argv=None):
             edited, info = fb.finetune_unlearn(emb.model, emb.tokenizer, request, emb.templates, recipe)
             synth.setdefault(c, info["synthesis_seconds"])
             info["seconds_to_criterion"] = info["seconds"] - info["synthesis_seconds"] + synth[c]
-            after = measure(edited, emb, batches, request, colour_T)
+            after = request_accuracy(edited, emb, batches, request, colour_T)
             row = {"class": c, "lr": float(lr), "steps_per_epoch": int(spe), "split": "val", "before": before,
                    "after": after, **info}
             rows.append(row)

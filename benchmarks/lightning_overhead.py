@@ -113,8 +113,8 @@ def main(argv=None) -> dict:
     folded = module.folded_model()
     batches = rendered_batches("test", args.n_per_cell, batch_size=args.batch_size)
     n_images = sum(len(b[0]) for b in batches)
-    T = zeroshot.classifier(plain, module.tokenizer, module.classnames, module.templates)
-    T_edit = zeroshot.classifier(module.clip, module.tokenizer, module.classnames, module.templates)
+    T = zeroshot.classifier(plain, module.tokenizer, module.classnames, module.evaluation.templates)
+    T_edit = zeroshot.classifier(module.clip, module.tokenizer, module.classnames, module.evaluation.templates)
 
     loader = torch.utils.data.DataLoader(Batches(batches), batch_size=None)
     watch = Stopwatch()

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.unlearning import DOMAIN_SPECIFIC, summary  # noqa: E402
 from lightning_unlearn import ForgetRequest  # noqa: E402
-from lightning_unlearn.data.world import DOMAINS, World  # noqa: E402
+from lightning_unlearn.data import DOMAINS, render_split  # noqa: E402
 from lightning_unlearn.load import load_clip  # noqa: E402
 from lightning_unlearn.sites import find_site  # noqa: E402
 from lightning_unlearn.zeroshot import classifier, split_accuracy  # noqa: E402
@@ -48,9 +48,7 @@ FIT_SITES = ("joint", "pooled")
 def features(model, preprocess, split: str, n_per_cell: int, batch: int = 500) -> dict:
     """Labels (class, domain, colour) and features of a split: ``block1..N`` (class token after
     each ViT block), ``pooled`` and ``joint`` (= pooled @ proj, as VisionTransformer.forward)."""
-    world = World(split, n_per_cell)
-    samples = [world[i] for i in range(len(world))]
-    x = torch.stack([preprocess(s.image) for s in samples])
+    x, y = render_split(split, n_per_cell, preprocess)
     blocks = model.visual.transformer.resblocks
     assert model.visual.transformer.batch_first  # open_clip 3.x: (N, L, D), token 0 is the class token
     out = {f"block{i + 1}": [] for i in range(len(blocks))} | {"pooled": []}
@@ -65,7 +63,7 @@ def features(model, preprocess, split: str, n_per_cell: int, batch: int = 500) -
             h.remove()
     feats = {k: torch.cat(v).double() for k, v in out.items()}
     feats["joint"] = feats["pooled"] @ model.visual.proj.double()
-    return feats | {"y": torch.tensor([(s.cls, s.domain, s.colour) for s in samples])}
+    return feats | {"y": y}
 
 
 def interaction(f: torch.Tensor, y: torch.Tensor, C: int, D: int) -> dict:

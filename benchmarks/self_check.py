@@ -38,10 +38,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.cell_sweep import embed_split  # noqa: E402
 from lightning_unlearn import ForgetRequest, cache, restore_, unlearn_  # noqa: E402
 from lightning_unlearn import prototypes as protos  # noqa: E402
-from lightning_unlearn.data import QUICK_REQUESTS  # noqa: E402
+from lightning_unlearn.data import QUICK_REQUESTS, embed_split  # noqa: E402
 from lightning_unlearn.data.world import CLASSES, DOMAINS  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
 from lightning_unlearn.zeroshot import classifier, split_accuracy, worst_cells  # noqa: E402

@@ -41,7 +41,7 @@ from lightning_unlearn import EditError, ForgetRequest, UnlearnConfig, cache, re
 from lightning_unlearn.audit import LAYERS, audit_features, extract  # noqa: E402
 from lightning_unlearn.data import CLASSES, DOMAINS, QUICK_REQUESTS, rendered_batches  # noqa: E402
 from lightning_unlearn.load import load_clip  # noqa: E402
-from lightning_unlearn.zeroshot import classifier, evaluate, split_accuracy, worst_cells  # noqa: E402
+from lightning_unlearn.zeroshot import classifier, request_accuracy, worst_cells  # noqa: E402
 
 SINGLE = ([("global", {"forget_classes": [c]}) for c in CLASSES]
           + [("domain-specific", {"forget_classes": [c], "forget_domains": [d]}) for c in CLASSES for d in DOMAINS]
@@ -65,18 +65,11 @@ METHODS = {"text": {"method": "text"}, "regularized": {"method": "text", "solver
            "multimodal": {}, "deep": {"depth": "deep"}}
 
 
-def measure(model, emb, batches, request, colour_T, cells: bool = False) -> dict:
-    res = evaluate(model, emb.tokenizer, emb.classnames, emb.templates, batches, emb.domains, progress=False,
-                   extra={"colour": (colour_T, lambda b: b[3])})
-    out = split_accuracy(res["correct"], res["total"], request) | {"unrelated_acc": res["colour_accuracy"]}
-    return out | ({"cells": (res["correct"], res["total"])} if cells else {})
-
-
 def run_worst_cells(request, before: tuple, after: tuple) -> dict:
     """The worst forgotten and retained cells (:func:`lightning_unlearn.zeroshot.worst_cells`) from the
-    per-cell counts ``(correct, total)`` of :func:`measure` (``cells=True``)."""
+    per-cell counts ``(correct, total)`` of :func:`~lightning_unlearn.zeroshot.request_accuracy`
+    (``cells=True``)."""
     return worst_cells(*after, request, before=before)
-    return worst_cells(a, torch.ones_like(a), request, before=(b, torch.ones_like(b)))
 
 
 def prepare(n_per_cell: int, split: str = "test"):
@@ -123,7 +116,7 @@ def run(args) -> dict:
     for kind, paradigm, steps, union in requests:
         request = ForgetRequest(emb.classnames, emb.domains, **union)
         parts = [ForgetRequest(emb.classnames, emb.domains, **kw) for kw in steps]
-        before = measure(model, emb, batches, request, colour_T, cells=True)
+        before = request_accuracy(model, emb, batches, request, colour_T, cells=True)
         cells_before = before.pop("cells")
         audit_before = depth(model, emb, request, fit_batches, batches, unedited)
         for name in names:
@@ -131,7 +124,7 @@ def run(args) -> dict:
                 if kind != "single" or json.dumps(union, sort_keys=True) not in finetune_on:
                     continue
                 edited, info = finetune_unlearn(model, emb.tokenizer, request, emb.templates, recipe)
-                after = measure(edited, emb, batches, request, colour_T, cells=True)
+                after = request_accuracy(edited, emb, batches, request, colour_T, cells=True)
                 seconds, extra = info["seconds"], info
                 audit_after = depth(edited, emb, request, fit_batches, batches)
             else:
@@ -144,7 +137,7 @@ def run(args) -> dict:
                 except (ValueError, EditError) as e:  # refused (text-only two-sided on whole domains): no edit
                     after, seconds, extra, audit_after = before, 0.0, {"refused": str(e)}, audit_before
                 else:
-                    after, extra = measure(model, emb, batches, request, colour_T, cells=True), {"rank": ranks}
+                    after, extra = request_accuracy(model, emb, batches, request, colour_T, cells=True), {"rank": ranks}
                     joint = UnlearnConfig(**methods[name]).site == "joint"
                     audit_after = None if args.audit_methods and name not in args.audit_methods else depth(
                         model, emb, request, fit_batches, batches, before=audit_before if joint else None)

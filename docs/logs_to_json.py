@@ -1,7 +1,8 @@
 """Convert the deep-mode research logs (``benchmarks/results/deep_research/*.log``) into JSON beside them.
 
-The scripts of ``benchmarks/deep_research/`` print one line per (request, variant): a label (the paradigm,
-the request's description cut to a fixed width, the variant) followed by ``key=value`` measurements.
+The (archived) scripts of ``benchmarks/archive/deep_research/`` printed one line per (request,
+variant): a label (the paradigm, the request's description cut to a fixed width, the variant)
+followed by ``key=value`` measurements.
 This turns each line into ``{"paradigm", "label", "variant", <key>: <float>, ...}`` so that the docs
 render and check those numbers from JSON like every other result; nothing is rerun. Usage (from the
 repository root)::

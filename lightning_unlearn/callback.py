@@ -21,8 +21,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from .edit import UnlearnConfig, Unlearned, check_mode, edits, restore_
-from .integration import (UnsupportedStrategyError, carried_edit_ids, check_metrics, check_strategy, compute_edit_,
-                          edit_parameters, find_clip, make_config, make_request)
+from .integration import (UnsupportedStrategyError, carried_edit_ids, check_flags, check_metrics, check_strategy,
+                          check_tokenizer, compute_edit_, edit_parameters, edit_summary, find_clip, make_config,
+                          make_request)
 from .request import ForgetRequest, RequestError
 from .state import checkpoint_edits, config_dict, describe_info, edit_id, info_edit_id
 
@@ -77,15 +78,11 @@ class NullspaceUnlearning(Callback):
                  compose: bool = False, progress: bool = False, evidence: Mapping | None = None,
                  self_check: bool = False, **overrides):
         self.request = make_request(request)
-        if tokenizer is not None and not callable(tokenizer):
-            raise TypeError(f"`tokenizer` must be callable (e.g. open_clip.get_tokenizer(name)), got "
-                            f"{type(tokenizer).__name__}")
+        check_tokenizer(tokenizer)
         if model_attr is not None and (not isinstance(model_attr, str) or not _ATTR.match(model_attr)):
             raise ValueError(f"`model_attr`={model_attr!r} must be a dotted attribute path such as 'clip' or "
                              "'backbone.model', or None to find the model automatically")
-        for name, value in [("compose", compose), ("progress", progress), ("self_check", self_check)]:
-            if not isinstance(value, bool):
-                raise TypeError(f"`{name}`={value!r} must be True or False")
+        check_flags(compose=compose, progress=progress, self_check=self_check)
         self.tokenizer, self.model_attr, self.compose, self.progress = tokenizer, model_attr, compose, progress
         self.self_check = self_check
         self.config = make_config(config, **overrides)
@@ -107,7 +104,7 @@ class NullspaceUnlearning(Callback):
         self._check_state(state_dict)
 
     def _check_state(self, state: Mapping | None) -> None:
-        theirs = state and state.get("edit_id", state.get("fingerprint"))  # older checkpoints: "fingerprint"
+        theirs = state and state.get("edit_id")
         if state and theirs != self.edit_id:
             raise RequestError(
                 f"the checkpoint was made by NullspaceUnlearning for another request or config "
@@ -192,10 +189,7 @@ class NullspaceUnlearning(Callback):
         self.result = compute_edit_(self._model, self._tokenizer, self.request, self.config, strategy=strategy,
                                     compose=self.compose, progress=self.progress, evidence=self.evidence,
                                     check=True if self.self_check else None)
-        rank_zero_info(f"NullspaceUnlearning: {self.request.describe()}; edited {list(self.result.maps)} "
-                       f"({self.config.method}, {self.config.solver}, ranks {self.result.ranks}, "
-                       f"{self.result.seconds:.2f} s, edit id {self.edit_id})"
-                       + (f"\n{self.result.check.summary()}" if self.result.check is not None else ""))
+        rank_zero_info(edit_summary("NullspaceUnlearning", self.request, self.config, self.result, self.edit_id))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self._log_check(pl_module)

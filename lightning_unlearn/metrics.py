@@ -171,3 +171,58 @@ class UnlearningAccuracy(Metric):
         domain], "acc"}, "worst_retain_cell": ...}``, None where no image of that kind was seen)."""
         from .zeroshot import worst_cells
         return worst_cells(self.correct, self.total, self.forget_cells, self.classnames, self.domains)
+
+
+def sample_masks(labels: torch.Tensor, request: ForgetRequest) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which images are in a forgotten cell, and which in a retained cell of a forgotten class.
+
+    Args:
+        labels: ``(N, >= 2)`` class and domain indices over the request's names (e.g.
+            :func:`~lightning_unlearn.data.render_split`'s labels).
+        request: the request.
+
+    Returns:
+        ``(forget, same)``: ``(N,)`` boolean masks; ``same`` ("same class, other domains") is empty
+        for whole domains.
+    """
+    forget = forget_mask(request)[labels[:, 0], labels[:, 1]]
+    forgotten = torch.zeros(len(request.classnames), dtype=torch.bool)
+    for c in request.forget_classes or ():
+        forgotten[request.classnames.index(c)] = True
+    return forget, forgotten[labels[:, 0]] & ~forget
+
+
+def _mean(hits: torch.Tensor) -> float | None:
+    return float(hits.double().mean()) if hits.numel() else None
+
+
+def depth_metrics(fit_h: torch.Tensor, fit_labels: torch.Tensor, test_h: torch.Tensor, test_labels: torch.Tensor,
+                  request: ForgetRequest, class_T: torch.Tensor, colour_T: torch.Tensor) -> dict:
+    """Zero-shot and linear-probe metrics of a request on (edited) image embeddings: probes fitted
+    on ``fit_h`` and scored, with zero-shot, on ``test_h``.
+
+    Args:
+        fit_h, test_h: raw image embeddings.
+        fit_labels, test_labels: their ``(class, domain, colour)`` indices (``(N, 3)``).
+        request: the request whose forgotten cells are scored.
+        class_T, colour_T: the class and colour zero-shot classifiers (``width x C``), in ``test_h``'s dtype.
+
+    Returns:
+        ``zs_forget``, ``zs_retain``, ``zs_same`` (zero-shot accuracy on the forgotten cells, the
+        others, the forgotten classes' other domains), ``colour``; ``probe_bal_raw`` /
+        ``probe_bal_norm`` (binary "forgotten vs the rest" probe, balanced accuracy, raw /
+        normalised embedding; chance 0.5); and the class probe's ``probe_recall`` (forgotten
+        cells), ``probe_recall_same`` and ``probe_retain_acc``. None where a set is empty.
+    """
+    from .probes import binary_probe, fit_probe
+    fv, _ = sample_masks(fit_labels, request)
+    ft, st = sample_masks(test_labels, request)
+    e = torch.nn.functional.normalize(test_h, dim=-1)
+    zs = (e @ class_T).argmax(1) == test_labels[:, 0]
+    out = {"zs_forget": _mean(zs[ft]), "zs_retain": _mean(zs[~ft]), "zs_same": _mean(zs[st]),
+           "colour": _mean((e @ colour_T).argmax(1) == test_labels[:, 2])}
+    for name, f in [("raw", lambda h: h), ("norm", lambda h: torch.nn.functional.normalize(h, dim=-1))]:
+        out[f"probe_bal_{name}"] = binary_probe(f(fit_h), fv, f(test_h), ft)
+    ok = fit_probe(fit_h, fit_labels[:, 0], len(request.classnames))(test_h) == test_labels[:, 0]
+    return out | {"probe_recall": _mean(ok[ft]), "probe_recall_same": _mean(ok[st]),
+                  "probe_retain_acc": _mean(ok[~ft & ~st])}

@@ -13,8 +13,6 @@ log forget / retain / per-domain accuracy through :class:`UnlearningAccuracy`.
 from __future__ import annotations
 
 import copy
-import difflib
-from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -24,16 +22,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
-from . import embedded, zeroshot
-from .edit import EditError, UnlearnConfig, check_mode, edit_modules, edits, fold_, inject_, restore_
-from .integration import (carried_edit_ids, check_metrics, check_strategy, compute_edit_, make_config, make_request,
-                          tower_edits)
-from .load import load_clip, model_cfg_of
-from .metrics import UnlearningAccuracy
-from .prompts import CLASS_TEMPLATES, fill_template, validate_templates
-from .request import ForgetRequest, RequestError, as_names
+from . import zeroshot
+from .edit import UnlearnConfig, check_mode, fold_, restore_
 from .encoders import encode_image, encode_text, to_device, tokenize
-from .sites import find_site, is_clip
+from .integration import check_flags, check_metrics, check_strategy, compute_edit_, edit_summary, make_config
+from .metrics import UnlearningAccuracy
+from .module_setup import (Evaluation, FineTuning, build_model, check_source, inject_placeholders, is_world, options,
+                           resolve_request, unfreeze)
+from .prompts import fill_template
+from .request import ForgetRequest, RequestError
 from .state import EDIT_ID_LEN, config_dict, edit_id, edit_id_from_tensor, edit_id_tensor
 
 
@@ -42,11 +39,12 @@ class CLIPUnlearning(LightningModule):
     forgotten by the training-free nullspace edit.
 
     Args:
-        request: what to forget, a :class:`ForgetRequest` or its ``to_dict()``; or give
-            ``forget_classes`` / ``forget_domains`` (names of ``classnames`` / ``domains``).
-        unlearn: an :class:`UnlearnConfig` or a dict of its fields (``{"method": "text"}``).
-        classnames, domains: the label names of the data, in label-index order. Default: the
-            request's names, else the embedded world's (for the embedded model and ``arch="world-clip"``).
+        request: what to forget, a :class:`ForgetRequest` or its ``to_dict()``; or, shorter,
+            ``forget_classes`` / ``forget_domains``: names of ``classnames`` / ``domains`` (with
+            ``cell_templates``, the request's (class, domain) templates).
+        classnames, domains: the data's label names, in label-index order. Default: the request's,
+            else the embedded world's (for the embedded model and ``arch="world-clip"``).
+        unlearn: the edit, an :class:`UnlearnConfig` or a dict of its fields (``{"method": "text"}``).
         arch: an open_clip model name (``"ViT-B-32"``, ``"world-clip"``) or ``"local-dir:/path"``;
             with ``weights``, a local weights file. Neither (and no ``model``): the embedded model
             (:func:`lightning_unlearn.load.load_clip`).
@@ -54,13 +52,12 @@ class CLIPUnlearning(LightningModule):
             object is not saved in the hyper-parameters, so ``load_from_checkpoint`` then needs
             ``model=`` (an un-edited model of the same architecture; the checkpoint's weights replace
             its own) and ``tokenizer=`` unless ``arch`` names it.
-        templates: zero-shot classifier templates (``{c}`` = class); ``cell_templates``: the
-            request's (class, domain) templates when built from ``forget_*``.
-        colours, colour_templates: names of an unrelated task found as a 4th label column in the
-            batches (the world's colours by default for the embedded model); logged as
-            ``<stage>/unrelated_accuracy``.
-        trainable: parameter-name prefixes of the CLIP model to fine-tune in ``fit`` (everything is
-            frozen by default; the edit itself is never trainable); ``lr``, ``weight_decay``: AdamW.
+        evaluation: how validate / test / predict classify, an :class:`Evaluation` or a dict of its
+            fields (``templates``; ``colours`` and ``colour_templates``, an unrelated task found as a
+            4th label column, the world's colours by default for the embedded model).
+        finetune: a :class:`FineTuning` or a dict of its fields: ``trainable`` parameter-name prefixes
+            of the CLIP model to fine-tune in ``fit`` (everything is frozen by default; the edit
+            itself is never trainable), AdamW's ``lr`` and ``weight_decay``.
         progress: show the edit's progress bars.
         evidence: with ``unlearn={"depth": "deep"}``, real images of cells of the label space
             (see :func:`~lightning_unlearn.edit.unlearn_`); not saved in the hyper-parameters (the
@@ -75,8 +72,10 @@ class CLIPUnlearning(LightningModule):
     Raises:
         ValueError: conflicting or missing arguments (``request`` and ``forget_*`` together, nothing to
             forget, ``arch`` without ``classnames`` / ``domains``, an unknown ``arch``, ``model`` and
-            ``weights`` together, a ``trainable`` prefix matching nothing), an invalid config.
-        TypeError: a ``tokenizer`` that is not callable, a ``model`` that is not a CLIP model.
+            ``weights`` together, a ``trainable`` prefix matching nothing), an invalid config or
+            unknown option fields.
+        TypeError: a ``tokenizer`` that is not callable, a ``model`` that is not a CLIP model, a
+            non-bool ``progress`` / ``self_check``.
         FileNotFoundError: ``weights`` is not a file.
         EditError: a passed ``model`` already carries edits.
         RequestError: a malformed request.
@@ -95,13 +94,9 @@ class CLIPUnlearning(LightningModule):
         unlearn: Optional[Union[UnlearnConfig, dict]] = None,
         arch: Optional[str] = None,
         weights: Optional[str] = None,
-        templates: Optional[list[str]] = None,
+        evaluation: Optional[Evaluation] = None,
+        finetune: Optional[FineTuning] = None,
         cell_templates: Optional[list[str]] = None,
-        colours: Optional[list[str]] = None,
-        colour_templates: Optional[list[str]] = None,
-        trainable: Optional[list[str]] = None,
-        lr: float = 1e-5,
-        weight_decay: float = 0.0,
         progress: bool = False,
         model: Optional[nn.Module] = None,
         tokenizer: Optional[Callable] = None,
@@ -109,157 +104,44 @@ class CLIPUnlearning(LightningModule):
         self_check: bool = False,
     ):
         super().__init__()
+        # every cheap check first; the model is loaded last
         self.config = make_config(unlearn)
-        for name, value in [("lr", lr), ("weight_decay", weight_decay)]:
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"`{name}`={value!r} must be a number >= 0")
-        if not isinstance(progress, bool):
-            raise TypeError(f"`progress`={progress!r} must be True or False")
-        self._check_source(model, tokenizer, arch, weights)
-        world = (model is None and arch is None) or arch == embedded.MODEL_NAME  # the embedded world's defaults
+        finetune = options(finetune, FineTuning, "finetune")
+        check_flags(progress=progress, self_check=self_check)
+        check_source(model, tokenizer, arch, weights)
+        world = is_world(model, arch)
+        self.request, self.classnames, self.domains = resolve_request(
+            request, forget_classes, forget_domains, classnames, domains, cell_templates, arch=arch, world=world)
+        check_mode(self.config, self.request, evidence)
+        self.evaluation = options(evaluation, Evaluation, "evaluation").resolved(world)
+        self._make_metrics()
 
-        # --- names and request --------------------------------------------------------------
-        if request is not None:
-            if forget_classes is not None or forget_domains is not None:
-                raise ValueError("give either `request` or `forget_classes` / `forget_domains`, not both")
-            request = make_request(request)
-            classnames = request.classnames if classnames is None else classnames
-            domains = request.domains if domains is None else domains
-        if classnames is None or domains is None:
-            if not world:
-                raise ValueError(f"`classnames` and `domains` are required for `arch`={arch!r} (the data's label "
-                                 "names in label-index order), or give a `request` that lists them")
-            classnames = embedded.Embedded.classnames if classnames is None else classnames
-            domains = embedded.Embedded.domains if domains is None else domains
-        classnames, domains = as_names(classnames, "classnames"), as_names(domains, "domains")
-        if request is None:
-            if forget_classes is None and forget_domains is None:
-                raise ValueError("nothing to forget: give `forget_classes` and/or `forget_domains` (names of "
-                                 f"`classnames` {list(classnames)} / `domains` {list(domains)}), or a `request`")
-            request = ForgetRequest(classnames, domains, forget_classes, forget_domains, templates=cell_templates)
-        elif cell_templates is not None:
-            raise ValueError("`cell_templates` only applies with `forget_classes` / `forget_domains`; a `request` "
-                             "carries its own templates")
-        self.request, self.classnames, self.domains = request, classnames, domains
-        check_mode(self.config, request, evidence)
-        self.templates = validate_templates(templates or CLASS_TEMPLATES, "c", "templates")
-        if colours is None and world:
-            colours = embedded.Embedded.colours
-            colour_templates = colour_templates or embedded.COLOUR_TEMPLATES
-        self.colours = as_names(colours, "colours", allow_none=True)
-        if self.colours is not None and colour_templates is None:
-            raise ValueError("`colour_templates` are required with `colours` (e.g. ['a {c} thing.'])")
-        self.colour_templates = validate_templates(colour_templates, "c", "colour_templates") if self.colours else None
+        self.clip, self.preprocess, self.tokenizer, self.model_config = build_model(model, tokenizer, arch, weights)
+        self.edit_id = edit_id(self.request, self.config)
+        self.register_buffer("computed_edit_id", torch.zeros(EDIT_ID_LEN, dtype=torch.uint8))
+        if inject_placeholders(self.clip, self.config, self.edit_id):  # the model already carries this edit
+            self.computed_edit_id.copy_(edit_id_tensor(self.edit_id))
+        self.clip.requires_grad_(False)
+        self.trainable = unfreeze(self.clip, finetune.trainable)
+        self.lr, self.weight_decay = finetune.lr, finetune.weight_decay
+        self.progress, self.evidence, self.self_check = progress, evidence, self_check
+        self.check = None  # the edit's selfcheck.Check, once computed
+        self._classifiers: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._tokens: torch.Tensor | None = None
+        self.save_hyperparameters({
+            "request": self.request.to_dict(), "unlearn": config_dict(self.config),
+            "classnames": list(self.classnames), "domains": list(self.domains), "arch": arch, "weights": weights,
+            "evaluation": self.evaluation.to_dict(), "finetune": finetune.to_dict(), "progress": progress})
 
-        # --- the metric (validates that the request's names are among the data's) ----------
-        self.val_metric = UnlearningAccuracy(request, classnames, domains)
-        self.test_metric = UnlearningAccuracy(request, classnames, domains)
+    def _make_metrics(self) -> None:
+        """The metrics of validation and test (they check that the request's names are the data's)."""
+        self.val_metric = UnlearningAccuracy(self.request, self.classnames, self.domains)
+        self.test_metric = UnlearningAccuracy(self.request, self.classnames, self.domains)
         self.val_unrelated = self.test_unrelated = None
-        if self.colours:  # the unrelated task's accuracy: a running mean of hits, no per-batch device sync
+        if self.evaluation.colours:  # the unrelated task's accuracy: a running mean of hits, no per-batch device sync
             self.val_unrelated = MeanMetric(nan_strategy="disable")
             self.test_unrelated = MeanMetric(nan_strategy="disable")
 
-        # --- the model and its frozen projector layers (built last: every cheap check first) --
-        clip, preprocess, tokenizer, self.model_config = self._build_model(model, tokenizer, arch, weights)
-        self.clip, self.preprocess, self.tokenizer = clip, preprocess, tokenizer
-        self.edit_id = edit_id(request, self.config)
-        self.register_buffer("computed_edit_id", torch.zeros(EDIT_ID_LEN, dtype=torch.uint8))
-        self._register_load_state_dict_pre_hook(_rename_old_buffer)
-        self._adopt_or_inject(clip)
-        self.clip.requires_grad_(False)
-        self.trainable = self._unfreeze(trainable)
-        self.lr, self.weight_decay, self.progress = lr, weight_decay, progress
-        self.evidence = evidence
-        if not isinstance(self_check, bool):
-            raise TypeError(f"`self_check`={self_check!r} must be True or False")
-        self.self_check, self.check = self_check, None  # the edit's selfcheck.Check, once computed
-        self._classifiers: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._tokens: torch.Tensor | None = None
-
-        self.save_hyperparameters({
-            "request": request.to_dict(), "unlearn": config_dict(self.config), "classnames": list(classnames),
-            "domains": list(domains), "arch": arch, "weights": weights, "templates": list(self.templates),
-            "colours": None if self.colours is None else list(self.colours),
-            "colour_templates": None if self.colour_templates is None else list(self.colour_templates),
-            "trainable": trainable, "lr": lr, "weight_decay": weight_decay, "progress": progress})
-
-    # ---- construction helpers -----------------------------------------------------------------
-    @staticmethod
-    def _check_source(model, tokenizer, arch, weights) -> None:
-        """Cheap checks of where the model comes from, before anything is loaded."""
-        if tokenizer is not None and not callable(tokenizer):
-            raise TypeError(f"`tokenizer` must be callable (open_clip.get_tokenizer(<name>)), got "
-                            f"{type(tokenizer).__name__}")
-        if model is not None:
-            if not is_clip(model):
-                raise TypeError(f"`model` must be an open_clip CLIP / CustomTextCLIP / CoCa or a transformers "
-                                f"CLIPModel / SiglipModel, got {type(model).__name__}")
-            if weights is not None:
-                raise ValueError("give either `model` or `weights`, not both (load the weights into the model first)")
-            if tokenizer is None and arch is None:
-                raise ValueError("a `model` object needs its `tokenizer` (open_clip.get_tokenizer(<name>)) or the "
-                                 "`arch` name it was built from")
-        if arch is not None:
-            import open_clip
-            if not isinstance(arch, str) or not arch.strip():
-                raise ValueError(f"`arch`={arch!r} must be an open_clip model name (see open_clip.list_models()) or "
-                                 "'local-dir:/path/to/folder'")
-            embedded.register()
-            local = arch.startswith("local-dir:")
-            if local and weights is not None:
-                raise ValueError(f"`arch`={arch!r} loads the weights from its folder; drop `weights`={weights!r}")
-            if not local and arch not in open_clip.list_models():
-                close = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
-                raise ValueError(f"`arch`={arch!r} is not an open_clip model name" +
-                                 (f"; did you mean {close}?" if close else "; see open_clip.list_models()"))
-        if weights is not None and not Path(weights).is_file():
-            raise FileNotFoundError(f"`weights`={weights!r} is not a file; give a local weights file (.safetensors, "
-                                    ".pt, .bin) or use arch='local-dir:/path' for a folder")
-
-    @staticmethod
-    def _build_model(model, tokenizer, arch, weights):
-        """(model, preprocess, tokenizer, model config) from an object, an architecture name, or the
-        embedded default; the model config (``{"arch", "model_cfg"}``) is None for an object without ``arch``."""
-        import open_clip
-        if model is not None:
-            if tokenizer is None:
-                tokenizer = open_clip.get_tokenizer(arch)
-            return model, None, tokenizer, None if arch is None else {"arch": arch, "model_cfg": model_cfg_of(arch)}
-        loaded = load_clip(arch, weights)
-        return loaded.model, loaded.preprocess, tokenizer or loaded.tokenizer, loaded.model_config
-
-    def _adopt_or_inject(self, clip: nn.Module) -> None:
-        carried = carried_edit_ids(clip)
-        if carried:
-            n_edited = sum(len(v) for v in tower_edits(clip, self.config).values())
-            if set(carried) == {self.edit_id} and len(carried) == n_edited:
-                self.computed_edit_id.copy_(edit_id_tensor(self.edit_id))  # the model already carries exactly this edit
-                return
-            raise EditError(f"`model` already carries {len(carried)} edit(s) ({edits(clip)}) "
-                            "that are not this request's; pass an un-edited model: restore_(model) drops them, "
-                            "fold_(model) keeps them as plain weights")
-        for tower in self.config.towers:
-            site = find_site(clip, tower)
-            n = site.dims[1] if self.config.site == "joint" else site.dims[0]
-            inject_(clip, torch.eye(n), tower, self.config.site, info={})
-
-    def _unfreeze(self, prefixes) -> tuple[str, ...]:
-        if prefixes is None:
-            return ()
-        if isinstance(prefixes, str):
-            prefixes = [prefixes]
-        frozen = {id(p) for _, e in edit_modules(self.clip) for p in e.parameters()}
-        names = dict(self.clip.named_parameters())
-        for prefix in prefixes:
-            hits = [n for n, p in names.items() if (n == prefix or n.startswith(prefix + ".")) and id(p) not in frozen]
-            if not hits:
-                tops = sorted({n.split(".")[0] for n in names})
-                raise ValueError(f"`trainable` prefix {prefix!r} matches no trainable parameter of the CLIP model "
-                                 f"(the edit's own weights are never trainable); top-level names: {tops}, e.g. "
-                                 "'visual.transformer.resblocks.5' or 'visual.ln_post'")
-            for n in hits:
-                names[n].requires_grad_(True)
-        return tuple(prefixes)
 
     # ---- the edit -----------------------------------------------------------------------------
     @property
@@ -276,9 +158,7 @@ class CLIPUnlearning(LightningModule):
                                progress=self.progress, evidence=self.evidence, check=True if self.self_check else None)
         self.check = result.check
         self.computed_edit_id.copy_(edit_id_tensor(self.edit_id).to(self.computed_edit_id.device))
-        rank_zero_info(f"CLIPUnlearning: {self.request.describe()}; edited {list(result.maps)} ({self.config.method}, "
-                       f"{self.config.solver}, ranks {result.ranks}, {result.seconds:.2f} s)"
-                       + (f"\n{result.check.summary()}" if result.check is not None else ""))
+        rank_zero_info(edit_summary("CLIPUnlearning", self.request, self.config, result))
         return result
 
     def folded_model(self) -> nn.Module:
@@ -314,7 +194,7 @@ class CLIPUnlearning(LightningModule):
         if self.model_config is None and isinstance(checkpoint.get("clip_model_config"), dict):
             self.model_config = checkpoint["clip_model_config"]
         state = checkpoint.get("state_dict", {})
-        theirs = state.get("computed_edit_id", state.get("edit_fingerprint"))  # older checkpoints: edit_fingerprint
+        theirs = state.get("computed_edit_id")
         if theirs is not None and edit_id_from_tensor(theirs):
             self._check_edit_id(edit_id_from_tensor(theirs))
 
@@ -350,9 +230,9 @@ class CLIPUnlearning(LightningModule):
     # ---- zero-shot classification -------------------------------------------------------------
     def _build_classifiers(self, stage: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         if stage not in self._classifiers:
-            T = zeroshot.classifier(self.clip, self.tokenizer, self.classnames, self.templates)
-            Tc = zeroshot.classifier(self.clip, self.tokenizer, self.colours, self.colour_templates) \
-                if self.colours else None
+            ev = self.evaluation
+            T = zeroshot.classifier(self.clip, self.tokenizer, self.classnames, ev.templates)
+            Tc = zeroshot.classifier(self.clip, self.tokenizer, ev.colours, ev.colour_templates) if ev.colours else None
             self._classifiers[stage] = (T, Tc)
         return self._classifiers[stage]
 
@@ -421,13 +301,13 @@ class CLIPUnlearning(LightningModule):
             if "fit" not in self._classifiers:
                 with torch.no_grad():
                     self._classifiers["fit"] = (zeroshot.classifier(self.clip, self.tokenizer, self.classnames,
-                                                                    self.templates), None)
+                                                                    self.evaluation.templates), None)
             return self._classifiers["fit"][0]
         if self._tokens is None:
-            texts = [fill_template(t, c=c) for c in self.classnames for t in self.templates]
+            texts = [fill_template(t, c=c) for c in self.classnames for t in self.evaluation.templates]
             self._tokens = tokenize(self.tokenizer, texts, "cpu")
         emb = F.normalize(encode_text(self.clip, to_device(self._tokens, self.device)).float(), dim=-1)
-        emb = emb.view(len(self.classnames), len(self.templates), -1).mean(1)
+        emb = emb.view(len(self.classnames), len(self.evaluation.templates), -1).mean(1)
         return F.normalize(emb, dim=-1).T
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -445,10 +325,4 @@ class CLIPUnlearning(LightningModule):
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 
 
-def _rename_old_buffer(state_dict, prefix, *args) -> None:
-    """Checkpoints written before the buffer was renamed hold ``edit_fingerprint``: load it as ``computed_edit_id``."""
-    if prefix + "edit_fingerprint" in state_dict and prefix + "computed_edit_id" not in state_dict:
-        state_dict[prefix + "computed_edit_id"] = state_dict.pop(prefix + "edit_fingerprint")
-
-
-__all__ = ["CLIPUnlearning"]
+__all__ = ["CLIPUnlearning", "Evaluation", "FineTuning"]

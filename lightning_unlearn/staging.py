@@ -18,9 +18,9 @@ import re
 import shutil
 import sys
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import UnlearnError
 
@@ -154,9 +154,8 @@ def _exchange(a: Path, b: Path) -> bool:
         return False
     at_fdcwd, rename_exchange = -100, 2
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    return False  # EINVAL / ENOSYS: the file system cannot exchange; fall back to two renames
+    # EINVAL / ENOSYS (non-zero): the file system cannot exchange; the caller falls back to two renames
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def _staged_name(out: Path, kind: str) -> Path:

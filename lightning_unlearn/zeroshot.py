@@ -73,6 +73,12 @@ def image_embeddings(model, images: torch.Tensor) -> torch.Tensor:
     return F.normalize(encode_image(model, images.to(device, dtype)).float(), dim=-1)
 
 
+@torch.no_grad()
+def encode_images(model, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Unnormalised float32 embeddings of preprocessed ``images``, encoded ``batch_size`` at a time."""
+    return torch.cat([encode_image(model, images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)])
+
+
 def evaluate(model, tokenizer, classnames: Sequence[str], templates: Sequence[str], loader: Iterable,
              domains: Sequence[str], progress: bool = True,
              extra: dict[str, tuple[torch.Tensor, Callable]] | None = None) -> dict:
@@ -132,6 +138,32 @@ def split_accuracy(correct: torch.Tensor, total: torch.Tensor, request) -> dict:
         return float(correct[i, j].sum() / total[i, j].sum().clamp(min=1))
     return {"forget_acc": acc(request.forget_cells), "retain_acc": acc(request.retain_cells),
             "same_class_other_domains_acc": acc(request.same_class_other_domain_cells())}
+
+
+def request_accuracy(model, clip, batches: Iterable, request, colour_classifier: torch.Tensor | None = None,
+                     cells: bool = False) -> dict:
+    """:func:`split_accuracy` of ``request`` on ``batches``, and the unrelated task's accuracy.
+
+    Args:
+        model: the (edited) model to score.
+        clip: its label space and prompts (``.tokenizer``, ``.classnames``, ``.templates``, ``.domains``:
+            :func:`~lightning_unlearn.load.load_clip`).
+        batches: ``(images, class, domain, colour)`` batches (:func:`~lightning_unlearn.data.rendered_batches`).
+        request: the :class:`~lightning_unlearn.ForgetRequest` whose cells are scored.
+        colour_classifier: the colour task's zero-shot classifier, read against the batches' fourth column.
+        cells: also return the per-cell counts.
+
+    Returns:
+        ``forget_acc``, ``retain_acc``, ``same_class_other_domains_acc``, ``unrelated_acc`` (the colour
+        accuracy; absent without ``colour_classifier``) and, with ``cells``, ``cells``: ``(correct, total)``.
+    """
+    extra = {"colour": (colour_classifier, lambda b: b[3])} if colour_classifier is not None else None
+    res = evaluate(model, clip.tokenizer, clip.classnames, clip.templates, batches, clip.domains, progress=False,
+                   extra=extra)
+    out = split_accuracy(res["correct"], res["total"], request)
+    if extra:
+        out["unrelated_acc"] = res["colour_accuracy"]
+    return out | ({"cells": (res["correct"], res["total"])} if cells else {})
 
 
 def worst_cells(correct: torch.Tensor, total: torch.Tensor, forget, classnames=None, domains=None,

@@ -91,8 +91,8 @@ def test_edit_artifact_applies_to_the_original_and_removes_bit_identically(tmp_p
     assert art2.meta == art.meta and torch.equal(art2.maps[0], art.maps[0])
 
 
-def test_the_names_it_returns_remove_exactly_the_edits_it_added(tmp_path, base, edited, inputs):
-    model, result = edited
+def test_the_names_it_returns_remove_exactly_the_edits_it_added(tmp_path, base, edited):
+    model, _ = edited
     path = save_edit(model, tmp_path / "edit.safetensors")
     other = ForgetRequest(base.classnames, base.domains, forget_classes=["moon"])
     fresh = copy.deepcopy(base.model)

@@ -41,17 +41,20 @@ def _row(method, forget, seconds, converged=None):
             "converged": converged, **accs}
 
 
-def test_unlearning_summary_reports_the_total_and_the_worst_time_ratio():
+def test_unlearning_summary_reports_the_total_and_the_worst_time_ratio(tmp_path, capsys):
     """The baseline's time over the edit time of the same requests: the ratio of the sums, and the
-    worst (smallest) single request's, over the requests where the baseline reached its criterion."""
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.unlearning import summary
+    worst (smallest) single request's, over the requests where the baseline reached its criterion
+    (``benchmarks/unlearning.py --merge``: the summary of recorded runs, nothing rerun)."""
     runs = [_row("multimodal", "a", 1.0), _row("multimodal", "b", 2.0),
             _row("finetune", "a", 10.0, True), _row("finetune", "b", 4.0, True),
             _row("multimodal", "c", 1.0), _row("finetune", "c", 0.5, False)]  # short of its criterion: no ratio
-    table, summ = summary({"runs": runs})
-    ft = next(s for s in summ["summary"] if s["method"] == "finetune")
+    shard, out = tmp_path / "shard.json", tmp_path / "summary.json"
+    shard.write_text(json.dumps({"runs": runs, "total_seconds": 1.0}))
+    from benchmarks.unlearning import main
+    main(["--json", str(out), "--merge", str(shard)])
+    summ = json.loads(out.read_text())["summary"]
+    ft = next(s for s in summ if s["method"] == "finetune")
     assert ft["time_ratio"] == pytest.approx(14.0 / 3.0) and ft["time_ratio_worst"] == pytest.approx(2.0)
-    assert "4.7 (2.0)" in table
-    mm = next(s for s in summ["summary"] if s["method"] == "multimodal")
+    assert "4.7 (2.0)" in capsys.readouterr().out
+    mm = next(s for s in summ if s["method"] == "multimodal")
     assert mm["time_ratio"] is None and mm["time_ratio_worst"] is None

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from lightning_unlearn.data import (CLASSES, COLOUR_NAMES, DOMAINS, DomainFolderDataset, World, WorldDataset,
-                                    write_world)
+                                    cell_images, embed_split, render_split, rendered_batches, write_world)
+from lightning_unlearn.zeroshot import encode_images
 
 
 def pixels(image):
@@ -52,6 +53,28 @@ def test_world_dataset_returns_normalised_tensors_and_labels():
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert x.min() < 0 < x.max()  # normalised, not in [0, 1]
     assert (c, d, col) == world.labels(5)
+
+
+def test_a_rendered_split_is_the_batches_in_one_and_its_cells_pick_their_images():
+    x, y = render_split("val", 2)
+    batches = rendered_batches("val", 2, batch_size=7)
+    assert torch.equal(x, torch.cat([b[0] for b in batches]))
+    assert torch.equal(y, torch.stack([torch.cat([b[i] for b in batches]) for i in (1, 2, 3)], 1))
+    assert y.shape == (len(CLASSES) * len(DOMAINS) * 2, 3) and y.dtype == torch.int64
+    cells = [("star", "sketch"), (CLASSES[0], DOMAINS[-1])]
+    picked = cell_images(x, y, cells, 1)
+    assert list(picked) == cells and all(len(v) == 1 for v in picked.values())
+    i = int(((y[:, 0] == CLASSES.index("star")) & (y[:, 1] == DOMAINS.index("sketch"))).nonzero()[0])
+    assert torch.equal(picked[("star", "sketch")][0], x[i])
+    assert all(len(v) == 2 for v in cell_images(x, y, cells).values())  # default: every image of the cell
+
+
+def test_an_embedded_split_is_its_images_encoded_in_batches(emb):
+    x, h, y = embed_split(emb, "test", 1, batch_size=16)
+    x2, y2 = render_split("test", 1, emb.preprocess)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert h.shape == (len(x), emb.model.visual.output_dim) and h.dtype == torch.float32
+    torch.testing.assert_close(h, encode_images(emb.model, x, batch_size=len(x)), atol=1e-5, rtol=1e-5)
 
 
 def test_folder_round_trip(tmp_path):

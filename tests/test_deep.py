@@ -9,13 +9,15 @@ import open_clip
 import pytest
 import torch
 
-from benchmarks.deep_sweep import data, encode, evidence_of, measure
 from lightning_unlearn import ForgetRequest, edits, embedded, fold_, nullspace, restore_, unlearn_
 from lightning_unlearn import deep
 from lightning_unlearn.artifact import apply_edit_file_, load_edit, save_edit
 from lightning_unlearn.edit import edit_modules
+from lightning_unlearn.data import cell_images, render_split
 from lightning_unlearn.export import save_folded
+from lightning_unlearn.metrics import depth_metrics
 from lightning_unlearn.module import CLIPUnlearning
+from lightning_unlearn.zeroshot import classifier, encode_images
 
 FAST_DEEP = dict(depth="deep", proto_steps=3, n_prototypes=1, class_templates=("a {c}.",), progress=False)
 
@@ -219,18 +221,26 @@ def depth(emb):
     (the ``evidence`` path of :func:`deep.cell_embeddings`)."""
     from lightning_unlearn import UnlearnConfig
     torch.manual_seed(0)
-    D = data(emb, 10, 80)
+    D = {"v": render_split("val", 10, emb.preprocess), "t": render_split("test", 10, emb.preprocess),
+         "train": render_split("train", 80, emb.preprocess),
+         "T": classifier(emb.model, emb.tokenizer, emb.classnames, emb.templates).double(),
+         "Tc": classifier(emb.model, emb.tokenizer, emb.colours, emb.colour_templates).double()}
     cfg = UnlearnConfig(depth="deep")
     request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
     kw = dict(n_prototypes=cfg.deep_prototypes, proto_steps=cfg.prototype_steps("eraser"), proto_lr=cfg.proto_lr,
               seed=cfg.seed, class_templates=cfg.class_templates, progress=False)
     proto, _ = deep.cell_embeddings(emb.model, emb.tokenizer, request, **kw)
     every, stats = deep.cell_embeddings(emb.model, emb.tokenizer, request, **kw,
-                                   evidence=evidence_of(D, request.forget_cells + request.retain_cells, 80))
+                                   evidence=cell_images(*D["train"], request.forget_cells + request.retain_cells, 80))
     assert set(stats["evidence_images"].values()) == {80}
-    H = {k: encode(emb.model, D[f"x{k}"]) for k in "vt"}
-    five = {c: encode(emb.model, x) for c, x in evidence_of(D, list(proto), 5).items()}
+    H = {k: encode(emb.model, D[k][0]) for k in "vt"}
+    five = {c: encode(emb.model, x) for c, x in cell_images(*D["train"], list(proto), 5).items()}
     return D, H, {"deep": proto, "every-cell": every, "five": five}
+
+
+def encode(model, x) -> torch.Tensor:
+    """Raw image embeddings in float64 (as benchmarks/deep_sweep.py encodes them)."""
+    return encode_images(model, x, batch_size=400).double()
 
 
 def run(emb, depth, paradigm, variant):
@@ -240,7 +250,7 @@ def run(emb, depth, paradigm, variant):
          "evidence": means["deep"] | {c: means["five"][c] for c in request.forget_cells}}.get(variant)
     E = torch.eye(H["v"].shape[1], dtype=torch.float64) if variant == "none" else \
         deep.eraser(m, request, normalised=variant == "every-cell")
-    return measure(H["v"] @ E.T, D["yv"], H["t"] @ E.T, D["yt"], request, D["T"], D["Tc"])
+    return depth_metrics(H["v"] @ E.T, D["v"][1], H["t"] @ E.T, D["t"][1], request, D["T"], D["Tc"])
 
 
 @pytest.mark.slow  # the depth fixture: a minute
@@ -248,7 +258,7 @@ def test_evidence_of_every_cell_adds_the_normalised_direction(emb, depth):
     D = depth[0]
     model = copy.deepcopy(emb.model)
     request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"])
-    every = evidence_of(D, request.forget_cells + request.retain_cells, 2)
+    every = cell_images(*D["train"], request.forget_cells + request.retain_cells, 2)
     for evidence, normalised in [(every, True), (dict(list(every.items())[:-1]), False)]:  # one cell short
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -262,6 +272,7 @@ def test_evidence_of_every_cell_adds_the_normalised_direction(emb, depth):
         deep.eraser({c: h.mean(0) for c, h in depth[2]["deep"].items()}, request, normalised=True)
 
 
+@pytest.mark.slow  # the depth fixture: a minute
 @pytest.mark.parametrize("paradigm", list(REQUESTS))
 def test_the_eraser_is_harmless_and_reaches_chance_with_real_images_of_every_cell(emb, depth, paradigm):
     none = run(emb, depth, paradigm, "none")

@@ -2,7 +2,7 @@
 same outputs, existing outputs are refused unless asked, an interrupted write leaves nothing half
 written, and a config that does not fit writes nothing. Runs on a snapshot of the embedded model's
 weights, with the fast text-only method. The edit file is tested in test_artifact.py, the staging
-of writes in test_staging.py."""
+of writes in test_bad_inputs.py, the module layering in test_staging.py."""
 import copy
 import json
 from pathlib import Path

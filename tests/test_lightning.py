@@ -196,7 +196,7 @@ def test_folded_model_needs_the_edit():
 
 
 def test_fit_trains_only_what_is_asked_and_keeps_the_edit_frozen(loader, tmp_path):
-    module = make_module(trainable=["visual.ln_post"], lr=1e-2)
+    module = make_module(finetune={"trainable": ["visual.ln_post"], "lr": 1e-2})
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, default_root_dir=tmp_path,
                         **QUIET)
     before = {k: v.clone() for k, v in module.clip.state_dict().items() if "ln_post" in k or ".P." in k}
@@ -214,7 +214,7 @@ def test_fit_with_nothing_trainable_is_a_clear_error(loader):
     with pytest.raises(ValueError, match=r"nothing to train.*`trainable=`"):
         L.Trainer(max_epochs=1, **QUIET).fit(make_module(), loader)
     with pytest.raises(ValueError, match=r"`trainable` prefix 'visual.nope' matches no"):
-        make_module(trainable=["visual.nope"])
+        make_module(finetune={"trainable": ["visual.nope"]})
 
 
 def test_bf16_mixed_precision(loader):
@@ -491,7 +491,7 @@ def test_folder_data_module_matches_the_world_and_checks_label_order(tmp_path):
     trainer = L.Trainer(**QUIET)
     from_world = trainer.test(make_module(), WorldDataModule(n_per_cell=1, batch_size=BATCH), verbose=False)[0]
     folder = FolderDataModule(tmp_path / "world", batch_size=BATCH, classnames=list(CLASSES), domains=list(DOMAINS))
-    from_folder = trainer.test(make_module(colours=None), folder, verbose=False)[0]
+    from_folder = trainer.test(make_module(evaluation={"colours": None}), folder, verbose=False)[0]
     assert from_folder == {k: v for k, v in from_world.items() if k != "test/unrelated_accuracy"}
     with pytest.raises(ValueError, match=r"data module's classnames \['arrow', 'circle'.*label i means"):
         trainer.test(make_module(), FolderDataModule(tmp_path / "world"), verbose=False)

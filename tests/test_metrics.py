@@ -9,7 +9,7 @@ from torchmetrics.utilities.data import dim_zero_sum
 
 import lightning_unlearn.metrics as metrics
 from lightning_unlearn import ForgetRequest, RequestError
-from lightning_unlearn.metrics import HIGHER_IS_BETTER, UnlearningAccuracy, forget_mask
+from lightning_unlearn.metrics import HIGHER_IS_BETTER, UnlearningAccuracy, forget_mask, sample_masks
 
 CLASSES = ("cat", "dog", "fox")
 DOMAINS = ("photo", "sketch")
@@ -113,3 +113,12 @@ def test_bad_input_is_refused_with_a_fix():
         m.update(torch.zeros(2, 4), torch.tensor([0, 1]), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="same length"):
         m.update(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([0]))
+
+
+def test_sample_masks_mark_the_forgotten_cells_and_the_forgotten_classes_other_domains():
+    labels = torch.tensor([[0, 0], [1, 0], [1, 1], [0, 1]])  # (class, domain) per image
+    r = ForgetRequest(["cat", "dog"], ["photo", "sketch"], forget_classes=["dog"], forget_domains=["photo"])
+    forget, same = sample_masks(labels, r)
+    assert forget.tolist() == [False, True, False, False] and same.tolist() == [False, False, True, False]
+    forget, same = sample_masks(labels, ForgetRequest(["cat", "dog"], ["photo", "sketch"], forget_domains=["sketch"]))
+    assert forget.tolist() == [False, False, True, True] and not same.any()  # whole domains: no same-class cells

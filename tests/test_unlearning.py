@@ -1,14 +1,15 @@
 """The quality targets on the embedded model: one request per paradigm, library defaults (method
-"multimodal"). The same code path as ``benchmarks/unlearning.py --quick``."""
+"multimodal"). The same requests and measure as ``benchmarks/unlearning.py --quick``."""
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.unlearning import QUICK, measure, prepare
 from lightning_unlearn import ForgetRequest, cache, edits, remove_edit_, restore_, unlearn_, unlearned
-from lightning_unlearn.zeroshot import classifier
+from lightning_unlearn.data import QUICK_REQUESTS, rendered_batches
+from lightning_unlearn.load import load_clip
+from lightning_unlearn.zeroshot import classifier, request_accuracy
 
 POINTS = 100.0
 
@@ -20,17 +21,20 @@ def setup():
     # a cache of this module's own: prototypes another module synthesised (one thread: other float
     # rounding) would make these results depend on which test files ran before in the same process
     with cache.use(cache.Cache()):
-        yield prepare(n_per_cell=20)
+        torch.manual_seed(0)
+        emb = load_clip("embedded")
+        yield emb, rendered_batches("test", 20, emb.preprocess), classifier(emb.model, emb.tokenizer, emb.colours,
+                                                                            emb.colour_templates)
     torch.set_num_threads(threads)
 
 
 def _run(setup, paradigm):
     emb, batches, colour_T = setup
-    kw = dict(QUICK)[paradigm]
+    kw = dict(QUICK_REQUESTS)[paradigm]
     request = ForgetRequest(emb.classnames, emb.domains, **kw)
-    before = measure(emb.model, emb, batches, request, colour_T)
+    before = request_accuracy(emb.model, emb, batches, request, colour_T)
     with unlearned(emb.model, emb.tokenizer, request, progress=False):
-        after = measure(emb.model, emb, batches, request, colour_T)
+        after = request_accuracy(emb.model, emb, batches, request, colour_T)
     assert not edits(emb.model)
     drop = {k: POINTS * (before[k] - after[k]) for k in before if before[k] is not None}
     return before, after, drop
@@ -66,10 +70,10 @@ def test_whole_domain_targets_hold_at_other_seeds(setup, seed):
     prototypes held at seed 0 and lost 2.8-4.3 retain points at seed 1, and the earlier 60 steps
     lost 6.5-7.5 at seed 2. Limits: chance (plus the sweep's worst 0.027 over it) and 1 point."""
     emb, batches, colour_T = setup
-    request = ForgetRequest(emb.classnames, emb.domains, **dict(QUICK)["domain"])
-    before = measure(emb.model, emb, batches, request, colour_T)
+    request = ForgetRequest(emb.classnames, emb.domains, **dict(QUICK_REQUESTS)["domain"])
+    before = request_accuracy(emb.model, emb, batches, request, colour_T)
     with unlearned(emb.model, emb.tokenizer, request, progress=False, seed=seed):
-        after = measure(emb.model, emb, batches, request, colour_T)
+        after = request_accuracy(emb.model, emb, batches, request, colour_T)
     assert after["forget_acc"] <= 0.13
     assert POINTS * (before["retain_acc"] - after["retain_acc"]) <= 1.0
 
@@ -85,9 +89,9 @@ def test_several_classes_in_several_domains_lose_far_less_of_their_other_domains
     emb, batches, colour_T = setup
     request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star", "heart"],
                             forget_domains=["sketch", "cartoon"])
-    before = measure(emb.model, emb, batches, request, colour_T)
+    before = request_accuracy(emb.model, emb, batches, request, colour_T)
     with unlearned(emb.model, emb.tokenizer, request, progress=False):
-        after = measure(emb.model, emb, batches, request, colour_T)
+        after = request_accuracy(emb.model, emb, batches, request, colour_T)
     assert after["forget_acc"] <= 0.05
     assert after["same_class_other_domains_acc"] >= before["same_class_other_domains_acc"] - 0.15
     assert POINTS * (before["retain_acc"] - after["retain_acc"]) <= 2.0
@@ -95,7 +99,7 @@ def test_several_classes_in_several_domains_lose_far_less_of_their_other_domains
 
 def _forget_acc(setup, request):
     emb, batches, colour_T = setup
-    return measure(emb.model, emb, batches, request, colour_T)["forget_acc"]
+    return request_accuracy(emb.model, emb, batches, request, colour_T)["forget_acc"]
 
 
 def test_composed_default_edits_keep_both_forgotten_and_one_is_removable_by_name(setup):

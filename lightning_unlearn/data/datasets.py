@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from .world import COLOUR_NAMES, World
+from .world import CLASSES, COLOUR_NAMES, DOMAINS, World
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -47,14 +47,64 @@ class WorldDataset(Dataset):
 
 
 
+def _rendered(split: str, n_per_cell: int, transform: Callable | None, progress: bool = False) -> list[tuple]:
+    """Every ``(image, class, domain, colour)`` item of the world's ``split``, rendered and transformed."""
+    from tqdm.auto import tqdm
+    ds = WorldDataset(World(split, n_per_cell), transform)
+    return [ds[i] for i in tqdm(range(len(ds)), desc=f"render {split} world", disable=not progress, leave=False)]
+
+
+def _stacked(items: Sequence[tuple]) -> tuple[torch.Tensor, ...]:
+    return torch.stack([x for x, *_ in items]), *(torch.tensor(col) for col in list(zip(*items))[1:])
+
+
 def rendered_batches(split: str, n_per_cell: int, transform: Callable | None = None, batch_size: int = 500,
                      progress: bool = False) -> list[tuple[torch.Tensor, ...]]:
     """``(images, class, domain, colour)`` batches of the world's ``split``, rendered once."""
-    from tqdm.auto import tqdm
-    ds = WorldDataset(World(split, n_per_cell), transform)
-    items = [ds[i] for i in tqdm(range(len(ds)), desc=f"render {split} world", disable=not progress, leave=False)]
-    return [(torch.stack([x for x, *_ in chunk]), *(torch.tensor(col) for col in list(zip(*chunk))[1:]))
-            for chunk in (items[i:i + batch_size] for i in range(0, len(items), batch_size))]
+    items = _rendered(split, n_per_cell, transform, progress)
+    return [_stacked(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+
+
+def render_split(split: str, n_per_cell: int, transform: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The world's ``split`` as two tensors.
+
+    Args:
+        split: "train", "val" or "test".
+        n_per_cell: images per (class, domain) cell.
+        transform: image -> tensor (default: :func:`default_transform`; a model's ``preprocess``).
+
+    Returns:
+        ``(images, labels)``: the transformed images stacked, and their ``(class, domain, colour)``
+        indices, ``(N, 3)``.
+    """
+    items = _rendered(split, n_per_cell, transform)
+    return torch.stack([x for x, *_ in items]), torch.tensor([tuple(labels) for _, *labels in items])
+
+
+def embed_split(clip, split: str, n_per_cell: int, batch_size: int = 500) -> tuple[torch.Tensor, ...]:
+    """The world's ``split`` rendered with ``clip.preprocess`` and encoded by ``clip.model``.
+
+    Args:
+        clip: a loaded model (``.model``, ``.preprocess``: :func:`~lightning_unlearn.load.load_clip`).
+        split, n_per_cell: as :func:`render_split`.
+        batch_size: images encoded at a time.
+
+    Returns:
+        ``(images, embeddings, labels)``: :func:`render_split`'s images and labels, and the images'
+        unnormalised float32 embeddings (:func:`~lightning_unlearn.zeroshot.encode_images`).
+    """
+    from ..zeroshot import encode_images
+    x, y = render_split(split, n_per_cell, clip.preprocess)
+    return x, encode_images(clip.model, x, batch_size), y
+
+
+def cell_images(images: torch.Tensor, labels: torch.Tensor, cells: Sequence[tuple[str, str]], k: int | None = None,
+                classnames: Sequence[str] = CLASSES, domains: Sequence[str] = DOMAINS) -> dict:
+    """The first ``k`` (default: all) of ``images`` of each of ``cells`` (``{(class, domain): images}``,
+    the form ``evidence=`` takes; any rows, e.g. embeddings), from their :func:`render_split` ``labels``."""
+    ci, di = labels[:, 0], labels[:, 1]
+    return {(c, d): images[(ci == classnames.index(c)) & (di == domains.index(d))][:k] for c, d in cells}
+
 
 def recorded(fn: Callable, *args, **kwargs) -> tuple:
     """``fn(*args, **kwargs)`` and the warnings it raised, as text, for callers that report them in
