@@ -179,3 +179,27 @@ def check_metrics(check) -> dict:
            "worst_forget_cell_acc": check.worst_forget_cell and check.worst_forget_cell["acc"],
            "worst_retain_cell_drop": check.worst_retain_cell and check.worst_retain_cell["drop_points"]}
     return {f"selfcheck/{k}": float(v) for k, v in out.items() if v is not None}
+
+
+def check_tokenizer(tokenizer: Callable | None) -> None:
+    """Raise ``TypeError`` for a ``tokenizer`` that is neither None nor callable."""
+    if tokenizer is not None and not callable(tokenizer):
+        raise TypeError(f"`tokenizer` must be callable (e.g. open_clip.get_tokenizer(name)), got "
+                        f"{type(tokenizer).__name__}")
+
+
+def check_flags(**flags) -> None:
+    """Raise ``TypeError`` for a flag (keyword argument) that is not ``True`` or ``False``."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"`{name}`={value!r} must be True or False")
+
+
+def edit_summary(who: str, request: ForgetRequest, config: UnlearnConfig, result: Unlearned,
+                 edit_id: str | None = None) -> str:
+    """The log line of a computed edit: the request, the edited towers, method, solver, ranks and
+    seconds (and ``edit_id`` when given), then the self-check's summary when it ran."""
+    tail = f", edit id {edit_id}" if edit_id else ""
+    return (f"{who}: {request.describe()}; edited {list(result.maps)} ({config.method}, {config.solver}, "
+            f"ranks {result.ranks}, {result.seconds:.2f} s{tail})"
+            + (f"\n{result.check.summary()}" if result.check is not None else ""))
