@@ -10,6 +10,8 @@ from .request import ForgetRequest, RequestError
 
 _LAZY = {**dict.fromkeys(("EditError", "ProjectorEdit", "UnlearnConfig", "Unlearned", "edits", "fold_", "inject_",
                           "remove_edit_", "restore_", "unlearn_", "unlearned"), "edit"),
+         **dict.fromkeys(("AUTO_PROTO_STEPS", "AUTO_RETAIN_CELL_WEIGHT", "TwoSided", "Projector", "Regularized",
+                          "Prototypes", "Deep"), "config"),
          "hf_tokenizer": "encoders", "UnsupportedModelError": "sites",
          "ArtifactError": "localdir", "OutputError": "staging", "WeightsMismatchError": "artifact",
          "CLIPUnlearning": "module", "NullspaceUnlearning": "callback", "UnlearningAccuracy": "metrics",

@@ -292,6 +292,21 @@ def test_negative_weights_raise(lam, mu):
         nullspace.regularized_map(randn(4, 1), randn(4, 1, seed=1), lam=lam, mu=mu)
 
 
+@SETTINGS
+@given(problems(min_retain=1), st.floats(0.1, 100.0), st.floats(0.0, 10.0), st.floats(0.0, 1.0))
+def test_regularized_edit_is_the_map_of_unit_columns_scaled_by_alpha(FR, lam, mu, alpha):
+    F, R = FR
+    M, rank = nullspace.regularized_edit(F, R, lam, mu, alpha)
+    Fn, Rn = F / F.norm(dim=0), R / R.norm(dim=0)
+    W = nullspace.regularized_map(Fn, Rn, lam, mu)
+    assert M.dtype == torch.float32 and rank == torch.linalg.matrix_rank(Fn)
+    assert torch.allclose(M.double(), eye_like(W) + alpha * (W - eye_like(W)), atol=1e-5)
+    full, _ = nullspace.regularized_edit(F, R, lam, mu)  # alpha 1 (the two-sided solver's stage 1)
+    assert torch.allclose(full.double(), W, atol=1e-5)
+    scaled, _ = nullspace.regularized_edit(2.0 * F, 3.0 * R, lam, mu, alpha)  # the columns' norms do not count
+    assert torch.allclose(scaled, M, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- two-sided map (the default solver)
 
 
