@@ -5,17 +5,20 @@ computed on top of (``info["after"]``, map digests). :func:`place` says where a 
 :func:`check_after` refuses one whose predecessors are not there, :func:`suspended` shows the model
 as an edit computed for a position sees it, :func:`dependents` names the edits that hold only on top
 of another, :func:`inject_` adds a map (all its tensors or none) and :func:`remove_edit_` removes a
-named edit. A tower is named ("image" / "text") or given as its found
-:class:`~lightning_unlearn.sites.Site` (no lookup).
+named edit; :func:`composition_refusal` refuses the requests measured to fail on top of the model's
+edits. A tower is named ("image" / "text") or given as its found :class:`~lightning_unlearn.sites.Site`
+(no lookup).
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import torch
 from torch import nn
 
 from .errors import EditError
+from .request import ForgetRequest
 from .sites import Site, find_site, uninstall_
 from .stack import (
     ProjectorEdit,
@@ -181,7 +184,7 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
         raise ValueError(f"`name`={name!r} must be a non-empty string")
     name = name or fresh_name(model, "edit")
     # the edits below `position` of the weight's chain; the bias's chain lacks the "pooled" ones
-    below = None if position is None else {e.info.get("name") for e in site_edits(s)[:position]}
+    below = None if position is None else {e.info.get("name", "") for e in site_edits(s)[:position]}
     with _all_or_nothing(model, name):  # the weight and the bias
         if s.slot is not None and s.slot.installed is None:  # a tower with no projection: add the layer
             s.slot.install(s.module)
@@ -192,3 +195,60 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
                 edit.P.weight.copy_(M.float())
             st.insert(edit, None if below is None else sum(e in below for e in st.names))
     return name
+
+
+# ---------------------------------------------------------------------------------------------- refused compositions
+def composition_refusal(model: nn.Module, request: ForgetRequest, new: dict) -> str | None:
+    """Why ``request`` (whose edit will carry the provenance ``new``) cannot be composed with the
+    model's edits, or None. Refused are the compositions measured to fail (benchmarks/composition.py):
+    a global request forgetting the class an earlier whole-domain edit sends its images to (the domain
+    is recognised again); a whole-domain edit with another feature-bound edit (a retained cell loses
+    24-84 points); forgotten cells forming a checkerboard (see :func:`checkerboard`)."""
+    infos = {e.info.get("name"): e.info for _, e in edit_modules(model)}
+    for other, info in infos.items():
+        if request.paradigm == "global" and info.get("sink") in request.forget_classes:
+            return (f"this request forgets {info['sink']!r}, the class that the whole-domain edit {other!r} sends its "
+                    f"domain's images to: on top of it that domain would be recognised again. Compose them in the "
+                    f"other order: restore_(model), forget {list(request.forget_classes)} first, then the domain (a "
+                    "whole-domain edit sends its images to a class no other edit forgets)")
+    bound = [ForgetRequest.from_dict(i["request"]) for i in infos.values() if i.get("request") and not text_anchored(i)]
+    bound += [] if text_anchored(new) else [request]
+    if len(bound) > 1 and any(r.paradigm == "domain" for r in bound):
+        whole = all(r.paradigm == "domain" for r in bound)
+        domains = sorted({d for r in bound for d in r.forget_domains})
+        return (f"this request ({request.describe()}) cannot be composed with the model's edits: a whole-domain edit "
+                "stacked with another edit that moves image features (domain-specific, whole domains, deep) loses "
+                "retained cells in either order (measured on the embedded model: one retained cell down 24-84 "
+                "points). " + (f"Forget the domains in one request (forget_domains={domains})" if whole else
+                               "restore_(model) and keep one of the two")
+                + "; global requests compose with a whole-domain edit")
+    cells = set(request.forget_cells) | {c for info in infos.values() if info.get("request")
+                                         for c in ForgetRequest.from_dict(info["request"]).forget_cells}
+    crossed = checkerboard(cells, request.classnames, request.domains)
+    if crossed:
+        (c1, d1), (c2, d2) = crossed
+        return (f"with the model's edits this request would forget ({c1!r}, {d1!r}) and ({c2!r}, {d2!r}) but keep "
+                f"({c1!r}, {d2!r}) and ({c2!r}, {d1!r}): where class and domain add up in the embedding the four are "
+                "tied (the first two sum to the last two), and a linear edit cannot move the first pair and keep the "
+                "second (measured on the embedded model: the kept pair fell to 0.00 and 0.40). Forget the whole "
+                f"rectangle in one request (forget_classes=[{c1!r}, {c2!r}], forget_domains=[{d1!r}, {d2!r}]), or "
+                "keep only one of the two requests")
+    return None
+
+
+def globally_forgotten(model: nn.Module) -> tuple[str, ...]:
+    """The classes the model's global edits forget (a whole-domain edit must not send its images there)."""
+    infos = [e.info for _, e in edit_modules(model)]
+    return tuple(dict.fromkeys(c for i in infos if text_anchored(i) for c in i["request"]["forget_classes"]))
+
+
+def checkerboard(cells, classes, domains) -> tuple | None:
+    """Two forgotten cells ``(c1, d1)``, ``(c2, d2)`` of ``cells`` whose crossed cells ``(c1, d2)``,
+    ``(c2, d1)`` are both kept, or None: a set of forgotten cells no single request forms, and that
+    a linear edit cannot realise where class and domain add up."""
+    for d1, d2 in itertools.combinations(domains, 2):
+        only1 = [c for c in classes if (c, d1) in cells and (c, d2) not in cells]
+        only2 = [c for c in classes if (c, d2) in cells and (c, d1) not in cells]
+        if only1 and only2:
+            return (only1[0], d1), (only2[0], d2)
+    return None

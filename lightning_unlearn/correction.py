@@ -36,7 +36,7 @@ def no_worse(candidate: Check, reference: Check, forget_limit: float) -> bool:
 
 def correct(model, tokenizer, request: ForgetRequest, cfg, t, M: torch.Tensor, finish, through, pre, *,
             n_prototypes: int = CHECK_PROTOTYPES, proto_steps: int = CHECK_STEPS,
-            thresholds: CheckThresholds | None = None, progress: bool = False) -> tuple[torch.Tensor, dict]:
+            thresholds: CheckThresholds | None = None, progress: bool = False, site=None) -> tuple[torch.Tensor, dict]:
     """Correction rounds of the two-sided edit (``cfg.rounds`` at most), and the self-check of the result.
 
     Round ``k`` synthesises a fresh held-out set (seed ``cfg.seed + SEED_OFFSET + k``) and checks the
@@ -81,7 +81,7 @@ def correct(model, tokenizer, request: ForgetRequest, cfg, t, M: torch.Tensor, f
         seed = cfg.seed + SEED_OFFSET + k
         H, T, _ = holdout(model, tokenizer, request, cells, seed=seed, n_prototypes=n_prototypes,
                           proto_steps=proto_steps, proto_lr=cfg.proto_lr, class_templates=cfg.class_templates,
-                          progress=progress)
+                          progress=progress, site=site)
         sets.append((H, seed))
         check = evaluate_check(request, cells, H, T, T, whole(M), n_prototypes, thresholds, seed)
         if k > 0:

@@ -15,7 +15,6 @@ underscore) return what they did, never the model: :func:`unlearn_` the :class:`
 from __future__ import annotations
 
 import contextlib
-import itertools
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -29,7 +28,10 @@ from .compose import (  # noqa: F401 - importable from here
     _all_or_nothing,
     chain,
     check_after,
+    checkerboard,
+    composition_refusal,
     dependents,
+    globally_forgotten,
     inject_,
     place,
     remove_edit_,
@@ -39,7 +41,7 @@ from .config import AUTO_PROTO_STEPS, AUTO_RETAIN_CELL_WEIGHT, UnlearnConfig  # 
 from .directions import build, build_constraints, cell_texts
 from .errors import EditError
 from .request import ForgetRequest
-from .sites import Site, find_site
+from .sites import Site, tower_sites
 from .stack import (  # noqa: F401 - importable from here
     ProjectorEdit,
     edit_modules,
@@ -49,7 +51,7 @@ from .stack import (  # noqa: F401 - importable from here
     restore_,
     stacks,
 )
-from .state import map_digest, provenance, text_anchored
+from .state import map_digest, provenance
 
 
 @dataclass
@@ -135,9 +137,10 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
         t.V, t.Vt = torch.cat([t.V.double(), w ** 0.5 * R], 1), torch.cat([t.Vt.double(), w ** 0.5 * R], 1)
         stats["n_retain_cell_constraints"] = R.shape[1]
     M = finish(nullspace.two_sided_map(t.A, t.B, t.V, t.Vt))
-    if cfg.rounds and cfg.corrects() and site.tower == "image":  # see selfcheck.correct
-        from .selfcheck import correct
-        M, correction = correct(model, tokenizer, request, cfg, t, M, finish, through, pre, progress=progress)
+    if cfg.rounds and cfg.corrects() and site.tower == "image":  # see correction.correct
+        from .correction import correct
+        M, correction = correct(model, tokenizer, request, cfg, t, M, finish, through, pre, progress=progress,
+                                site=site)
         stats["correction"] = correction
     return _after(M, pre, stats | t.stats)
 
@@ -179,62 +182,6 @@ def check_model(model: nn.Module) -> None:
                 raise EditError(f"the model's weight `{name}` has {int((~torch.isfinite(t)).sum())} NaN or inf "
                                 "value(s): these weights are damaged or diverged, and no edit can be computed from "
                                 "them; reload the original checkpoint")
-
-
-def composition_refusal(model: nn.Module, request: ForgetRequest, new: dict) -> str | None:
-    """Why ``request`` (whose edit will carry the provenance ``new``) cannot be composed with the
-    model's edits, or None. Refused are the compositions measured to fail (benchmarks/composition.py):
-    a global request forgetting the class an earlier whole-domain edit sends its images to (the domain
-    is recognised again); a whole-domain edit with another feature-bound edit (a retained cell loses
-    24-84 points); forgotten cells forming a checkerboard (see :func:`checkerboard`)."""
-    infos = {e.info.get("name"): e.info for _, e in edit_modules(model)}
-    for other, info in infos.items():
-        if request.paradigm == "global" and info.get("sink") in request.forget_classes:
-            return (f"this request forgets {info['sink']!r}, the class that the whole-domain edit {other!r} sends its "
-                    f"domain's images to: on top of it that domain would be recognised again. Compose them in the "
-                    f"other order: restore_(model), forget {list(request.forget_classes)} first, then the domain (a "
-                    "whole-domain edit sends its images to a class no other edit forgets)")
-    bound = [ForgetRequest.from_dict(i["request"]) for i in infos.values() if i.get("request") and not text_anchored(i)]
-    bound += [] if text_anchored(new) else [request]
-    if len(bound) > 1 and any(r.paradigm == "domain" for r in bound):
-        whole = all(r.paradigm == "domain" for r in bound)
-        domains = sorted({d for r in bound for d in r.forget_domains})
-        return (f"this request ({request.describe()}) cannot be composed with the model's edits: a whole-domain edit "
-                "stacked with another edit that moves image features (domain-specific, whole domains, deep) loses "
-                "retained cells in either order (measured on the embedded model: one retained cell down 24-84 "
-                "points). " + (f"Forget the domains in one request (forget_domains={domains})" if whole else
-                               "restore_(model) and keep one of the two")
-                + "; global requests compose with a whole-domain edit")
-    cells = set(request.forget_cells) | {c for info in infos.values() if info.get("request")
-                                         for c in ForgetRequest.from_dict(info["request"]).forget_cells}
-    crossed = checkerboard(cells, request.classnames, request.domains)
-    if crossed:
-        (c1, d1), (c2, d2) = crossed
-        return (f"with the model's edits this request would forget ({c1!r}, {d1!r}) and ({c2!r}, {d2!r}) but keep "
-                f"({c1!r}, {d2!r}) and ({c2!r}, {d1!r}): where class and domain add up in the embedding the four are "
-                "tied (the first two sum to the last two), and a linear edit cannot move the first pair and keep the "
-                "second (measured on the embedded model: the kept pair fell to 0.00 and 0.40). Forget the whole "
-                f"rectangle in one request (forget_classes=[{c1!r}, {c2!r}], forget_domains=[{d1!r}, {d2!r}]), or "
-                "keep only one of the two requests")
-    return None
-
-
-def globally_forgotten(model: nn.Module) -> tuple[str, ...]:
-    """The classes the model's global edits forget (a whole-domain edit must not send its images there)."""
-    infos = [e.info for _, e in edit_modules(model)]
-    return tuple(dict.fromkeys(c for i in infos if text_anchored(i) for c in i["request"]["forget_classes"]))
-
-
-def checkerboard(cells, classes, domains) -> tuple | None:
-    """Two forgotten cells ``(c1, d1)``, ``(c2, d2)`` of ``cells`` whose crossed cells ``(c1, d2)``,
-    ``(c2, d1)`` are both kept, or None: a set of forgotten cells no single request forms, and that
-    a linear edit cannot realise where class and domain add up."""
-    for d1, d2 in itertools.combinations(domains, 2):
-        only1 = [c for c in classes if (c, d1) in cells and (c, d2) not in cells]
-        only2 = [c for c in classes if (c, d2) in cells and (c, d1) not in cells]
-        if only1 and only2:
-            return (only1[0], d1), (only2[0], d2)
-    return None
 
 
 def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: UnlearnConfig | None = None, *,
@@ -294,54 +241,22 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
                          f"(it carries {existing}); pick another name or leave it out for a generated one")
     name = name or fresh_name(model, f"forget-{request.digest()[:8]}")
     t0 = time.perf_counter()
-    sites = {tower: find_site(model, tower) for tower in cfg.towers}  # once per call; fails early on unsupported models
+    sites = tower_sites(model, cfg.towers, strict=True)  # once per call; fails early on unsupported models
     deep.check_evidence(evidence, request, model)  # and on bad evidence
     info = provenance(request, cfg)
     refusal = composition_refusal(model, request, info)
     if refusal:
         raise EditError(refusal)
-    avoid = globally_forgotten(model)
     positions = {tower: place(model, site, info) for tower, site in sites.items()}  # computed on what lies below it
-    maps, ranks, stats = {}, {}, {}
     was_training = model.training
     model.eval()
     try:
         with suspended(model, positions, sites), chosen(cache):
-            E, deep_stats = None, {}
-            if cfg.depth == "deep":  # the eraser first, on the raw output; the surface edit is computed after it
-                E, deep_stats = deep.output_eraser(
-                    model, tokenizer, request, n_prototypes=cfg.deep_prototypes,
-                    proto_steps=cfg.prototype_steps("eraser"), proto_lr=cfg.proto_lr, seed=cfg.seed,
-                    class_templates=cfg.class_templates, evidence=evidence, progress=progress,
-                    site=sites.get("image"))
-            for tower, site in sites.items():  # prompts and prototypes go through cache.current()
-                maps[tower], ranks[tower], stats[tower] = compute_map(
-                    model, tokenizer, request, site, cfg, progress, pre=E if tower == "image" else None, avoid=avoid)
-                change = (maps[tower] - torch.eye(maps[tower].shape[0])).abs().max().item()
-                if cfg.alpha > 0 and change < 1e-6 * cfg.alpha:  # the full (alpha = 1) map is the identity
-                    raise EditError(f"the {tower} edit computed for this request is the identity (largest change "
-                                    f"{change:.1e} at alpha={cfg.alpha}): it would forget nothing. With "
-                                    f"method={cfg.method!r}, solver={cfg.solver!r} the request gives no direction to "
-                                    "remove; try method='multimodal' or solver='projector'")
-            if E is not None:
-                stats["image"] |= deep_stats
-                if deep_stats["eraser_normalised"] and "text" not in cfg.towers:
-                    warnings.warn(
-                        "with real images of every cell the deep edit reaches depth, but the erased images sit where "
-                        "the forgotten prompt ties with the others: measured zero-shot on the forgotten cells "
-                        "0.05-0.21 for global and 0.20-0.30 for domain-specific requests (0.00 for the shallow edit). For a "
-                        "global request add towers=('image', 'text'), which moves the forgotten prompt too "
-                        "(measured 0.00-0.03)", UserWarning, stacklevel=2)
-            result_check = _self_check(model, tokenizer, request, maps, cfg, stats, check, progress)
+            maps, ranks, stats = _compute_maps(model, tokenizer, request, cfg, sites, evidence, progress)
+            result_check = _self_check(model, tokenizer, request, maps, cfg, stats, check, progress, sites.get("image"))
     finally:
         model.train(was_training)
-    if evidence is not None:
-        info["evidence"] = stats["image"]["evidence_images"]
-    if "sink" in stats[next(iter(stats))]:
-        info["sink"] = stats[next(iter(stats))]["sink"]
-    # each edit records the maps it was computed on top of: it is only re-applied on them
-    infos = {tower: info | {"after": chain(model, sites[tower])[:positions[tower]], "map": map_digest(M)}
-             for tower, M in maps.items()}
+    infos = _edit_infos(model, info, stats, evidence, sites, positions, maps)
     with _all_or_nothing(model, name):  # every tower or none
         for tower, M in maps.items():
             inject_(model, M, tower, cfg.site, infos[tower], name=name, position=positions[tower],
@@ -351,14 +266,61 @@ def unlearn_(model: nn.Module, tokenizer, request: ForgetRequest, config: Unlear
                          check=result_check)
 
 
+def _compute_maps(model, tokenizer, request: ForgetRequest, cfg: UnlearnConfig, sites: dict[str, Site],
+                  evidence, progress: bool) -> tuple[dict, dict, dict]:
+    """Each tower's map, rank and statistics on the model as it is (the deep mode's eraser first, on the
+    image tower's raw output; the surface edit is computed after it). Raises :class:`EditError` for a
+    map that is the identity."""
+    avoid = globally_forgotten(model)
+    E, deep_stats = None, {}
+    if cfg.depth == "deep":
+        E, deep_stats = deep.output_eraser(
+            model, tokenizer, request, n_prototypes=cfg.deep_prototypes,
+            proto_steps=cfg.prototype_steps("eraser"), proto_lr=cfg.proto_lr, seed=cfg.seed,
+            class_templates=cfg.class_templates, evidence=evidence, progress=progress, site=sites.get("image"))
+    maps, ranks, stats = {}, {}, {}
+    for tower, site in sites.items():  # prompts and prototypes go through cache.current()
+        maps[tower], ranks[tower], stats[tower] = compute_map(
+            model, tokenizer, request, site, cfg, progress, pre=E if tower == "image" else None, avoid=avoid)
+        change = (maps[tower] - torch.eye(maps[tower].shape[0])).abs().max().item()
+        if cfg.alpha > 0 and change < 1e-6 * cfg.alpha:  # the full (alpha = 1) map is the identity
+            raise EditError(f"the {tower} edit computed for this request is the identity (largest change "
+                            f"{change:.1e} at alpha={cfg.alpha}): it would forget nothing. With "
+                            f"method={cfg.method!r}, solver={cfg.solver!r} the request gives no direction to "
+                            "remove; try method='multimodal' or solver='projector'")
+    if E is not None:
+        stats["image"] |= deep_stats
+        if deep_stats["eraser_normalised"] and "text" not in cfg.towers:
+            warnings.warn(
+                "with real images of every cell the deep edit reaches depth, but the erased images sit where "
+                "the forgotten prompt ties with the others: measured zero-shot on the forgotten cells "
+                "0.05-0.21 for global and 0.20-0.30 for domain-specific requests (0.00 for the shallow edit). For a "
+                "global request add towers=('image', 'text'), which moves the forgotten prompt too "
+                "(measured 0.00-0.03)", UserWarning, stacklevel=3)
+    return maps, ranks, stats
+
+
+def _edit_infos(model, info: dict, stats: dict, evidence, sites: dict[str, Site], positions: dict[str, int],
+                maps: dict) -> dict[str, dict]:
+    """Each tower's provenance for its injected edit: ``info`` with the evidence and the sink, the maps
+    it was computed on top of (``after``: it is only re-applied on them) and its own map's digest."""
+    if evidence is not None:
+        info["evidence"] = stats["image"]["evidence_images"]
+    if "sink" in stats[next(iter(stats))]:
+        info["sink"] = stats[next(iter(stats))]["sink"]
+    return {tower: info | {"after": chain(model, sites[tower])[:positions[tower]], "map": map_digest(M)}
+            for tower, M in maps.items()}
+
+
 #: Whether :func:`unlearn_` runs the self-check when ``check`` is None and no correction round ran
 #: (measured: benchmarks/self_check.py; a check set costs prototype synthesis of every cell).
 CHECK_BY_DEFAULT = False
 
 
-def _self_check(model, tokenizer, request, maps, cfg, stats, check, progress):
+def _self_check(model, tokenizer, request, maps, cfg, stats, check, progress, site: Site | None = None):
     """The edit's :class:`~lightning_unlearn.selfcheck.Check` (None when not asked for): the one the
-    correction rounds ended with if they ran, else a fresh one (before the edit is injected)."""
+    correction rounds ended with if they ran, else a fresh one (before the edit is injected), on the
+    image tower's ``site`` when already found."""
     from .selfcheck import CheckThresholds, judge, self_check
     if check is not None and not isinstance(check, (bool, CheckThresholds)):
         raise TypeError(f"`check`={check!r} must be True, False, None or a CheckThresholds")
@@ -368,7 +330,7 @@ def _self_check(model, tokenizer, request, maps, cfg, stats, check, progress):
         return None
     if ran is not None:
         return judge(ran, request, thresholds) if thresholds else ran
-    result = self_check(model, tokenizer, request, maps, cfg, thresholds=thresholds, progress=progress)
+    result = self_check(model, tokenizer, request, maps, cfg, thresholds=thresholds, progress=progress, site=site)
     if result is not None:  # its time is not the edit's (Unlearned.seconds)
         result.extra["standalone"] = True
     return result

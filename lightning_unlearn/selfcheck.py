@@ -31,7 +31,7 @@ from . import cache
 from .directions import cell_keys, cell_texts, class_texts, encode, prototype_columns
 from .prompts import fill_template
 from .request import ForgetRequest
-from .sites import find_site
+from .sites import Site, find_site
 from .zeroshot import worst_cells
 
 #: The check set's seed is the edit's seed plus this (round ``k`` of the corrections: plus ``k`` more).
@@ -125,11 +125,13 @@ def chosen_cells(model, tokenizer, request: ForgetRequest, limit: int = MAX_CELL
 
 
 def holdout(model, tokenizer, request: ForgetRequest, cells, *, seed: int, n_prototypes: int = CHECK_PROTOTYPES,
-            proto_steps: int = CHECK_STEPS, proto_lr: float = 0.05, class_templates, progress: bool = False):
+            proto_steps: int = CHECK_STEPS, proto_lr: float = 0.05, class_templates, progress: bool = False,
+            site: Site | None = None):
     """Held-out prototypes of ``cells`` on the unedited model: their normalised joint image
     embeddings (len(cells) * n_prototypes x d, cell-major), the class texts (C x d) they are labelled
-    against, and the seconds spent synthesising (0 when the cache had them)."""
-    site = find_site(model, "image")
+    against, and the seconds spent synthesising (0 when the cache had them). ``site``: the image
+    tower's :class:`~lightning_unlearn.sites.Site` when already found (else looked up)."""
+    site = find_site(model, "image") if site is None else site
     classes = list(request.classnames)
     T = class_texts(model, tokenizer, classes, class_templates)
     targets = cell_texts(model, tokenizer, cells, request.templates)
@@ -237,18 +239,19 @@ def judge(check: Check, request: ForgetRequest, thresholds: CheckThresholds) -> 
 
 def self_check(model, tokenizer, request: ForgetRequest, maps: dict, config, *, seed: int | None = None,
                n_prototypes: int = CHECK_PROTOTYPES, proto_steps: int = CHECK_STEPS,
-               thresholds: CheckThresholds | None = None, progress: bool = False) -> Check | None:
+               thresholds: CheckThresholds | None = None, progress: bool = False,
+               site: Site | None = None) -> Check | None:
     """The :class:`Check` of ``maps`` (tower -> map, as :func:`~lightning_unlearn.edit.unlearn_`
     computed them) on a held-out set of prototypes (seed ``config.seed + SEED_OFFSET`` unless given),
     synthesised on ``model`` as it is (call it before the edit is injected). None for an edit at the
-    "pooled" site, which this check does not read."""
+    "pooled" site, which this check does not read. ``site``: the image tower's site when already found."""
     if config.site != "joint":
         return None
     t0 = time.perf_counter()
     seed = config.seed + SEED_OFFSET if seed is None else seed
     cells = chosen_cells(model, tokenizer, request)
     H, T, _ = holdout(model, tokenizer, request, cells, seed=seed, n_prototypes=n_prototypes, proto_steps=proto_steps,
-                      proto_lr=config.proto_lr, class_templates=config.class_templates, progress=progress)
+                      proto_lr=config.proto_lr, class_templates=config.class_templates, progress=progress, site=site)
     T_after = T if "text" not in maps else edited_classifier(model, tokenizer, list(request.classnames),
                                                              config.class_templates, maps["text"])
     check = evaluate_check(request, cells, H, T, T_after, maps.get("image"), n_prototypes,
