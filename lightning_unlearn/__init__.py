@@ -8,8 +8,10 @@ neither torch nor Lightning: the command line answers an interrupt during its st
 from .errors import UnlearnError
 from .request import ForgetRequest, RequestError
 
-_LAZY = {**dict.fromkeys(("EditError", "ProjectorEdit", "UnlearnConfig", "Unlearned", "edits", "fold_", "inject_",
-                          "remove_edit_", "restore_", "unlearn_", "unlearned"), "edit"),
+_LAZY = {**dict.fromkeys(("UnlearnConfig", "Unlearned", "unlearn_", "unlearned"), "edit"),
+         **dict.fromkeys(("ProjectorEdit", "edits", "fold_", "restore_"), "stack"),
+         **dict.fromkeys(("inject_", "remove_edit_"), "compose"),
+         "EditError": "errors",
          **dict.fromkeys(("AUTO_PROTO_STEPS", "AUTO_RETAIN_CELL_WEIGHT", "TwoSided", "Projector", "Regularized",
                           "Prototypes", "Deep"), "config"),
          "hf_tokenizer": "encoders", "UnsupportedModelError": "sites",

@@ -6,8 +6,9 @@ import torch
 
 from lightning_unlearn import EditError, ForgetRequest, cache, edits, remove_edit_, restore_, unlearn_
 from lightning_unlearn.data.datasets import rendered_batches
-from lightning_unlearn.edit import chain, dependents, edit_modules
+from lightning_unlearn.compose import chain, dependents
 from lightning_unlearn.embedded import load_embedded
+from lightning_unlearn.stack import edit_modules
 from lightning_unlearn.zeroshot import evaluate
 
 CHEAP = dict(progress=False, n_prototypes=1, proto_steps=2)  # the bookkeeping, not the quality
