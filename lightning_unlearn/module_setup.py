@@ -97,7 +97,8 @@ def options(value, cls: type, arg: str):
     if isinstance(value, cls):
         return value
     if not isinstance(value, Mapping):
-        raise TypeError(f"`{arg}` must be a {cls.__name__}, a dict of its fields or None, got {type(value).__name__}")
+        raise TypeError(f"`{arg}` must be None, a dict of its fields or an instance of {cls.__name__}, got "
+                        f"{type(value).__name__}")
     fields = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(value) - set(fields))
     if unknown:
