@@ -142,7 +142,6 @@ class CLIPUnlearning(LightningModule):
             self.val_unrelated = MeanMetric(nan_strategy="disable")
             self.test_unrelated = MeanMetric(nan_strategy="disable")
 
-
     # ---- the edit -----------------------------------------------------------------------------
     @property
     def computed(self) -> bool:
@@ -179,9 +178,10 @@ class CLIPUnlearning(LightningModule):
             check_strategy(strategy, "CLIPUnlearning", allow_fork=True)
             self._check_data(trainer)
         if stage == "fit" and not any(p.requires_grad for p in self.parameters()):
-            raise ValueError("nothing to train: every parameter of CLIPUnlearning is frozen. Pass `trainable=` "
-                             "parameter-name prefixes of the CLIP model (e.g. ['visual.transformer.resblocks.5']) to "
-                             "fine-tune with the edit in place, or use trainer.validate / test / predict")
+            raise ValueError("nothing to train: every parameter of CLIPUnlearning is frozen. Pass "
+                             "`finetune={'trainable': [...]}`, parameter-name prefixes of the CLIP model (e.g. "
+                             "['visual.transformer.resblocks.5']), to fine-tune with the edit in place, or use "
+                             "trainer.validate / test / predict")
         self._classifiers.clear()
         if self.computed:
             return
@@ -321,7 +321,8 @@ class CLIPUnlearning(LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
-            raise ValueError("nothing to train: pass `trainable=` parameter-name prefixes of the CLIP model")
+            raise ValueError("nothing to train: pass `finetune={'trainable': [...]}`, parameter-name prefixes of the "
+                             "CLIP model")
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 
 

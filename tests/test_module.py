@@ -118,7 +118,7 @@ def test_fit_trains_only_what_is_asked_and_keeps_the_edit_frozen(loader, tmp_pat
 
 
 def test_fit_with_nothing_trainable_is_a_clear_error(loader):
-    with pytest.raises(ValueError, match=r"nothing to train.*`trainable=`"):
+    with pytest.raises(ValueError, match=r"nothing to train.*`finetune=\{'trainable': \[...\]\}`"):
         L.Trainer(max_epochs=1, **QUIET).fit(make_module(), loader)
     with pytest.raises(ValueError, match=r"`trainable` prefix 'visual.nope' matches no"):
         make_module(finetune={"trainable": ["visual.nope"]})
