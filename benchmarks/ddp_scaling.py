@@ -118,7 +118,7 @@ def main(argv=None) -> None:
     if args.child:
         return child(args.child, args.domain, args.out)
     import torch
-    runs, rows = [], []
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
             ref = None

@@ -11,7 +11,7 @@ Fitted bound: a map M (n x n, from identity, float64, Adam lr 1e-2, 400 steps, s
 the val split (30 images per cell) with CE on retained images + -log(1 - p_true) on forget images
 + colour CE on all images + 1e-4 ||M - I||^2 (logit scale 50); at ``joint`` the edit is e = M f,
 at ``pooled`` e = (M p) @ proj. Test accuracies (``--n-per-cell``) use the definitions of
-benchmarks/unlearning.py ``measure()``. The fit is one point of the forget / retain trade-off,
+``lightning_unlearn.zeroshot.request_accuracy``. The fit is one point of the forget / retain trade-off,
 not its frontier; it shows what the site allows when the data is at hand.
 Requests (fixed before any result was seen): the 8 domain-specific pairs of benchmarks/unlearning.py
 (star/sketch, moon/sketch, heart/photo, square/photo, circle/cartoon, cross/cartoon,
@@ -104,7 +104,7 @@ def fit(f, y, forget, site, proj, T, Tc, steps: int, scale: float = 50.0) -> tor
 
 
 def measure(e, y, request, T, Tc) -> dict:
-    """benchmarks/unlearning.py ``measure()`` on precomputed embeddings."""
+    """``lightning_unlearn.zeroshot.request_accuracy`` on precomputed embeddings."""
     C, D = len(request.classnames), len(request.domains)
     cell = y[:, 0] * D + y[:, 1]
     correct = torch.bincount(cell, weights=((e @ T).argmax(1) == y[:, 0]).double(), minlength=C * D).view(C, D)
