@@ -1,6 +1,8 @@
 """What the callback and ``CLIPUnlearning`` share, without Lightning: config and request coercion,
 finding the open_clip model on a module, strategy checks, and computing the edit on a strategy's
-device (the prototype synthesis shared by the ranks, rank 0's maps broadcast to every rank).
+device (the prototype synthesis shared by the ranks, rank 0's maps broadcast to every rank), the
+checks of their common arguments (``check_tokenizer``, ``check_flags``) and the log line of a
+computed edit (``edit_summary``).
 """
 from __future__ import annotations
 
