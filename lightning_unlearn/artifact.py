@@ -26,12 +26,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from torch.nn.utils import parametrize
 
-from .edit import (EditError, ProjectorEdit, Unlearned, chain, check_after, check_model, edits, fresh_name, inject_,
-                   place, remove_edit_)
+from .compose import chain, check_after, inject_, place, remove_edit_
+from .edit import Unlearned, check_model
+from .errors import EditError
 from .localdir import ArtifactError
-from .sites import TOWERS, UnsupportedModelError, find_site
+from .sites import TOWERS, find_site, tower_sites
+from .stack import edits, fresh_name, site_edits
 from .staging import check_output, plain_json, staged_file, write_json
 from .state import check_digest, map_digest, missing_digest, provenance, weights_digest
 
@@ -71,17 +72,10 @@ class EditArtifact:
 
 def _entries_from_model(model: nn.Module) -> tuple[list[torch.Tensor], list[dict]]:
     maps, entries = [], []
-    for tower in TOWERS:
-        try:
-            site = find_site(model, tower)
-        except UnsupportedModelError:
-            continue
-        if not parametrize.is_parametrized(site.module, site.weight):
-            continue
-        for e in getattr(site.module.parametrizations, site.weight):
-            if isinstance(e, ProjectorEdit):
-                maps.append(e.P.weight.detach().float().cpu().clone())
-                entries.append({"tower": tower, "site": e.side, "info": plain_json(e.info)})
+    for tower, site in tower_sites(model).items():
+        for e in site_edits(site):
+            maps.append(e.P.weight.detach().float().cpu().clone())
+            entries.append({"tower": tower, "site": e.side, "info": plain_json(e.info)})
     return maps, entries
 
 
