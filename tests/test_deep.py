@@ -272,7 +272,6 @@ def test_evidence_of_every_cell_adds_the_normalised_direction(emb, depth):
         deep.eraser({c: h.mean(0) for c, h in depth[2]["deep"].items()}, request, normalised=True)
 
 
-@pytest.mark.slow  # the depth fixture: a minute
 @pytest.mark.parametrize("paradigm", list(REQUESTS))
 def test_the_eraser_is_harmless_and_reaches_chance_with_real_images_of_every_cell(emb, depth, paradigm):
     none = run(emb, depth, paradigm, "none")

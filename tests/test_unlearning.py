@@ -53,7 +53,11 @@ TARGETS = {
 }
 
 
-@pytest.mark.parametrize("paradigm", list(TARGETS))
+# A whole domain (4 prototypes x 30 steps per cell) takes half a minute or more on one core: slow.
+PARADIGMS = [pytest.param(p, marks=pytest.mark.slow) if p == "domain" else p for p in TARGETS]
+
+
+@pytest.mark.parametrize("paradigm", PARADIGMS)
 def test_targets_are_met(setup, paradigm):
     before, after, drop = _run(setup, paradigm)
     limits = dict(TARGETS[paradigm])
@@ -63,6 +67,7 @@ def test_targets_are_met(setup, paradigm):
         assert drop[key] <= limit, f"{key} dropped {drop[key]:.2f} points (limit {limit})"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_whole_domain_targets_hold_at_other_seeds(setup, seed):
     """Whole domains synthesise 4 prototypes x 30 steps per cell. Chosen on every domain and every
@@ -81,6 +86,7 @@ def test_whole_domain_targets_hold_at_other_seeds(setup, seed):
 # --------------------------------------------------------------------------- the default solver: composition, alpha, names
 
 
+@pytest.mark.slow
 def test_several_classes_in_several_domains_lose_far_less_of_their_other_domains(setup):
     """Two classes in two domains: the forgotten cells of one domain share one shift, and the
     text stage protects the classes' other domains. Before, both classes largely went in every
@@ -102,6 +108,7 @@ def _forget_acc(setup, request):
     return request_accuracy(emb.model, emb, batches, request, colour_T)["forget_acc"]
 
 
+@pytest.mark.slow
 def test_composed_default_edits_keep_both_forgotten_and_one_is_removable_by_name(setup):
     emb = setup[0]
     snapshot = {k: v.clone() for k, v in emb.model.state_dict().items()}
