@@ -196,3 +196,17 @@ def zoo(registered, request):
     restore_(z.model)
     z.model.float().eval()  # before reloading: an fp32 snapshot copied into fp16 weights would be rounded
     z.model.load_state_dict(z.snapshot)  # also undoes a fold_
+
+
+@pytest.fixture(scope="module")
+def loader():
+    """The rendered test world in batches (tests/lightning_helpers.py); test_cli.py has its own."""
+    from lightning_helpers import world_loader
+    return world_loader()
+
+
+@pytest.fixture
+def counter(monkeypatch):
+    """The requests of every edit the Lightning layer computes during the test."""
+    from lightning_helpers import count_edits
+    return count_edits(monkeypatch)

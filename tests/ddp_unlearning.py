@@ -19,7 +19,7 @@ from lightning_unlearn.callback import NullspaceUnlearning  # noqa: E402
 from lightning_unlearn.data import World  # noqa: E402
 from lightning_unlearn.data.datasets import WorldDataset  # noqa: E402
 from lightning_unlearn.module import CLIPUnlearning  # noqa: E402
-from test_lightning import FORGET, BATCH, SHARED_CONFIG, UserModule, tiny_clip  # noqa: E402
+from lightning_helpers import FORGET, BATCH, SHARED_CONFIG, UserModule, tiny_clip  # noqa: E402
 
 
 def main(out: Path, n_per_cell: int) -> None:

@@ -13,18 +13,7 @@ from lightning_unlearn.callback import NullspaceUnlearning
 from lightning_unlearn.data import CLASSES, DOMAINS
 from lightning_unlearn.edit import UnlearnConfig, edit_modules
 from lightning_unlearn.integration import UnsupportedStrategyError, check_strategy, compute_edit_
-from test_lightning import (FORGET, QUIET, UserModule, count_edits, make_module, projector, tiny_clip, tokenizer,
-                            world_loader)
-
-
-@pytest.fixture(scope="module")
-def loader():
-    return world_loader()
-
-
-@pytest.fixture
-def counter(monkeypatch):
-    return count_edits(monkeypatch)
+from lightning_helpers import (FORGET, QUIET, UserModule, make_module, projector, tiny_clip, tokenizer)
 
 
 def test_callback_on_a_users_module_finds_the_model_and_matches_the_module(loader, counter):

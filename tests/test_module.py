@@ -10,17 +10,7 @@ import torch
 from lightning_unlearn import ForgetRequest, RequestError, edits, embedded
 from lightning_unlearn.data import CLASSES, DOMAINS
 from lightning_unlearn.module import CLIPUnlearning, Evaluation, FineTuning
-from test_lightning import FORGET, QUIET, count_edits, make_module, plain_keys, projector, tiny_clip, world_loader
-
-
-@pytest.fixture(scope="module")
-def loader():
-    return world_loader()
-
-
-@pytest.fixture
-def counter(monkeypatch):
-    return count_edits(monkeypatch)
+from lightning_helpers import FORGET, QUIET, make_module, plain_keys, projector, tiny_clip
 
 
 def test_structure_is_made_in_init_and_hparams_are_plain_data():
