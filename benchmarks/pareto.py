@@ -66,7 +66,7 @@ from lightning_unlearn.data import CLASSES, DOMAINS, QUICK_REQUESTS, rendered_ba
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
 from lightning_unlearn.metrics import forget_mask  # noqa: E402
 from lightning_unlearn.relearn import Attack, relearning_attack  # noqa: E402
-from lightning_unlearn.zeroshot import classifier  # noqa: E402
+from lightning_unlearn.zeroshot import classifier, encode_images  # noqa: E402
 
 METHODS = ("text", "multimodal", "deep", "finetune", "task-negation", "leace", "library-eraser")
 QUALITY = {"forget": 0.05, "retain_drop": 1.0}  # the library's quality: forget <= 0.05, retain drop <= 1 point
@@ -90,8 +90,8 @@ def split(emb, name: str, n: int) -> dict:
 
 
 @torch.no_grad()
-def encode(model, x, out=None, batch: int = 500) -> torch.Tensor:
-    h = torch.cat([model.encode_image(x[i:i + batch]).float() for i in range(0, len(x), batch)])
+def encode(model, x, out=None) -> torch.Tensor:
+    h = encode_images(model, x)
     return h if out is None else out(h)
 
 
@@ -279,10 +279,13 @@ def main(argv=None):
     p.add_argument("--evidence", type=int, default=80, help="train images per cell (deep, task-negation, leace)")
     p.add_argument("--relearn-steps", type=int, default=50, help="bound of the relearning attack")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--summary-only", action="store_true", help="reprint the table of an existing --json result")
+    p.add_argument("--summary-only", action="store_true",
+                   help="summarise the runs of an existing --json result again (written back) and print the table")
     args = p.parse_args(argv)
     if args.summary_only:
         d = json.loads(args.json.read_text())
+        d["summary"] = summarise([r for r in d["runs"] if r["method"] != "unedited"], d["relearn_steps"])
+        args.json.write_text(json.dumps(d, indent=1))
         print(fmt_table(d["summary"], d["relearn_steps"]))
         return
     torch.manual_seed(0)
