@@ -281,7 +281,17 @@ def main(argv=None):
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--summary-only", action="store_true",
                    help="summarise the runs of an existing --json result again (written back) and print the table")
+    p.add_argument("--paradigms", default="global,domain-specific,domain",
+                   help="only the requests of these paradigms (to run a full table in several processes)")
+    p.add_argument("--merge", nargs="+", type=Path, default=None,
+                   help="write to --json the runs of these results (one table run in parts) and summarise them")
     args = p.parse_args(argv)
+    if args.merge:
+        parts = [json.loads(f.read_text()) for f in args.merge]
+        merged = parts[0] | {"runs": [r for d in parts for r in d["runs"]], "parts": [str(f) for f in args.merge],
+                             "total_seconds": sum(d.get("total_seconds", 0) for d in parts)}
+        args.json.write_text(json.dumps(merged, indent=1))
+        args.summary_only = True
     if args.summary_only:
         d = json.loads(args.json.read_text())
         d["summary"] = summarise([r for r in d["runs"] if r["method"] != "unedited"], d["relearn_steps"])
@@ -295,10 +305,11 @@ def main(argv=None):
          "test": split(emb, "test", args.n_per_cell)}
     D["attack"] = split(emb, "train", 5)
     base_acc = cell_acc(emb.model, emb.tokenizer, emb.templates, encode(emb.model, D["test"]["x"]), D["test"])
-    requests = list(QUICK_REQUESTS) if args.quick else full_requests(args.cells)
+    requests = [(paradigm, kw) for paradigm, kw in (QUICK_REQUESTS if args.quick else full_requests(args.cells))
+                if paradigm in args.paradigms.split(",")]
     methods = args.methods.split(",")
     result = {"mode": "quick" if args.quick else "full", "n_per_cell": args.n_per_cell, "evidence": args.evidence,
-              "methods": methods, "relearn_steps": args.relearn_steps, "quality": QUALITY, "cells": None if args.quick else args.cells,
+              "methods": methods, "paradigms": args.paradigms.split(","), "relearn_steps": args.relearn_steps, "quality": QUALITY, "cells": None if args.quick else args.cells,
               "task_negation_recipe": TASK_NEGATION.__dict__, "finetune_recipe": TUNED.__dict__, "runs": []}
     t_start = time.perf_counter()
     args.json.parent.mkdir(parents=True, exist_ok=True)
