@@ -30,6 +30,19 @@ class UnsupportedStrategyError(UnlearnError, ValueError):
     """The Trainer's strategy cannot carry a parametrized edit."""
 
 
+def check_fields(given, fields: list[str], what: str) -> None:
+    """Refuse names of ``given`` not in ``fields``, naming the closest valid one.
+
+    Raises:
+        ValueError: ``unknown <what> [...] ('x' -> did you mean 'y'?); valid fields are [...]``.
+    """
+    unknown = sorted(set(given) - set(fields))
+    if unknown:
+        hints = {u: difflib.get_close_matches(u, fields, n=1) for u in unknown}
+        hint = "; ".join(f"{u!r} -> did you mean {h[0]!r}?" for u, h in hints.items() if h)
+        raise ValueError(f"unknown {what} {unknown}{' (' + hint + ')' if hint else ''}; valid fields are {fields}")
+
+
 def make_config(config: UnlearnConfig | Mapping | None = None, **overrides) -> UnlearnConfig:
     """An :class:`UnlearnConfig` from a config, a dict of its flat settings (:data:`config.KEYWORDS`), or
     ``None`` (defaults), with ``overrides``; unknown names raise a ``ValueError`` listing the valid ones."""
@@ -40,13 +53,7 @@ def make_config(config: UnlearnConfig | Mapping | None = None, **overrides) -> U
         config = UnlearnConfig()
     elif not isinstance(config, UnlearnConfig):
         raise TypeError(f"`config` must be an UnlearnConfig, a dict of its fields or None, got {type(config).__name__}")
-    fields = list(KEYWORDS)
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        hints = {u: difflib.get_close_matches(u, fields, n=1) for u in unknown}
-        hint = "; ".join(f"{u!r} -> did you mean {h[0]!r}?" for u, h in hints.items() if h)
-        raise ValueError(f"unknown UnlearnConfig field(s) {unknown}{' (' + hint + ')' if hint else ''}; "
-                         f"valid fields are {fields}")
+    check_fields(overrides, list(KEYWORDS), "UnlearnConfig field(s)")
     return dataclasses.replace(config, **overrides) if overrides else config
 
 

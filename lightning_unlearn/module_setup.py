@@ -6,7 +6,6 @@ placeholders that give a checkpoint the edited model's keys before the edit is c
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -16,7 +15,7 @@ from torch import nn
 
 from . import embedded
 from .edit import EditError, UnlearnConfig, edit_modules, edits, inject_
-from .integration import carried_edit_ids, check_tokenizer, make_request, tower_edits
+from .integration import carried_edit_ids, check_fields, check_tokenizer, make_request, tower_edits
 from .load import LoadError, check_name, is_embedded, load_clip, model_cfg_of
 from .prompts import CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest, as_names
@@ -99,13 +98,7 @@ def options(value, cls: type, arg: str):
     if not isinstance(value, Mapping):
         raise TypeError(f"`{arg}` must be None, a dict of its fields or an instance of {cls.__name__}, got "
                         f"{type(value).__name__}")
-    fields = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(value) - set(fields))
-    if unknown:
-        hints = {u: difflib.get_close_matches(u, fields, n=1) for u in unknown}
-        hint = "; ".join(f"{u!r} -> did you mean {h[0]!r}?" for u, h in hints.items() if h)
-        raise ValueError(f"unknown `{arg}` field(s) {unknown}{' (' + hint + ')' if hint else ''}; "
-                         f"valid fields are {fields}")
+    check_fields(value, [f.name for f in dataclasses.fields(cls)], f"`{arg}` field(s)")
     return cls(**value)
 
 

@@ -2,6 +2,7 @@
 random-init transformers models, and tiny random-init open_clip architectures (registered once per
 session, built once, handed back restored). The ``slow`` marker (pyproject.toml) marks tests that
 take half a minute or more: ``pytest -m "not slow"`` leaves them out."""
+import copy
 import json
 import shutil
 import time
@@ -210,3 +211,28 @@ def counter(monkeypatch):
     """The requests of every edit the Lightning layer computes during the test."""
     from lightning_helpers import count_edits
     return count_edits(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def base(weights):
+    """The embedded model loaded from the snapshot weights (edit-file and export tests)."""
+    return embedded.load_embedded(weights)
+
+
+@pytest.fixture(scope="module")
+def edited(base):
+    """A copy of ``base``'s model with a text-only global edit (tests/export_helpers.py FORGET), and its result."""
+    from export_helpers import FORGET
+
+    from lightning_unlearn import ForgetRequest, unlearn_
+    model = copy.deepcopy(base.model)
+    request = ForgetRequest(base.classnames, base.domains, **FORGET)
+    result = unlearn_(model, base.tokenizer, request, method="text", progress=False)
+    return model.eval(), result
+
+
+@pytest.fixture(scope="module")
+def inputs(base):
+    """Fixed random images and three prompts."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(6, 3, 32, 32, generator=g), base.tokenizer(["a sketch of a star.", "a star.", "a moon."])

@@ -7,44 +7,12 @@ import json
 
 import pytest
 import torch
+from export_helpers import assert_same_outputs
 from safetensors.torch import save_file
 
-from lightning_unlearn import EditError, ForgetRequest, edits, embedded, remove_edit_, restore_, unlearn_
-from lightning_unlearn.artifact import (ArtifactError, WeightsMismatchError, apply_edit_file_, load_edit,
-                                        save_edit)
+from lightning_unlearn import EditError, ForgetRequest, edits, remove_edit_, restore_, unlearn_
+from lightning_unlearn.artifact import ArtifactError, WeightsMismatchError, apply_edit_file_, load_edit, save_edit
 from lightning_unlearn.state import weights_digest
-
-FORGET = dict(forget_classes=["star"])  # global: the text-only method changes the model for it
-
-
-@pytest.fixture(scope="module")
-def base(weights):
-    return embedded.load_embedded(weights)
-
-
-@pytest.fixture(scope="module")
-def edited(base):
-    model = copy.deepcopy(base.model)
-    request = ForgetRequest(base.classnames, base.domains, **FORGET)
-    result = unlearn_(model, base.tokenizer, request, method="text", progress=False)
-    return model.eval(), result
-
-
-@pytest.fixture(scope="module")
-def inputs(base):
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(6, 3, 32, 32, generator=g), base.tokenizer(["a sketch of a star.", "a star.", "a moon."])
-
-
-def outputs(model, inputs):
-    model.eval()
-    with torch.no_grad():
-        return model.encode_image(inputs[0]), model.encode_text(inputs[1])
-
-
-def assert_same_outputs(a, b, inputs):
-    for x, y in zip(outputs(a, inputs), outputs(b, inputs)):
-        torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
 
 
 def snapshot(model) -> dict:

@@ -3,54 +3,21 @@ same outputs, existing outputs are refused unless asked, an interrupted write le
 written, and a config that does not fit writes nothing. Runs on a snapshot of the embedded model's
 weights, with the fast text-only method. The edit file is tested in test_artifact.py, the staging
 of writes in test_bad_inputs.py, the module layering in test_staging.py."""
-import copy
 import json
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from export_helpers import assert_same_outputs, outputs
 
-from lightning_unlearn import ArtifactError, ForgetRequest, edits, embedded, unlearn_
-from lightning_unlearn import artifact
+from lightning_unlearn import ArtifactError, artifact, edits, embedded
 from lightning_unlearn import export as ex
 from lightning_unlearn.artifact import save_edit
 from lightning_unlearn.data import World
 from lightning_unlearn.export import save_folded
 from lightning_unlearn.localdir import CONFIG_NAME, WEIGHTS_NAME
 from lightning_unlearn.staging import MARKER_NAME
-
-FORGET = dict(forget_classes=["star"])  # global: the text-only method changes the model for it
-
-
-@pytest.fixture(scope="module")
-def base(weights):
-    return embedded.load_embedded(weights)
-
-
-@pytest.fixture(scope="module")
-def edited(base):
-    model = copy.deepcopy(base.model)
-    request = ForgetRequest(base.classnames, base.domains, **FORGET)
-    result = unlearn_(model, base.tokenizer, request, method="text", progress=False)
-    return model.eval(), result
-
-
-@pytest.fixture(scope="module")
-def inputs(base):
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(6, 3, 32, 32, generator=g), base.tokenizer(["a sketch of a star.", "a star.", "a moon."])
-
-
-def outputs(model, inputs):
-    model.eval()
-    with torch.no_grad():
-        return model.encode_image(inputs[0]), model.encode_text(inputs[1])
-
-
-def assert_same_outputs(a, b, inputs):
-    for x, y in zip(outputs(a, inputs), outputs(b, inputs)):
-        torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
 
 
 def model_cfg():
