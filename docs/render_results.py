@@ -128,22 +128,36 @@ def render_quality() -> str:
         "unlearning.json", "time_ratio.json", "time_ratio_ds.json")
 
 
+GLANCE_METHODS = {"text": "library: text (data-free)", "multimodal": "**library: multimodal (default, data-free)**",
+                  "deep": "library: deep (real images)", "finetune": "fine-tuning baseline (Kravets & Namboodiri)",
+                  "task-negation": "task negation (Ilharco et al.)", "leace": "LEACE (concept-erasure package)",
+                  "library-eraser": "library eraser (real images)"}
+GLANCE_PARADIGMS = {"global": "global", "domain-specific": "domain-specific", "domain": "whole domain"}
+
+
 def render_glance() -> str:
-    """The README's one table: the library defaults (multimodal, cold edits) against the fine-tuning baseline,
-    each pair from the same run."""
+    """The README's one table: every method on every request of benchmarks/pareto.py, one row per paradigm and
+    method (means over the requests, worst = the worst cell of any request), all from one result."""
+    d = load("pareto.json")
     rows = []
-    for paradigm, mm, ft, label in [("global", "time_ratio.json", "time_ratio.json", "global (every class)"),
-                                    ("domain-specific", "time_ratio_ds.json", "time_ratio_ds.json",
-                                     "domain-specific (every cell)"),
-                                    ("domain", "time_ratio.json", "time_ratio.json", "whole domain (every domain)")]:
-        for name, method in [(mm, "multimodal"), (ft, "finetune")]:
-            s = summary_row(name, "single", paradigm, method)
-            rows.append([label, "this library (defaults)" if method == "multimodal" else "fine-tuning baseline",
-                         s["runs"], f"{f3(s['forget_after_mean'])} / {f3(s['forget_after_worst'])}",
-                         f"{f2(s['retain_drop_mean'])} / {f2(s['retain_drop_worst'])}",
-                         f2(s["unrelated_drop_worst"]), f1(s["edit_seconds_mean"])])
-    return table(["request", "method", "runs", "forget accuracy after (mean / worst)",
-                  "retain drop, points (mean / worst)", "colour drop, points (worst)", "seconds (mean)"], rows)
+    for s in d["summary"]:
+        what = f"{GLANCE_PARADIGMS[s['paradigm']]} ({s['requests']})"
+        if s.get("refused"):
+            rows.append([what, GLANCE_METHODS[s["method"]], "refused", "", "", "", "", "", "", "", "", ""])
+            continue
+        steps = s["relearn_steps"]
+        relearn = f"> {d['relearn_steps']}" if steps is None else (
+            str(steps) if steps == s["relearn_steps_max"] else f"{steps}-{s['relearn_steps_max']}")
+        same = "-" if s["same_drop_mean"] is None else f"{s['same_drop_mean']:.1f} ({s['same_drop_worst']:.0f})"
+        rows.append([what, GLANCE_METHODS[s["method"]], f"{s['forget_mean']:.3f} ({s['forget_worst']:.2f})",
+                     f"{s['retain_drop_mean']:.1f} ({s['retain_drop_worst']:.0f})", same, f"{s['probe_norm']:.2f}",
+                     relearn, f"{s['images']:.0f}", f"{s['seconds']:.1f}",
+                     f"{s['own_criterion_met']}/{s['requests']}", f"{s['quality_met']}/{s['requests']}",
+                     "*" if s.get("pareto") else ""])
+    return table(["paradigm (requests)", "method", "forget accuracy: mean (worst cell)",
+                  "retain drop, points: mean (worst cell)", "same class, other domains: drop (worst)",
+                  "probe (normalised; chance 0.5)", "relearning steps to 0.5", "real images", "seconds",
+                  "own criterion met", "library quality met", "Pareto"], rows) + "\n\n" + source("pareto.json")
 
 
 def _yes(ok: bool) -> str:
@@ -776,6 +790,35 @@ def _pareto(name: str) -> str:
     return fmt_table(d["summary"], d["relearn_steps"]) + "\n\n" + source(name)
 
 
+def render_failing_cells() -> str:
+    """robustness.json: the requests that miss a target at some seed (default settings), with the seeds and
+    what each misses (the worst retained cell, or the forgotten cells' accuracy)."""
+    d = load("robustness.json")
+    rows = []
+    for s in d["robustness"]:
+        if not s["condition"].startswith("default"):
+            continue
+        per = defaultdict(dict)
+        for f in s["failing_runs"]:
+            per[f["request"]][f["seed"]] = f
+        per = {request: list(fs.values()) for request, fs in per.items()}
+        for request, fs in per.items():
+            runs = {r["seed"]: r for r in d["rows"] if r["variant"] == s["condition"].split(",")[0]
+                    and _label(r["forget"]) == request}
+            forget = [runs[f["seed"]]["forget_acc"] for f in fs]
+            worst = max(fs, key=lambda f: f["worst_retain_cell"]["drop_points"])["worst_retain_cell"]
+            rows.append([s["kind"], request, f"{len(fs)} of {len(runs)}: " + ", ".join(str(f["seed"]) for f in fs),
+                         ", ".join(sorted({m for f in fs for m in f["misses"]})), span(forget, f2),
+                         f"{'/'.join(worst['cell'])} {-worst['drop_points']:+.0f}" if worst["drop_points"] > 0 else "none"])
+    return table(["request kind", "request", "seeds that miss a target", "targets missed", "forget accuracy (those seeds)",
+                  "worst retained cell (points)"], rows) + "\n\n" + source("robustness.json")
+
+
+def _label(forget: dict) -> str:
+    classes, domains = forget.get("forget_classes"), forget.get("forget_domains")
+    return " in ".join(x for x in ("+".join(classes or []), "+".join(domains or [])) if x)
+
+
 RENDERERS = {
     "glance": render_glance,
     "quality": render_quality,
@@ -799,6 +842,8 @@ RENDERERS = {
     "demo-worst": render_demo_worst,
     "self-check": lambda: _sweep_table("robustness.json", "table"),
     "robustness-sweep": lambda: _sweep_table("robustness.json", "robustness_table"),
+    "failing-cells": render_failing_cells,
+    "ds-mechanisms": lambda: _sweep_table("ds_cell_mechanisms.json", "robustness_table"),
     "ddp-scaling": render_ddp_scaling,
     "cell-sweep": lambda: _sweep_table("cell_sweep.json", "table"),
     "cell-sweep-test": lambda: _sweep_table("cell_sweep.json", "table_test"),
