@@ -124,6 +124,8 @@ def main(argv=None):
             for seq in chains:
                 rows.append(run_chain(emb, batches, base, seq, args.unchecked, seed))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
+                args.json.parent.mkdir(parents=True, exist_ok=True)  # what ran so far, should the run be cut
+                args.json.write_text(json.dumps({"n_per_cell": args.n_per_cell, "seeds": seeds, "runs": rows}, indent=1))
     ran = [r for r in rows if "refused" not in r]
     result = {"n_per_cell": args.n_per_cell, "unchecked": args.unchecked, "seeds": seeds, "requests": REQUESTS, "targets": {
         "forget_mean": FORGET_MEAN, "forget_cell": FORGET_CELL, "retain_drop_mean": RETAIN_MEAN,
