@@ -841,6 +841,7 @@ RENDERERS = {
     "pareto-library": lambda: _pareto("pareto_library.json"),
     "demo-worst": render_demo_worst,
     "self-check": lambda: _sweep_table("robustness.json", "table"),
+    "self-check-mechanisms": lambda: _sweep_table("self_check.json", "table"),
     "robustness-sweep": lambda: _sweep_table("robustness.json", "robustness_table"),
     "failing-cells": render_failing_cells,
     "ds-mechanisms": lambda: _sweep_table("ds_cell_mechanisms.json", "robustness_table"),

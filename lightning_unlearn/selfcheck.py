@@ -12,12 +12,13 @@ depth); prototypes come from the current :mod:`~lightning_unlearn.cache` like th
 check set is synthesised once per model and seed and reused by later requests. The correction rounds that
 turn a failed check into constraints of the map are in :mod:`~lightning_unlearn.correction`.
 
-What it is worth, measured on the embedded world (benchmarks/results/self_check.json and
-robustness_seeds.json, 70 edits at seeds 0-4): it catches gross damage (a forgotten class still
-named, a counted retained class sent elsewhere) and agrees with the real pass / fail on 56 of the 70
-edits, but it flagged 2 of 17 real failing cells: 13 lie in cells none of whose held-out prototypes
-the unedited model names confidently (18 of the 40 cells get one), and its per-cell predictions
-barely rank the real drops. A pass is therefore no proof that no retained cell lost points.
+What it is worth, measured on the embedded world (benchmarks/results/robustness_default.json: every
+class, cell, domain, pair of domains and the several-class requests at seeds 0-4, 315 edits): it
+catches gross damage (a forgotten class still named, a counted retained class sent elsewhere) and
+agrees with the real pass / fail on 225 of the 315 edits, but it flagged 5 of the 75 real failing
+cells: 53 lie in cells none of whose held-out prototypes the unedited model names confidently, 17 it
+passed, and its per-cell predictions barely rank the real drops. A pass is therefore no proof that
+no retained cell lost points.
 """
 from __future__ import annotations
 
