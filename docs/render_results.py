@@ -836,6 +836,7 @@ RENDERERS = {
     "fingerprint-cost": render_fingerprint_cost,
     "demo": render_demo,
     "composition": render_composition,
+    "pareto-full": lambda: _pareto("pareto.json"),
     "pareto-quick": lambda: _pareto("pareto_quick.json"),
     "pareto-erasers": lambda: _pareto("pareto_erasers.json"),
     "pareto-library": lambda: _pareto("pareto_library.json"),

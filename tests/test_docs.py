@@ -467,6 +467,7 @@ def _prose_deep_mode(r):
 def _prose_results(r):
     robust = r.load("robustness.json")
     rb = {x["kind"]: x for x in robust["robustness"] if x["condition"].startswith("default")}
+    rp = {v: {x["kind"]: x for x in robust["robustness"] if x["condition"].startswith(v)} for v in ("fp64", "bf16")}
     ds_default = [x for x in rb["domain-specific"]["failing_runs"]]
     neighbour = [x["worst_retain_cell"]["drop_points"] for x in ds_default
                  if x["worst_retain_cell"]["cell"][1] == x["request"].split(" in ")[1]
@@ -624,6 +625,12 @@ def _prose_results(r):
         ("{} of the {} runs (40 cells x 5 seeds) meet every target", rb["domain-specific"]["runs_meeting_targets"],
          rb["domain-specific"]["runs"]),
         ("in the same domain, loses up to {} points", f"{max(neighbour):.0f}"),
+        ("float64 reproduces the defaults' counts on every kind of request", ) if {
+            k: (x["runs_meeting_targets"], x["runs"]) for k, x in rp["fp64"].items()} == {
+            k: (x["runs_meeting_targets"], x["runs"]) for k, x in rb.items()} else ("fp64 counts DIFFER",),
+        ("target on {} of {} whole-domain edits, {} of {} pairs of domains and {} of {} several-class global",
+         *[v for k in ("domain", "domain (several)", "global (several)")
+           for v in (rp["bf16"][k]["runs_meeting_targets"], rp["bf16"][k]["runs"])]),
         ("(defaults: it agrees with the real verdict on {} of the {} runs, and of the {} real failing cells it flagged "
          "{}, could not count {} and passed {})", sum(x["real_pass"] == x["check_passed"] for x in default_rows),
          len(default_rows), len(failing), *[sum(f["check"] == k for f in failing) for k in ("flagged", "not counted",
