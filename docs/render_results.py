@@ -751,6 +751,28 @@ def render_composition() -> str:
                   "targets"], rows) + "\n\n" + note + "\n\n" + source("composition.json")
 
 
+def render_composition_seeds() -> str:
+    """composition_seeds.json: the chains the library accepts at other edit seeds, with seed 0 from
+    composition.json: per chain, the seeds at which it meets every target, and its worst run."""
+    runs = [r for r in load("composition.json")["runs"] if "," in r["chain"] and "refused" not in r
+            and not r.get("would_refuse")]
+    runs += [r for r in load("composition_seeds.json")["runs"] if "refused" not in r]
+    rows = []
+    for chain in dict.fromkeys(r["chain"] for r in runs):
+        rs = [r for r in runs if r["chain"] == chain]
+        worst = max(rs, key=lambda r: r["worst_retain_drop"])
+        forget = max((q["worst_forget_acc"], q["request"], r.get("seed", 0)) for r in rs for q in r["requests"]
+                     if q["paradigm"] != "domain")  if any(q["paradigm"] != "domain" for q in rs[0]["requests"]) else None
+        rows.append([chain, f"{sum(r['met'] for r in rs)} of {len(rs)}: "
+                     + ", ".join(str(r.get("seed", 0)) for r in rs if r["met"]),
+                     "-" if forget is None else f"{f2(forget[0])} ({forget[1]}, seed {forget[2]})",
+                     f"{f1(worst['worst_retain_drop'])} ({'/'.join(worst['worst_retain_cell'])}, seed "
+                     f"{worst.get('seed', 0)})"])
+    return table(["chain", "seeds meeting every target", "worst forgotten cell of a class request (seed)",
+                  "worst retained cell drop, points (seed)"], rows) + "\n\n" + source("composition.json",
+                                                                                   "composition_seeds.json")
+
+
 def render_ddp_scaling() -> str:
     """benchmarks/ddp_scaling.py: one process against two (gloo, one thread each), every repeat."""
     d = load("ddp_scaling.json")
@@ -836,6 +858,7 @@ RENDERERS = {
     "fingerprint-cost": render_fingerprint_cost,
     "demo": render_demo,
     "composition": render_composition,
+    "composition-seeds": render_composition_seeds,
     "pareto-full": lambda: _pareto("pareto.json"),
     "pareto-quick": lambda: _pareto("pareto_quick.json"),
     "pareto-erasers": lambda: _pareto("pareto_erasers.json"),
