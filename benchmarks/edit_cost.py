@@ -67,6 +67,7 @@ STAGES = [("lightning_unlearn.directions", "encode", "prompts"),
           ("lightning_unlearn.directions", "prototype_columns", "prototypes"),
           ("lightning_unlearn.prototypes", "synthesize", "prototypes"),
           ("lightning_unlearn.nullspace", "two_sided_map", "solve"),
+          ("lightning_unlearn.nullspace", "regularized_edit", "solve"),
           ("lightning_unlearn.edit", "solve", "solve"),
           ("lightning_unlearn.edit", "inject_", "inject")]
 

@@ -763,8 +763,8 @@ def render_composition_seeds() -> str:
         worst = max(rs, key=lambda r: r["worst_retain_drop"])
         forget = max((q["worst_forget_acc"], q["request"], r.get("seed", 0)) for r in rs for q in r["requests"]
                      if q["paradigm"] != "domain")  if any(q["paradigm"] != "domain" for q in rs[0]["requests"]) else None
-        rows.append([chain, f"{sum(r['met'] for r in rs)} of {len(rs)}: "
-                     + ", ".join(str(r.get("seed", 0)) for r in rs if r["met"]),
+        met = [str(r.get("seed", 0)) for r in rs if r["met"]]
+        rows.append([chain, f"{len(met)} of {len(rs)}" + (": " + ", ".join(met) if met else ""),
                      "-" if forget is None else f"{f2(forget[0])} ({forget[1]}, seed {forget[2]})",
                      f"{f1(worst['worst_retain_drop'])} ({'/'.join(worst['worst_retain_cell'])}, seed "
                      f"{worst.get('seed', 0)})"])

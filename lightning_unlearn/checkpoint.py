@@ -88,7 +88,22 @@ def _restore(ckpt: Path):
         missing, unexpected, shapes = keys_from_torch_error(str(e))
         if missing or unexpected or shapes:
             raise ValueError(f"{ckpt} does not match CLIPUnlearning: "
-                             + describe_key_mismatch(missing, unexpected, shapes)) from e
+                             + describe_key_mismatch(missing, unexpected, shapes) + _old_format(str(e))) from e
         raise ValueError(f"cannot restore CLIPUnlearning from {ckpt}: {str(e).splitlines()[0]}") from e
     except Exception as e:  # noqa: BLE001 - hyperparameters that no longer fit the class, ...
-        raise ValueError(f"cannot restore CLIPUnlearning from {ckpt}: {type(e).__name__}: {e}") from e
+        raise ValueError(f"cannot restore CLIPUnlearning from {ckpt}: {type(e).__name__}: {e}"
+                         + _old_format(str(e))) from e
+
+
+#: Hyperparameters and buffers of checkpoints saved by lightning_unlearn 0.1.0 before the option groups.
+_OLD_NAMES = ("templates", "colours", "colour_templates", "trainable", "lr", "weight_decay", "edit_fingerprint")
+
+
+def _old_format(message: str) -> str:
+    """A hint for a checkpoint written before ``CLIPUnlearning``'s option groups, when ``message`` names one
+    of its old hyperparameters or buffers ("" otherwise)."""
+    if not any(f"'{name}'" in message or f"{name}" in message.split() for name in _OLD_NAMES):
+        return ""
+    return ("; this checkpoint predates the option groups: load it with the version that wrote it, or move "
+            "templates / colours / colour_templates under `evaluation=`, trainable / lr / weight_decay under "
+            "`finetune=` in its hyper_parameters, and rename the buffer `edit_fingerprint` to `computed_edit_id`")

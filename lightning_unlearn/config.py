@@ -14,9 +14,9 @@ request); :meth:`UnlearnConfig.to_dict` writes "auto" as None, as edit ids alway
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 
+from .errors import check_fields
 from .prompts import CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest
 from .settings import (  # noqa: F401 - the typed settings, importable from here
@@ -119,11 +119,7 @@ class UnlearnConfig:
         if isinstance(solver, tuple(SOLVER_CLASSES.values())):
             solver_config, solver = solver, None
         name = solver if solver is not None else solver_config.name if solver_config is not None else "two-sided"
-        unknown = sorted(set(settings) - set(KEYWORDS))
-        if unknown:
-            hints = "".join(f"; {u!r} -> did you mean {h[0]!r}?" for u in unknown
-                            if (h := difflib.get_close_matches(u, KEYWORDS, n=1)))
-            raise TypeError(f"UnlearnConfig got unknown setting(s) {unknown}{hints}; the settings are {list(KEYWORDS)}")
+        check_fields(settings, KEYWORDS, "UnlearnConfig setting(s)", TypeError)
         self._set_common(method, name, alpha, towers, site, class_templates, depth)
         self._set_parts(name, _flat(solver_config) | _flat(prototypes) | _flat(deep) | settings)
 
@@ -160,6 +156,9 @@ class UnlearnConfig:
         object.__setattr__(self, "deep", Deep(**take(Deep)) if deep else None)
         for key, value in settings.items():
             if _setting(value) != _setting(DEFAULTS[key]):
+                owner = next((c for c in (*SOLVER_CLASSES.values(), Prototypes, Deep) if key in field_names(c)), None)
+                if owner is not None:
+                    owner(**{key: value})  # a value no choice accepts gets its own error first
                 raise ValueError(_refusal(key, value, self))
 
     def __getattr__(self, name: str):
@@ -181,8 +180,10 @@ class UnlearnConfig:
         return (self.prototypes or Prototypes()).steps(what)
 
     def cell_weight(self, request: ForgetRequest) -> float:
-        """The two-sided solver's retained-cell weight for ``request`` (see :meth:`TwoSided.cell_weight`)."""
-        return self.solver_config.cell_weight(request)
+        """The two-sided solver's retained-cell weight for ``request`` (see :meth:`TwoSided.cell_weight`; the
+        per-paradigm default under the other solvers, which have no such setting)."""
+        two_sided = self.solver_config if isinstance(self.solver_config, TwoSided) else TwoSided()
+        return two_sided.cell_weight(request)
 
     def corrects(self) -> bool:
         """Whether correction ``rounds`` can act: the two-sided multimodal edit at the joint site."""

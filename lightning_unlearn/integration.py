@@ -7,7 +7,6 @@ computed edit (``edit_summary``).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any, Callable, Mapping
 
 import torch
@@ -16,7 +15,7 @@ from torch import nn
 from . import sharding
 from .config import KEYWORDS
 from .edit import UnlearnConfig, Unlearned, unlearn_
-from .errors import EditError, UnlearnError
+from .errors import EditError, UnlearnError, check_fields
 from .request import ForgetRequest
 from .sites import is_clip, tower_sites
 from .stack import ProjectorEdit, edit_modules, edits, restore_, site_stacks
@@ -28,19 +27,6 @@ SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrateg
 
 class UnsupportedStrategyError(UnlearnError, ValueError):
     """The Trainer's strategy cannot carry a parametrized edit."""
-
-
-def check_fields(given, fields: list[str], what: str) -> None:
-    """Refuse names of ``given`` not in ``fields``, naming the closest valid one.
-
-    Raises:
-        ValueError: ``unknown <what> [...] ('x' -> did you mean 'y'?); valid fields are [...]``.
-    """
-    unknown = sorted(set(given) - set(fields))
-    if unknown:
-        hints = {u: difflib.get_close_matches(u, fields, n=1) for u in unknown}
-        hint = "; ".join(f"{u!r} -> did you mean {h[0]!r}?" for u, h in hints.items() if h)
-        raise ValueError(f"unknown {what} {unknown}{' (' + hint + ')' if hint else ''}; valid fields are {fields}")
 
 
 def make_config(config: UnlearnConfig | Mapping | None = None, **overrides) -> UnlearnConfig:

@@ -15,7 +15,8 @@ from torch import nn
 
 from . import embedded
 from .edit import EditError, UnlearnConfig, edit_modules, edits, inject_
-from .integration import carried_edit_ids, check_fields, check_tokenizer, make_request, tower_edits
+from .errors import check_fields
+from .integration import carried_edit_ids, check_tokenizer, make_request, tower_edits
 from .load import LoadError, check_name, is_embedded, load_clip, model_cfg_of
 from .prompts import CLASS_TEMPLATES, validate_templates
 from .request import ForgetRequest, as_names

@@ -186,7 +186,7 @@ def _resnet(visual: ModifiedResNet) -> Site:
 
 def _slot_site(slot: Slot, owner: Callable[[torch.Tensor], torch.Tensor]) -> Site:
     """The site of ``slot``: its installed :class:`EditLinear`, or (pending) the identity one made for it
-    when the site's ``module`` is first read (:func:`~lightning_unlearn.stack.inject_` installs that
+    when the site's ``module`` is first read (:func:`~lightning_unlearn.compose.inject_` installs that
     very object), whose input is ``owner``'s output."""
     linear = slot.installed
     if linear is None:

@@ -236,7 +236,12 @@ def edit_modules(model: nn.Module) -> list[tuple[str, ProjectorEdit]]:
 def edits(model: nn.Module) -> list[str]:
     """The names of the edits ``model`` carries, in application order ("" for an unnamed legacy edit);
     an empty list for a model without edits. Never raises."""
-    return list(dict.fromkeys(name for st in stacks(model) for name in st.names))
+    return _names(stacks(model))
+
+
+def _names(found: list[EditStack]) -> list[str]:
+    """The edit names of the stacks ``found``, each once, in application order."""
+    return list(dict.fromkeys(name for st in found for name in st.names))
 
 
 def fresh_name(model: nn.Module, base: str) -> str:
@@ -253,7 +258,7 @@ def restore_(model: nn.Module) -> list[str]:
     bit-identical to the original. Returns the names removed (an empty list for a model without
     edits, which is left as it is)."""
     found = stacks(model)
-    names = list(dict.fromkeys(name for st in found for name in st.names))
+    names = _names(found)
     for st in found:
         st.clear()
     uninstall_(model)

@@ -71,7 +71,7 @@ def test_config_accepts_a_single_tower_string():
 
 
 def test_an_unknown_keyword_is_a_type_error_naming_the_closest_setting():
-    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['enrgy'\]; 'enrgy' -> did you mean 'energy'"):
+    with pytest.raises(TypeError, match=r"unknown UnlearnConfig setting\(s\) \['enrgy'\] \('enrgy' -> did you mean 'energy'"):
         UnlearnConfig(solver="projector", enrgy=0.9)
 
 
@@ -162,3 +162,14 @@ def test_stage_one_without_a_kept_class_is_recorded(emb):
                         class_templates=("a {c}.",)) as u:
         assert "no kept class" in u.stats["image"]["text_first_skipped"]
         assert "text_first_rank" not in u.stats["image"]
+
+
+def test_other_solvers_read_the_per_paradigm_cell_weight_and_bad_values_get_their_own_error():
+    from lightning_unlearn import ForgetRequest
+    from lightning_unlearn.data import CLASSES, DOMAINS
+    request = ForgetRequest(CLASSES, DOMAINS, forget_domains=["sketch"])
+    assert UnlearnConfig(solver="projector").cell_weight(request) == UnlearnConfig().cell_weight(request) == 900.0
+    with pytest.raises(ValueError, match=r"`protect`='bogus' is not one of"):
+        UnlearnConfig(protect="bogus")  # a value no solver accepts: that error, not "has no effect"
+    with pytest.raises(ValueError, match=r"`protect`='none' has no effect"):
+        UnlearnConfig(protect="none")
