@@ -290,7 +290,7 @@ def _check_shapes(model: nn.Module, artifact: EditArtifact) -> None:
     """Refuse a map whose shape is not the one its tower's projection needs at its site."""
     for i, (M, e) in enumerate(zip(artifact.maps, artifact.entries)):
         site = find_site(model, e["tower"])
-        n = site.dims[1] if e["site"] == "joint" else site.dims[0]
+        n = site.map_size(e["site"])
         if tuple(M.shape) != (n, n):
             raise ArtifactError(f"edit {i} has shape {tuple(M.shape)} but the {e['tower']} projection needs ({n}, {n}) "
                                 f"at site {e['site']!r}")

@@ -176,7 +176,7 @@ def inject_(model: nn.Module, M: torch.Tensor, tower: str = "image", site: str =
     if s.tower != tower:
         raise ValueError(f"`resolved` is the {s.tower} tower's site, not the {tower} tower's; pass "
                          f"find_site(model, {tower!r}) or leave `resolved` out")
-    n = s.dims[1] if site == "joint" else s.dims[0]
+    n = s.map_size(site)
     if tuple(M.shape) != (n, n):
         raise ValueError(f"the edit has shape {tuple(M.shape)}, but the {tower} projection needs ({n}, {n}) at "
                          f"site {site!r}")

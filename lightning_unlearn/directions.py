@@ -88,7 +88,7 @@ def to_site(model, site: Site, where: str, text: torch.Tensor | None = None,
             x = protos.normalise_images(model, images)
             feats = encode_image(model, x) if where == "joint" else site.pooled(x)
         cols.append((F.normalize(feats.float(), dim=-1) if normalise else feats.float()).T.cpu())
-    n = site.dims[1] if where == "joint" else site.dims[0]
+    n = site.map_size(where)
     return torch.cat(cols, 1) if cols else torch.zeros(n, 0)
 
 
@@ -120,7 +120,7 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
                     site=site.weight, dims=site.dims) | ({} if normalise else {"raw": True}) | \
         ({"autocast": "bf16"} if opts.autocast else {})
     size = protos.model_io(model)[0]
-    n = site.dims[1] if where == "joint" else site.dims[0]
+    n = site.map_size(where)
     shape = (n_prototypes, n + 2)  # a bank entry: a cell's rows
     per = max(1, min(CHUNK_224 * 224 ** 2 // size ** 2, CHUNK_MAX) // n_prototypes)  # cells per stop group
     order = sorted(range(len(keys)), key=lambda i: keys[i])  # groups of the same cells, whatever the request's order

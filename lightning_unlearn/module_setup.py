@@ -203,7 +203,7 @@ def inject_placeholders(clip: nn.Module, config: UnlearnConfig, edit_id: str) ->
                         "fold_(model) keeps them as plain weights")
     for tower in config.towers:
         site = find_site(clip, tower)
-        n = site.dims[1] if config.site == "joint" else site.dims[0]
+        n = site.map_size(config.site)
         inject_(clip, torch.eye(n), tower, config.site, info={})
     return False
 

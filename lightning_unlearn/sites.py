@@ -135,6 +135,10 @@ class Site:
         W = getattr(self.module, self.weight)
         return tuple(W.shape) if self.layout == "param" else tuple(W.shape[::-1])
 
+    def map_size(self, where: str) -> int:
+        """The side of an edit's square map at ``where``: d after the projection ("joint"), D before it ("pooled")."""
+        return self.dims[1] if where == "joint" else self.dims[0]
+
 
 def _input_of(module: nn.Module, owner: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The input ``module`` receives when ``owner(x)`` runs."""
