@@ -13,7 +13,7 @@ _LAZY = {**dict.fromkeys(("UnlearnConfig", "Unlearned", "unlearn_", "unlearned")
          **dict.fromkeys(("inject_", "remove_edit_"), "compose"),
          "EditError": "errors",
          **dict.fromkeys(("AUTO_PROTO_STEPS", "AUTO_RETAIN_CELL_WEIGHT", "TwoSided", "Projector", "Regularized",
-                          "Prototypes", "Deep"), "config"),
+                          "PrototypeSettings", "Deep"), "config"),
          "hf_tokenizer": "encoders", "UnsupportedModelError": "sites",
          "ArtifactError": "localdir", "OutputError": "staging", "WeightsMismatchError": "artifact",
          "CLIPUnlearning": "module", "NullspaceUnlearning": "callback", "UnlearningAccuracy": "metrics",

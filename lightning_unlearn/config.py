@@ -3,7 +3,7 @@ the choice made (:mod:`~lightning_unlearn.settings`).
 
 :class:`UnlearnConfig` holds the settings every edit reads (method, alpha, towers, site, class
 templates, depth) and three typed parts: the chosen solver's settings (:class:`TwoSided`,
-:class:`Projector` or :class:`Regularized`), the visual prototypes' (:class:`Prototypes`, under
+:class:`Projector` or :class:`Regularized`), the visual prototypes' (:class:`PrototypeSettings`, under
 method "multimodal" and in the deep mode) and the deep mode's (:class:`Deep`, depth "deep" only). A
 setting the choice does not read is not in its part. :class:`UnlearnConfig` also takes every
 setting as a flat keyword (``UnlearnConfig(solver="projector", energy=0.9)``) and sorts it into its
@@ -27,7 +27,7 @@ from .settings import (  # noqa: F401 - the typed settings, importable from here
     SOLVER_CLASSES,
     Deep,
     Projector,
-    Prototypes,
+    PrototypeSettings,
     Regularized,
     TwoSided,
     field_names,
@@ -40,7 +40,7 @@ SOLVERS = ("two-sided", "projector", "regularized")
 DEPTHS = ("shallow", "deep")
 #: The settings every edit reads, in the order edit ids list them.
 COMMON_FIELDS = ("method", "solver", "alpha", "towers", "site", "class_templates", "depth")
-_PARTS = (Prototypes, TwoSided, Projector, Regularized, Deep)
+_PARTS = (PrototypeSettings, TwoSided, Projector, Regularized, Deep)
 #: Every flat keyword :class:`UnlearnConfig` takes, and its default.
 DEFAULTS = {"method": "multimodal", "solver": "two-sided", "alpha": 1.0, "towers": ("image",), "site": "joint",
             "class_templates": CLASS_TEMPLATES, "depth": "shallow"} | {
@@ -62,7 +62,7 @@ def _refusal(name: str, value, cfg: UnlearnConfig) -> str:
     """Why the flat keyword ``name`` (set to ``value``) has no effect under ``cfg``, and the fix."""
     users = [s for s, cls in SOLVER_CLASSES.items() if name in field_names(cls)]
     why, fix = ((f"method={cfg.method!r} builds no visual prototypes", "pass method='multimodal'")
-                if name in field_names(Prototypes) else
+                if name in field_names(PrototypeSettings) else
                 ("depth='shallow' builds no eraser", "pass depth='deep'") if name in field_names(Deep) else
                 ("correction rounds need method='multimodal', solver='two-sided' and site='joint'", "use those")
                 if name == "rounds" else
@@ -93,7 +93,7 @@ class UnlearnConfig:
             no whole domains).
         solver_config: the chosen solver's settings: :class:`TwoSided` (solver "two-sided", the
             default), :class:`Projector` ("projector") or :class:`Regularized` ("regularized").
-        prototypes: the visual prototypes' settings (:class:`Prototypes`), under method "multimodal" or
+        prototypes: the visual prototypes' settings (:class:`PrototypeSettings`), under method "multimodal" or
             depth "deep"; None otherwise.
         deep: the deep mode's settings (:class:`Deep`) under depth "deep"; None otherwise.
 
@@ -109,12 +109,12 @@ class UnlearnConfig:
     class_templates: tuple = CLASS_TEMPLATES
     depth: str = "shallow"
     solver_config: TwoSided | Projector | Regularized = field(default_factory=TwoSided)
-    prototypes: Prototypes | None = field(default_factory=Prototypes)
+    prototypes: PrototypeSettings | None = field(default_factory=PrototypeSettings)
     deep: Deep | None = None
 
     def __init__(self, method: str = "multimodal", solver: str | TwoSided | Projector | Regularized | None = None,
                  alpha: float = 1.0, towers=("image",), site: str = "joint", class_templates=CLASS_TEMPLATES,
-                 depth: str = "shallow", *, solver_config=None, prototypes: Prototypes | None = None,
+                 depth: str = "shallow", *, solver_config=None, prototypes: PrototypeSettings | None = None,
                  deep: Deep | None = None, **settings):
         if isinstance(solver, tuple(SOLVER_CLASSES.values())):
             solver_config, solver = solver, None
@@ -150,13 +150,14 @@ class UnlearnConfig:
         if getattr(solver_config, "rounds", 0) and not self.corrects():
             raise ValueError(_refusal("rounds", solver_config.rounds, self))
         multimodal, deep = self.method == "multimodal", self.depth == "deep"
-        protos = Prototypes(**take(Prototypes, *(() if multimodal else ("n_prototypes",)))) if multimodal or deep \
-            else None
+        skip = () if multimodal else ("n_prototypes",)
+        protos = PrototypeSettings(**take(PrototypeSettings, *skip)) if multimodal or deep else None
         object.__setattr__(self, "prototypes", protos)
         object.__setattr__(self, "deep", Deep(**take(Deep)) if deep else None)
         for key, value in settings.items():
             if _setting(value) != _setting(DEFAULTS[key]):
-                owner = next((c for c in (*SOLVER_CLASSES.values(), Prototypes, Deep) if key in field_names(c)), None)
+                owner = next((c for c in (*SOLVER_CLASSES.values(), PrototypeSettings, Deep)
+                              if key in field_names(c)), None)
                 if owner is not None:
                     owner(**{key: value})  # a value no choice accepts gets its own error first
                 raise ValueError(_refusal(key, value, self))
@@ -176,8 +177,8 @@ class UnlearnConfig:
         return self.solver_config.name
 
     def prototype_steps(self, what: str) -> int:
-        """Prototype steps for ``what`` (a request's paradigm, or "eraser"): see :meth:`Prototypes.steps`."""
-        return (self.prototypes or Prototypes()).steps(what)
+        """Prototype steps for ``what`` (a request's paradigm, or "eraser"): see :meth:`PrototypeSettings.steps`."""
+        return (self.prototypes or PrototypeSettings()).steps(what)
 
     def cell_weight(self, request: ForgetRequest) -> float:
         """The two-sided solver's retained-cell weight for ``request`` (see :meth:`TwoSided.cell_weight`; the
@@ -191,7 +192,7 @@ class UnlearnConfig:
 
     def acting_fields(self) -> tuple[str, ...]:
         """The flat keywords the computed edit depends on under this method, solver and depth."""
-        protos = field_names(Prototypes) if self.method == "multimodal" else ()
+        protos = field_names(PrototypeSettings) if self.method == "multimodal" else ()
         deep = ("deep_prototypes", "proto_steps", "proto_lr", "seed") if self.deep is not None else ()  # the eraser's
         rounds = ("rounds",) if self.corrects() else ()
         stage1 = self.solver != "two-sided" or self.solver_config.text_first  # lam and mu: stage 1's

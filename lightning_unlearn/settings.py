@@ -1,5 +1,5 @@
 """The typed settings of an edit (see :class:`~lightning_unlearn.config.UnlearnConfig`): each solver's own
-(:class:`TwoSided`, :class:`Projector`, :class:`Regularized`), the visual prototypes' (:class:`Prototypes`)
+(:class:`TwoSided`, :class:`Projector`, :class:`Regularized`), the visual prototypes' (:class:`PrototypeSettings`)
 and the deep mode's (:class:`Deep`). A setting a solver does not read is not one of its fields.
 
 Two settings name a choice made per request: ``proto_steps="auto"`` (:data:`AUTO_PROTO_STEPS`) and
@@ -77,7 +77,7 @@ def field_names(cls) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------------------------- the parts
 @dataclass(frozen=True)
-class Prototypes:
+class PrototypeSettings:
     """The visual prototypes: read under method "multimodal" (the surface edit's prototypes) and by the
     deep mode's eraser (``proto_steps``, ``proto_lr``, ``seed``; its count is ``Deep.deep_prototypes``).
 
@@ -122,7 +122,7 @@ class Deep:
 
     Attributes:
         deep_prototypes: prototypes per cell the eraser reads where no evidence is given (their steps,
-            learning rate and seed are the :class:`Prototypes` settings; "auto" steps: 60).
+            learning rate and seed are the :class:`PrototypeSettings` settings; "auto" steps: 60).
 
     Raises:
         ValueError: ``deep_prototypes`` below 1.

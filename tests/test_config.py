@@ -10,7 +10,7 @@ from lightning_unlearn.config import (
     AUTO_RETAIN_CELL_WEIGHT,
     Deep,
     Projector,
-    Prototypes,
+    PrototypeSettings,
     Regularized,
     TwoSided,
 )
@@ -78,11 +78,11 @@ def test_an_unknown_keyword_is_a_type_error_naming_the_closest_setting():
 def test_flat_keywords_build_the_typed_parts_of_the_choice():
     cfg = UnlearnConfig(solver="projector", energy=0.9, n_prototypes=2)
     assert cfg.solver == "projector" and cfg.solver_config == Projector(energy=0.9)
-    assert cfg.prototypes == Prototypes(n_prototypes=2) and cfg.deep is None
-    assert cfg == UnlearnConfig(solver=Projector(energy=0.9), prototypes=Prototypes(n_prototypes=2))
+    assert cfg.prototypes == PrototypeSettings(n_prototypes=2) and cfg.deep is None
+    assert cfg == UnlearnConfig(solver=Projector(energy=0.9), prototypes=PrototypeSettings(n_prototypes=2))
     assert cfg.energy == 0.9 and cfg.n_prototypes == 2  # the flat view reads the parts
     assert UnlearnConfig(method="text").prototypes is None
-    assert UnlearnConfig(method="text", depth="deep").prototypes == Prototypes()  # the eraser's settings
+    assert UnlearnConfig(method="text", depth="deep").prototypes == PrototypeSettings()  # the eraser's settings
     assert UnlearnConfig(depth="deep", deep_prototypes=3).deep == Deep(3)
     assert UnlearnConfig(solver="regularized", lam=5.0).solver_config == Regularized(lam=5.0)
     assert UnlearnConfig(margin=0.5).solver_config == TwoSided(margin=0.5)
