@@ -815,6 +815,8 @@ def _pareto(name: str) -> str:
 def render_failing_cells() -> str:
     """robustness.json: the requests that miss a target at some seed (default settings), with the seeds and
     what each misses (the worst retained cell, or the forgotten cells' accuracy)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.self_check import label
     d = load("robustness.json")
     rows = []
     for s in d["robustness"]:
@@ -826,7 +828,7 @@ def render_failing_cells() -> str:
         per = {request: list(fs.values()) for request, fs in per.items()}
         for request, fs in per.items():
             runs = {r["seed"]: r for r in d["rows"] if r["variant"] == s["condition"].split(",")[0]
-                    and _label(r["forget"]) == request}
+                    and label(r["forget"]) == request}
             forget = [runs[f["seed"]]["forget_acc"] for f in fs]
             worst = max(fs, key=lambda f: f["worst_retain_cell"]["drop_points"])["worst_retain_cell"]
             rows.append([s["kind"], request, f"{len(fs)} of {len(runs)}: " + ", ".join(str(f["seed"]) for f in fs),
@@ -834,11 +836,6 @@ def render_failing_cells() -> str:
                          f"{'/'.join(worst['cell'])} {-worst['drop_points']:+.0f}" if worst["drop_points"] > 0 else "none"])
     return table(["request kind", "request", "seeds that miss a target", "targets missed", "forget accuracy (those seeds)",
                   "worst retained cell (points)"], rows) + "\n\n" + source("robustness.json")
-
-
-def _label(forget: dict) -> str:
-    classes, domains = forget.get("forget_classes"), forget.get("forget_domains")
-    return " in ".join(x for x in ("+".join(classes or []), "+".join(domains or [])) if x)
 
 
 RENDERERS = {

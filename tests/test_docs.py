@@ -468,8 +468,7 @@ def _prose_results(r):
     robust = r.load("robustness.json")
     rb = {x["kind"]: x for x in robust["robustness"] if x["condition"].startswith("default")}
     rp = {v: {x["kind"]: x for x in robust["robustness"] if x["condition"].startswith(v)} for v in ("fp64", "bf16")}
-    ds_default = [x for x in rb["domain-specific"]["failing_runs"]]
-    neighbour = [x["worst_retain_cell"]["drop_points"] for x in ds_default
+    neighbour = [x["worst_retain_cell"]["drop_points"] for x in rb["domain-specific"]["failing_runs"]
                  if x["worst_retain_cell"]["cell"][1] == x["request"].split(" in ")[1]
                  and x["worst_retain_cell"]["cell"][0] != x["request"].split(" in ")[0]]
     default_rows = [x for x in robust["rows"] if x["variant"].startswith("default")]
