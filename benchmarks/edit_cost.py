@@ -11,7 +11,8 @@
 records ``peak_gpu_mb`` (``torch.cuda.max_memory_allocated`` of each edit) and the GPU's name;
 ``--precisions fp16 bf16`` creates the model in those precisions; ``--autocast`` and
 ``--max-images N`` set :func:`lightning_unlearn.prototypes.options` (bf16 autocast in the synthesis,
-images per synthesis batch on CUDA). ``--preset gpu`` runs these rows (arch, size, paradigm, method,
+images per synthesis batch on CUDA); ``--proto-start class`` edits with ``proto_start="class"`` (the warm
+start). ``--preset gpu`` runs these rows (arch, size, paradigm, method,
 precision): ViT-B-32 10x4 global text / global multimodal / whole domain multimodal; ViT-B-32 10x4
 global multimodal in fp16 and bf16; ViT-L-14 10x4 global multimodal; ViT-B-32 345x6 global text /
 domain-specific multimodal / whole domain multimodal. GPU targets (one H200-class GPU): ViT-B-32
@@ -112,7 +113,7 @@ def _instrument(clock: dict) -> None:
 
 def child(arch: str, method: str, paradigm: str, classes: int, domains: int, image_size: int | None,
           device: str = "cpu", precision: str = "fp32", autocast: bool = False,
-          max_images: int | None = None) -> list[dict]:
+          max_images: int | None = None, proto_start: str = "noise") -> list[dict]:
     """The cold and the warm run, in this (fresh) process."""
     import contextlib
 
@@ -152,7 +153,8 @@ def child(arch: str, method: str, paradigm: str, classes: int, domains: int, ima
             torch.cuda.reset_peak_memory_stats()
         start, cpu = time.perf_counter(), time.process_time()
         with options:
-            result = unlearn_(model, tokenizer, request, method=method, progress=False)
+            result = unlearn_(model, tokenizer, request, method=method, progress=False,
+                              **({} if proto_start == "noise" else {"proto_start": proto_start}))
         if cuda:
             torch.cuda.synchronize()
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -170,7 +172,7 @@ def child(arch: str, method: str, paradigm: str, classes: int, domains: int, ima
             "stats": {tower: dict(s) for tower, s in result.stats.items()},
             "n_forget_cells": len(request.forget_cells), "n_retain_cells": len(request.retain_cells),
             "device": device, "precision": precision, "autocast": autocast, "max_images": max_images,
-            "gpu": torch.cuda.get_device_name() if cuda else None,
+            "proto_start": proto_start, "gpu": torch.cuda.get_device_name() if cuda else None,
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20, 1) if cuda else None,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "open_clip": open_clip.__version__})
@@ -181,7 +183,8 @@ def spawn(args, arch, method, paradigm, classes, domains, precision="fp32") -> l
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", arch, method, paradigm, str(classes),
            str(domains), "--device", args.device, "--precisions", precision] + \
         (["--image-size", str(args.image_size)] if args.image_size else []) + (["--autocast"] if args.autocast else []) + \
-        (["--max-images", str(args.max_images)] if args.max_images else [])
+        (["--max-images", str(args.max_images)] if args.max_images else []) + \
+        ["--proto-start", args.proto_start]
     env = dict(os.environ, PYTHONPATH=str(args.root or ROOT))
     head = {"arch": arch, "method": method, "paradigm": paradigm, "classes": classes, "domains": domains,
             "cells": classes * domains, "device": args.device, "precision": precision}
@@ -241,7 +244,8 @@ def table(runs: list[dict]) -> str:
     for r in runs:
         arch = r["arch"] + ("" if r.get("precision", "fp32") == "fp32" else f" {r['precision']}") + \
             (f" ({r['device']}, peak {r['peak_gpu_mb']:.0f} MB)" if r.get("peak_gpu_mb") is not None else "")
-        head = f"| {arch} | {r['classes']}x{r['domains']} | {r['paradigm']} | {r['method']} | "
+        method = r["method"] + (" (class start)" if r.get("proto_start") == "class" else "")
+        head = f"| {arch} | {r['classes']}x{r['domains']} | {r['paradigm']} | {method} | "
         if "error" in r:
             lines.append(head + f"error: {r['error']} |||||||||")
             continue
@@ -281,6 +285,8 @@ def main(argv=None):
                     help="model precisions (open_clip.create_model precision=)")
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast in the prototype synthesis (opt-in)")
     ap.add_argument("--max-images", type=int, default=None, help="cap on images per synthesis batch on CUDA")
+    ap.add_argument("--proto-start", choices=["noise", "class"], default="noise",
+                    help="where prototypes start: noise (the default) or class (warm start, proto_start='class')")
     ap.add_argument("--preset", choices=["gpu"], default=None,
                     help="gpu: the rows of the GPU table (see above) instead of --archs / --sizes / ...")
     ap.add_argument("--child", nargs=5, metavar=("ARCH", "METHOD", "PARADIGM", "C", "D"), help=argparse.SUPPRESS)
@@ -288,7 +294,7 @@ def main(argv=None):
     if args.child:
         arch, method, paradigm, c, d = args.child
         print(json.dumps(child(arch, method, paradigm, int(c), int(d), args.image_size, args.device,
-                               args.precisions[0], args.autocast, args.max_images)))
+                               args.precisions[0], args.autocast, args.max_images, args.proto_start)))
         return
     if args.device.startswith("cuda"):  # refused here, before any subprocess, where there is no GPU
         import torch
@@ -303,7 +309,8 @@ def main(argv=None):
         label_space(c, d)
     env = {"loadavg_start": os.getloadavg(), "cpu_count": os.cpu_count(),
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "root": str(args.root or ROOT),
-           "device": args.device, "autocast": args.autocast, "max_images": args.max_images}
+           "device": args.device, "autocast": args.autocast, "max_images": args.max_images,
+           "proto_start": args.proto_start}
     rows = GPU_PRESET if args.preset == "gpu" else \
         [(arch, c, d, paradigm, method, precision) for arch in args.archs for c, d in sizes
          for paradigm in args.paradigms for method in args.methods for precision in args.precisions]

@@ -12,7 +12,10 @@ class, globally), ``cells`` (every (class, domain) cell as a domain-specific req
 behaviour before them), ``cells4`` / ``cells9`` / ``cells900`` (the constraints at that weight on
 every request), ``rounds1`` / ``rounds2``
 (correction rounds), ``fp64`` / ``bf16`` (the defaults with the prototype synthesis perturbed:
-float64, bfloat16 autocast; see :data:`PERTURBATIONS`); ``--threads`` sets torch's CPU threads. Every edit runs with
+float64, bfloat16 autocast; see :data:`PERTURBATIONS`); fewer image-steps: ``warm`` (``proto_start="class"``,
+the class stage's warm start), ``lr2x`` (``proto_lr=0.1``), ``lr2x-half`` (``proto_lr=0.1`` and half the
+"auto" steps of every paradigm), ``cellstop`` (each cell's prototypes stop on their own instead of with
+their whole stop group: the synthesis's stop groups cut to one cell); ``--threads`` sets torch's CPU threads. Every edit runs with
 ``check=True``: the check of its map on held-out prototypes (seed + 1000, never constraints).
 
 Per run: forget / retain accuracy (mean, and the worst cells, :func:`lightning_unlearn.zeroshot.worst_cells`)
@@ -39,7 +42,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_unlearn import ForgetRequest, cache, restore_, unlearn_  # noqa: E402
+from lightning_unlearn import directions  # noqa: E402
 from lightning_unlearn import prototypes as protos  # noqa: E402
+from lightning_unlearn.settings import AUTO_PROTO_STEPS  # noqa: E402
 from lightning_unlearn.data import QUICK_REQUESTS, embed_split  # noqa: E402
 from lightning_unlearn.data.world import CLASSES, DOMAINS  # noqa: E402
 from lightning_unlearn.embedded import load_embedded  # noqa: E402
@@ -59,12 +64,15 @@ REQUESTS = {
 }
 VARIANTS = {"default": {}, "cells0": {"retain_cell_weight": 0.0}, "cells4": {"retain_cell_weight": 4.0},
             "cells9": {"retain_cell_weight": 9.0}, "cells900": {"retain_cell_weight": 900.0},
-            "rounds1": {"rounds": 1}, "rounds2": {"rounds": 2}, "fp64": {}, "bf16": {}}
+            "rounds1": {"rounds": 1}, "rounds2": {"rounds": 2}, "fp64": {}, "bf16": {},
+            "warm": {"proto_start": "class"}, "lr2x": {"proto_lr": 0.1}, "lr2x-half": {"proto_lr": 0.1}, "cellstop": {}}
 #: Variants that perturb the numerics of the prototype synthesis (library defaults otherwise), standing in
 #: for other hardware: float64 synthesis (on a float64 copy of the model), bfloat16 autocast synthesis
 #: (``prototypes.options(autocast=True)``).
+#: ``lr2x-half`` halves :data:`lightning_unlearn.settings.AUTO_PROTO_STEPS`; ``cellstop`` makes every
+#: cell a stop group of its own (the synthesis batches keep their size).
 #: Each has its own prototype cache, shared by its runs (nothing synthesised unperturbed is reused).
-PERTURBATIONS = ("fp64", "bf16")
+PERTURBATIONS = ("fp64", "bf16", "lr2x-half", "cellstop")
 
 
 @contextlib.contextmanager
@@ -83,13 +91,22 @@ def perturbed(kind: str | None, own: cache.Cache | None = None):
         p.images = p.images.float()
         return p
 
+    steps, chunk, batch_images = dict(AUTO_PROTO_STEPS), directions.CHUNK_224, protos.batch_images
     if kind == "fp64":
         protos.synthesize = fp64
+    elif kind == "lr2x-half":
+        AUTO_PROTO_STEPS.update({k: v // 2 for k, v in steps.items()})
+    elif kind == "cellstop":  # stop groups of one cell, batches of the size one stop group had
+        def one_group_per_cell(model, group_images, opts=None):
+            per = min(chunk * 224 ** 2 // protos.model_io(model)[0] ** 2, directions.CHUNK_MAX)
+            return max(group_images, per // group_images * group_images)
+        directions.CHUNK_224, protos.batch_images = 0, one_group_per_cell
     try:  # bf16: the library's own autocast option of the synthesis
         with cache.use(cache.Cache() if own is None else own), protos.options(autocast=kind == "bf16"):
             yield
     finally:
-        protos.synthesize = original
+        protos.synthesize, protos.batch_images, directions.CHUNK_224 = original, batch_images, chunk
+        AUTO_PROTO_STEPS.update(steps)
 FAIL_POINTS, FAIL_FORGET = 5.0, 0.05
 
 
@@ -198,6 +215,7 @@ def run(args) -> dict:
                        "variant": name + (f"-t{args.threads}" if args.threads else ""),
                        **split, **worst, "real_pass": real_pass(request, split, worst),
                        "edit_seconds": round(u.seconds, 3), "wall_seconds": round(wall, 3),
+                       "image_steps": u.stats["image"].get("prototype_image_steps"),
                        "check_seconds": check.seconds, "check_passed": check.passed,
                        "check_failures": check.failures, "check_worst_forget_cell": check.worst_forget_cell,
                        "check_worst_retain_cell": check.worst_retain_cell,
@@ -308,8 +326,8 @@ def robustness(result: dict) -> tuple[str, list[dict]]:
         groups.setdefault((kind(r), cond), []).append(r)
     lines = ["| request kind | condition | runs (requests x seeds) | runs meeting every target | forget mean: worst run | "
              "forget worst cell | retain drop mean: worst run | retain worst cell | same class drop: worst run | "
-             "targets that fail |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "targets that fail | image-steps per run (mean) | edit s (mean) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     out = []
     for (k, cond), rs in sorted(groups.items()):
         ok = sum(not meets(r) for r in rs)
@@ -338,7 +356,8 @@ def robustness(result: dict) -> tuple[str, list[dict]]:
              "forget_mean_worst": fm["forget_acc"],
              "forget_cell_worst": None if fc is None else fc["worst_forget_cell"]["acc"],
              "retain_mean_worst": rm["retain_drop"], "retain_cell_worst": rc["worst_retain_cell"]["drop_points"],
-             "same_class_worst": None if scw is None else scw["same_class_drop"], "fails": fails}
+             "same_class_worst": None if scw is None else scw["same_class_drop"], "fails": fails,
+             "image_steps_mean": mean_of(rs, "image_steps"), "edit_seconds_mean": mean_of(rs, "edit_seconds")}
         out.append(s)
         cell = rc["worst_retain_cell"]
         lines.append(
@@ -348,8 +367,16 @@ def robustness(result: dict) -> tuple[str, list[dict]]:
             + f" | {rm['retain_drop']:.2f} (s{rm['seed']}) | {cell['drop_points']:.1f} ({'/'.join(cell['cell'])}, "
             f"{label(rc['forget'])}, s{rc['seed']}) | "
             + ("-" if scw is None else f"{scw['same_class_drop']:.2f} (s{scw['seed']})")
-            + f" | {', '.join(fails) or 'none'} |")
+            + f" | {', '.join(fails) or 'none'} | "
+            + " | ".join("-" if s[k] is None else f"{s[k]:,.{d}f}" for k, d in (("image_steps_mean", 0),
+                                                                                ("edit_seconds_mean", 2))) + " |")
     return "\n".join(lines), out
+
+
+def mean_of(rows: list[dict], key: str) -> float | None:
+    """The mean of ``key`` over ``rows`` (None when a row lacks it: results recorded before it)."""
+    values = [r.get(key) for r in rows]
+    return None if None in values else sum(values) / len(values)
 
 
 def main(argv=None):

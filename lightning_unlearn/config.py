@@ -193,6 +193,8 @@ class UnlearnConfig:
     def acting_fields(self) -> tuple[str, ...]:
         """The flat keywords the computed edit depends on under this method, solver and depth."""
         protos = field_names(PrototypeSettings) if self.method == "multimodal" else ()
+        if self.proto_start == "noise":  # the setting came later: ids recorded before it hold none
+            protos = tuple(n for n in protos if n != "proto_start")
         deep = ("deep_prototypes", "proto_steps", "proto_lr", "seed") if self.deep is not None else ()  # the eraser's
         rounds = ("rounds",) if self.corrects() else ()
         stage1 = self.solver != "two-sided" or self.solver_config.text_first  # lam and mu: stage 1's

@@ -99,9 +99,57 @@ def to_site(model, site: Site, where: str, text: torch.Tensor | None = None,
 CHUNK_224, CHUNK_MAX = 32, 256
 
 
+#: Share of a warm start's steps spent on the class stage (the rest refines each cell).
+CLASS_STAGE = 0.5
+
+
+@dataclass(frozen=True)
+class Start:
+    """A warm start (``proto_start="class"``): each target's images are first synthesised towards its
+    class text ``T[of[i]]`` (the class stage: ``CLASS_STAGE`` of the steps, in the label space ``T``,
+    each class stopping on its own), then refined towards the target's own text for the other steps.
+    ``keys`` name the rows of ``T`` (their starting noise and the bank entry)."""
+    T: torch.Tensor  # C x d class texts
+    keys: list  # C strings
+    of: list  # per target, its row of T
+
+    @classmethod
+    def of_cells(cls, model, tokenizer, cells, classnames, templates) -> "Start":
+        """The warm start of ``cells`` ((class, domain) pairs) from the texts of ``classnames``."""
+        return cls(class_texts(model, tokenizer, classnames, templates),
+                   ["|".join(fill_template(t, c=c) for t in templates) for c in classnames],
+                   [list(classnames).index(c) for c, _ in cells])
+
+    def steps(self, total: int) -> tuple[int, int]:
+        """(class stage, cell stage) steps of ``total``: each at least one."""
+        first = max(1, round(total * CLASS_STAGE))
+        return first, max(1, total - first)
+
+
+def class_stage(model, start: Start, classes: list, *, n_prototypes: int, steps: int, lr: float, seed: int,
+                shard, progress: bool) -> tuple[dict, float]:
+    """The class stage of a warm start for the rows ``classes`` of ``start.T``: ``{row: (images
+    n_prototypes x 3 x H x W, the steps each ran)}`` and the seconds taken. Under a ``shard`` the
+    class images are dealt to the ranks like the cells' and gathered."""
+    p = protos.synthesize(model, start.T[classes], n_per_text=n_prototypes, steps=steps, lr=lr, seed=seed,
+                          classes=start.T, keys=[start.keys[c] for c in classes], groups=list(range(len(classes))),
+                          progress=progress, share=None if shard is None else (shard.rank, shard.world),
+                          agree=None if shard is None else shard.every)
+    images, ran = p.images.cpu(), p.steps.float()
+    if shard is not None:  # this rank's class images -> every rank's
+        size = protos.model_io(model)[0]
+        mine = torch.zeros(len(classes) * n_prototypes, 3 * size * size + 1)
+        mine[shard.rank::shard.world] = torch.cat([images.flatten(1), ran[:, None]], 1)
+        every = shard.rows(mine)
+        images = every[:, :-1].view(len(classes), n_prototypes, 3, size, size)
+        ran = every[:, -1].view(len(classes), n_prototypes)
+    return {c: (images[j], ran[j]) for j, c in enumerate(classes)}, p.seconds
+
+
 def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys, classes: torch.Tensor,
                       label_key: str, *, n_prototypes: int, proto_steps: int, proto_lr: float, seed: int,
-                      normalise: bool = True, progress: bool = True) -> tuple[torch.Tensor, dict]:
+                      normalise: bool = True, progress: bool = True,
+                      start: Start | None = None) -> tuple[torch.Tensor, dict]:
     """Site columns (n x k * n_prototypes, target-major) of the prototypes of ``targets`` (k x d,
     named by ``keys``) with the early stop over ``classes`` (named by ``label_key``), and their
     statistics; the columns are normalised features unless ``normalise=False`` (raw).
@@ -112,13 +160,18 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
     cells, label space, seed and settings) is reused. The groups left are synthesised in batches
     sized by the device (:func:`prototypes.batch_images`, several groups per batch on CUDA), each
     group stopping on its own. Under a :mod:`~lightning_unlearn.sharding` shard (a multi-process
-    strategy) each batch's images are dealt round-robin to the ranks and the columns all-gathered."""
+    strategy) each batch's images are dealt round-robin to the ranks and the columns all-gathered.
+
+    ``start``: a warm start (:class:`Start`; None: from noise); each class stage runs once per call,
+    with the first batch that needs it. ``prototype_image_steps`` counts every forward-backward
+    image-step, a class stage's shared out over the targets synthesised from it."""
     store = cache.current()
     bank = None if store is None else store.bank(cache.weights_key(model))
     opts = protos.current_options()
     settings = dict(labels=label_key, seed=seed, n=n_prototypes, steps=proto_steps, lr=proto_lr, where=where,
                     site=site.weight, dims=site.dims) | ({} if normalise else {"raw": True}) | \
-        ({"autocast": "bf16"} if opts.autocast else {})
+        ({"autocast": "bf16"} if opts.autocast else {}) | \
+        ({} if start is None else {"start": cache.settings_key(classes=start.keys), "class_stage": CLASS_STAGE})
     size = protos.model_io(model)[0]
     n = site.map_size(where)
     shape = (n_prototypes, n + 2)  # a bank entry: a cell's rows
@@ -140,7 +193,9 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
     limit = protos.batch_images(model, per * n_prototypes, opts) if todo else 0
     if shard is not None and todo:  # the same batches on every rank, whatever each one's free memory
         limit = shard.least(limit)
-    batches, seconds = [], 0.0
+    batches, seconds, stage = [], 0.0, {}  # stage: class row -> its class-stage images and steps
+    sharing = torch.bincount(torch.tensor([start.of[i] for g in todo for i in g], dtype=torch.long),
+                             minlength=len(start.keys)).float() if start is not None and todo else None
     for idx in todo:  # whole groups per batch, up to the device's limit
         if batches and (sum(map(len, batches[-1])) + len(idx)) * n_prototypes <= limit:
             batches[-1].append(idx)
@@ -149,20 +204,31 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
     for gs in batches:
         idx = [i for g in gs for i in g]
         label = [b for b, g in enumerate(gs) for _ in g]
-        p = protos.synthesize(model, targets[idx], n_per_text=n_prototypes, steps=proto_steps, lr=proto_lr,
+        init, extra, steps = None, torch.zeros(len(idx) * n_prototypes), proto_steps
+        if start is not None:
+            first, steps = start.steps(proto_steps)
+            new = sorted({start.of[i] for i in idx} - set(stage))
+            if new:
+                got, t = class_stage(model, start, new, n_prototypes=n_prototypes, steps=first, lr=proto_lr,
+                                     seed=seed, shard=shard, progress=progress)
+                stage, seconds = stage | got, seconds + t
+            init = torch.stack([stage[start.of[i]][0] for i in idx])
+            extra = torch.cat([stage[start.of[i]][1] / sharing[start.of[i]] for i in idx])
+        p = protos.synthesize(model, targets[idx], n_per_text=n_prototypes, steps=steps, lr=proto_lr,
                               seed=seed, classes=classes, keys=[keys[i] for i in idx], progress=progress,
                               groups=None if len(gs) == 1 else label, autocast=opts.autocast,
                               share=None if shard is None else (shard.rank, shard.world),
-                              agree=None if shard is None else shard.every)
+                              agree=None if shard is None else shard.every, init=init)
         seconds += p.seconds
+        ran = p.steps.flatten().float() + (extra if shard is None else extra[shard.rank::shard.world])
         if shard is None:
             cols = to_site(model, site, where, images=p.images.flatten(0, 1), normalise=normalise).T.reshape(
                 len(idx), n_prototypes, -1)
-            rows = torch.cat([cols, p.cos[..., None], p.steps[..., None].float()], 2)
+            rows = torch.cat([cols, p.cos[..., None], ran.view(len(idx), n_prototypes, 1)], 2)
         else:  # this rank's images -> its rows; the others' from the gather
             mine = torch.zeros(len(idx) * n_prototypes, n + 2)
             cols = to_site(model, site, where, images=p.images, normalise=normalise).T
-            mine[shard.rank::shard.world] = torch.cat([cols, p.cos[:, None], p.steps[:, None].float()], 1)
+            mine[shard.rank::shard.world] = torch.cat([cols, p.cos[:, None], ran[:, None]], 1)
             rows = shard.rows(mine).view(len(idx), n_prototypes, n + 2)
         for r, i in enumerate(idx):
             found[i] = rows[r].clone()
@@ -171,10 +237,18 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
     rows = torch.cat([found[i] for i in range(len(keys))])  # k * n_prototypes x (n + 2)
     synthesised = sum(map(len, todo))
     stats = {"n_prototypes": rows.shape[0], "prototype_cos": float(rows[:, -2].mean()),
-             "prototype_steps": int(rows[:, -1].max()), "prototype_image_steps": int(rows[:, -1].sum()),
+             "prototype_steps": round(float(rows[:, -1].max())),
+             "prototype_image_steps": round(float(rows[:, -1].sum())),
              "prototypes_reused": (len(keys) - synthesised) * n_prototypes, "prototype_seconds": round(seconds, 3)} | \
         ({"prototype_autocast": "bf16"} if opts.autocast else {})
     return rows[:, :-2].T.contiguous(), stats
+
+
+def _start(model, tokenizer, proto_start: str, cells, request: ForgetRequest, class_templates) -> Start | None:
+    """The warm start ``proto_start`` names for ``cells``: None for "noise"."""
+    if proto_start == "noise":
+        return None
+    return Start.of_cells(model, tokenizer, cells, request.classnames, class_templates)
 
 
 def cell_keys(cells, templates) -> list[str]:
@@ -183,7 +257,7 @@ def cell_keys(cells, templates) -> list[str]:
 
 def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, multimodal: bool,
           protect: str, class_templates, n_prototypes: int, proto_steps: int, proto_lr: float, seed: int,
-          center: bool, progress: bool = True) -> Directions:
+          center: bool, proto_start: str = "noise", progress: bool = True) -> Directions:
     """Forget directions of ``request`` (cell texts, plus class texts for global requests, plus
     prototypes if ``multimodal``) and retain directions chosen by ``protect``:
     "none", "classes" (classifier vectors of classes with no forgotten cell) or "cells"
@@ -211,7 +285,8 @@ def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, m
         keys = cell_keys(all_cells, request.templates)
         V, s = prototype_columns(model, site, where, T_cells[: len(forget_cells)], keys[: len(forget_cells)],
                                  T_cells, cache.settings_key(cells=keys), n_prototypes=n_prototypes,
-                                 proto_steps=proto_steps, proto_lr=proto_lr, seed=seed, progress=progress)
+                                 proto_steps=proto_steps, proto_lr=proto_lr, seed=seed, progress=progress,
+                                 start=_start(model, tokenizer, proto_start, forget_cells, request, class_templates))
         Fm, stats = torch.cat([Fm, V], 1), stats | s
     if protect == "none":
         T_retain = T_cells[:0]
@@ -244,7 +319,8 @@ class Constraints:
 def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, multimodal: bool,
                   class_templates, n_prototypes: int, proto_steps: int, proto_lr: float, seed: int,
                   text_weight: float, image_weight: float, margin: float, sink_margin: float,
-                  retain_prompts=(), pre: torch.Tensor | None = None, avoid=(), progress: bool = True) -> Constraints:
+                  retain_prompts=(), pre: torch.Tensor | None = None, avoid=(), proto_start: str = "noise",
+                  progress: bool = True) -> Constraints:
     """Constraints of the two-sided edit, read as zero-shot scores with the unchanged prompts:
 
     - every class with no forgotten cell keeps its score on every image (``T_k -> T_k``), and so
@@ -300,7 +376,8 @@ def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, wher
                                  cell_keys(cells, request.templates), T,
                                  cache.settings_key(classes=classes, templates=class_templates),
                                  n_prototypes=n_prototypes, proto_steps=proto_steps, proto_lr=proto_lr, seed=seed,
-                                 progress=progress)
+                                 progress=progress, start=_start(model, tokenizer, proto_start, cells, request,
+                                                                 class_templates))
         V = V if pre is None else F.normalize(pre.float() @ V, dim=0)
         Vt = V.clone()
         k = len(forget_cells) * n_prototypes

@@ -105,7 +105,7 @@ def compute_map(model, tokenizer, request: ForgetRequest, site: Site, cfg: Unlea
     """
     common = dict(multimodal=cfg.method == "multimodal", class_templates=cfg.class_templates,
                   n_prototypes=cfg.n_prototypes, proto_steps=cfg.prototype_steps(request.paradigm),
-                  proto_lr=cfg.proto_lr, seed=cfg.seed, progress=progress)
+                  proto_lr=cfg.proto_lr, seed=cfg.seed, proto_start=cfg.proto_start, progress=progress)
     if cfg.solver != "two-sided":
         d = build(model, tokenizer, request, site, cfg.site, protect=cfg.protect, center=cfg.center, **common)
         M, rank = solve(d.F, d.R, cfg)

@@ -140,7 +140,8 @@ def synthesize(model, texts: torch.Tensor, n_per_text: int = 4, steps: int = 60,
                seed: int = 0, l2: float = 1e-3, blur_every: int = 10, stop_prob: float = 0.9, check_every: int = 10,
                classes: torch.Tensor | None = None, keys=None, per_image: bool = False,
                progress: bool = True, groups=None, share: tuple[int, int] | None = None,
-               agree: Callable[[torch.Tensor], torch.Tensor] | None = None, autocast: bool = False) -> Prototypes:
+               agree: Callable[[torch.Tensor], torch.Tensor] | None = None, autocast: bool = False,
+               init: torch.Tensor | None = None) -> Prototypes:
     """Synthesise ``n_per_text`` images for every row of ``texts`` (k x d, normalised text
     embeddings), in one batch. ``classes`` (m x d, default ``texts``) is the label space of the
     early stop: the batch stops once every image's own class (its text's nearest class) has probability >
@@ -156,7 +157,8 @@ def synthesize(model, texts: torch.Tensor, n_per_text: int = 4, steps: int = 60,
     share's per-group "every image done" flags (a bool tensor, one per group) into every share's (a
     collective: see :mod:`~lightning_unlearn.sharding`). ``autocast``: the forward and backward in
     bfloat16 autocast on the model's device (opt-in, quality not measured); pixels, Adam moments and
-    the final cosines stay float32."""
+    the final cosines stay float32. ``init`` (k x n_per_text x 3 x H x W, pixels in [0, 1]): the starting
+    images instead of the noise of (seed, key) (a warm start, see :func:`directions.prototype_columns`)."""
     if n_per_text < 1 or steps < 1:
         raise ValueError(f"`n_per_text`={n_per_text} and `steps`={steps} must be >= 1")
     k = texts.shape[0]
@@ -173,7 +175,12 @@ def synthesize(model, texts: torch.Tensor, n_per_text: int = 4, steps: int = 60,
     p = next(model.parameters())
     g = torch.Generator().manual_seed(seed)
     sel = torch.arange(k * n_per_text) if share is None else torch.arange(share[0], k * n_per_text, share[1])
-    x = torch.cat([_noise(key, seed, n_per_text, size) for key in keys])[sel].to(p.device)
+    if init is not None and tuple(init.shape) != (k, n_per_text, 3, size, size):
+        raise ValueError(f"`init` has shape {tuple(init.shape)}; give the starting images as (texts, n_per_text, 3, "
+                         f"size, size) = {(k, n_per_text, 3, size, size)}")
+    start = torch.cat([_noise(key, seed, n_per_text, size) for key in keys]) if init is None else \
+        init.detach().float().cpu().flatten(0, 1).clamp(0, 1)
+    x = start[sel].to(p.device)
     t_all = F.normalize(texts.float(), dim=-1).to(p.device).repeat_interleave(n_per_text, 0)
     t = t_all[sel.to(p.device)]
     C = F.normalize((texts if classes is None else classes).float(), dim=-1).to(p.device)

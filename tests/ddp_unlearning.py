@@ -1,7 +1,8 @@
 """Run by tests/test_lightning.py (not collected by pytest): CLIPUnlearning and the NullspaceUnlearning
 callback under strategy="ddp" on 2 CPU processes (gloo). Lightning's ddp launcher re-runs this script
 for rank 1. Each rank writes ``<out>/rank<r>.pt``: its projector weights and its test metrics, and the
-projector of a multimodal whole-domain edit (the prototype synthesis shared by the two ranks).
+projectors of a multimodal whole-domain edit and of a warm-started class edit (the prototype synthesis
+shared by the two ranks).
 
     python tests/ddp_unlearning.py OUT_DIR [N_PER_CELL]
 """
@@ -49,10 +50,15 @@ def main(out: Path, n_per_cell: int) -> None:
     shared = CLIPUnlearning(forget_domains=["sketch"], unlearn=SHARED_CONFIG, model=tiny_clip(), arch="world-clip")
     trainer.test(shared, loader, verbose=False)
     P_shared = shared.clip.visual.parametrizations.proj[0].P.weight.detach().clone()
+    n_shared = sum(synthesised)
+    warm = CLIPUnlearning(**FORGET, unlearn=SHARED_CONFIG | {"proto_start": "class"}, model=tiny_clip(),
+                          arch="world-clip")  # the class stage of a warm start shared too
+    L.Trainer(**kwargs).test(warm, loader, verbose=False)
+    P_warm = warm.clip.visual.parametrizations.proj[0].P.weight.detach().clone()
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"rank": trainer.global_rank, "world_size": trainer.world_size, "module": metrics,
                 "callback": user_metrics, "P_module": P_module, "P_callback": P_callback, "P_shared": P_shared,
-                "synthesised": sum(synthesised)},
+                "P_warm": P_warm, "synthesised": n_shared},
                out / f"rank{trainer.global_rank}.pt")
 
 

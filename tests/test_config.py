@@ -127,6 +127,7 @@ def test_auto_settings_are_named_and_none_reads_as_auto():
     {}, dict(solver="projector", energy=0.9, protect="none"), dict(method="text"), dict(solver="regularized", lam=3.0),
     dict(depth="deep", deep_prototypes=2), dict(method="text", depth="deep", proto_steps=5), dict(text_first=False),
     dict(rounds=2, towers=("image", "text")), dict(site="pooled", solver="projector", protect="cells"),
+    dict(proto_start="class"), dict(depth="deep", proto_start="class"),
 ])
 def test_the_acting_settings_round_trip(kwargs):
     cfg = UnlearnConfig(**kwargs)

@@ -8,6 +8,7 @@ from lightning_unlearn import ForgetRequest, cache, directions, embedded, restor
 from lightning_unlearn import prototypes as protos
 from lightning_unlearn.directions import cell_keys, cell_texts, class_texts
 from lightning_unlearn.sites import find_site
+from lightning_unlearn.state import info_edit_id
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +143,73 @@ def test_cuda_batches_from_free_memory_give_the_same_prototypes(emb, monkeypatch
             out.append(directions.prototype_columns(*args, **kw))
     assert out[0][1]["prototype_image_steps"] == out[1][1]["prototype_image_steps"]  # the same stops
     torch.testing.assert_close(out[0][0], out[1][0], rtol=0, atol=1e-2)  # up to the kernels' rounding
+
+
+def test_synthesize_starts_from_given_images(emb):
+    T = cell_texts(emb.model, emb.tokenizer, CELLS[:2], emb.cell_templates)
+    size = protos.model_io(emb.model)[0]
+    init = torch.rand(2, 3, 3, size, size)
+    p = protos.synthesize(emb.model, T, n_per_text=3, steps=1, lr=1e-6, blur_every=0, stop_prob=1.0, progress=False,
+                          init=init)
+    torch.testing.assert_close(p.images, init, rtol=0, atol=1e-5)  # one step of a tiny learning rate
+    with pytest.raises(ValueError, match=r"`init` has shape \(2, 2, 3"):
+        protos.synthesize(emb.model, T, n_per_text=3, steps=1, progress=False, init=init[:, :2])
+
+
+def warm_start(emb, cells):
+    return directions.Start.of_cells(emb.model, emb.tokenizer, cells, list(emb.classnames), emb.templates)
+
+
+def test_warm_start_counts_its_class_stage_and_keeps_its_own_bank_entries(emb, monkeypatch):
+    cells, T, _ = cells_and_texts(emb)
+    C = class_texts(emb.model, emb.tokenizer, list(emb.classnames), emb.templates)
+    site = find_site(emb.model, "image")
+    args = (emb.model, site, "joint", T, cell_keys(cells, emb.cell_templates), C, "labels")
+    kw = dict(n_prototypes=4, proto_steps=20, proto_lr=0.05, seed=0, progress=False)
+    calls, synthesize = [], protos.synthesize
+
+    def counted(*a, **k):
+        p = synthesize(*a, **k)
+        calls.append((len(a[1]), k["steps"], k.get("init") is not None, int(p.steps.sum())))
+        return p
+    monkeypatch.setattr(protos, "synthesize", counted)
+    with cache.use(cache.Cache()):
+        cold, s_cold = directions.prototype_columns(*args, **kw)
+        warm, s_warm = directions.prototype_columns(*args, **kw, start=warm_start(emb, cells))
+        again, s_again = directions.prototype_columns(*args, **kw, start=warm_start(emb, cells))
+    # one class stage on the 3 classes (10 of the 20 steps), then the 6 cells from their class's images
+    assert [c[:3] for c in calls] == [(6, 20, False), (3, 10, False), (6, 10, True)]
+    assert s_warm["prototype_image_steps"] == calls[1][3] + calls[2][3]  # every image-step, the class stage's too
+    assert s_cold["prototype_image_steps"] == calls[0][3]
+    assert s_warm["prototypes_reused"] == 0 and s_again["prototypes_reused"] == 24 and len(calls) == 3
+    assert not torch.equal(cold, warm) and torch.equal(warm, again)
+
+
+def test_warm_start_does_not_depend_on_the_synthesis_batch(emb, monkeypatch):
+    cells, T, _ = cells_and_texts(emb)
+    C = class_texts(emb.model, emb.tokenizer, list(emb.classnames), emb.templates)
+    site = find_site(emb.model, "image")
+    monkeypatch.setattr(directions, "CHUNK_MAX", 32)  # stop groups of 2 cells (16 prototypes): 3 groups
+    args = (emb.model, site, "joint", T, cell_keys(cells, emb.cell_templates), C, "labels")
+    kw = dict(n_prototypes=16, proto_steps=10, proto_lr=0.05, seed=0, progress=False, start=warm_start(emb, cells))
+    results = []
+    for limit in (32, 10_000):  # one group per batch, or every group in one batch
+        monkeypatch.setattr(protos, "batch_images", lambda model, group, opts=None, _n=limit: _n)
+        with cache.use(None):
+            results.append(directions.prototype_columns(*args, **kw))
+    assert results[0][1]["prototype_image_steps"] == results[1][1]["prototype_image_steps"]
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-4)
+
+
+def test_warm_start_is_a_setting_of_the_edit(emb):
+    request = ForgetRequest(emb.classnames, emb.domains, forget_classes=["star"], forget_domains=["sketch"])
+    with cache.use(cache.Cache()):
+        warm = unlearn_(emb.model, emb.tokenizer, request, proto_steps=6, proto_start="class", progress=False)
+        restore_(emb.model)
+        cold = unlearn_(emb.model, emb.tokenizer, request, proto_steps=6, progress=False)
+        restore_(emb.model)
+    assert warm.config.proto_start == "class" and cold.config.proto_start == "noise"
+    assert cold.stats["image"]["prototypes_reused"] == 0 and not torch.equal(warm.maps["image"], cold.maps["image"])
+    assert info_edit_id(warm.infos["image"]) != info_edit_id(cold.infos["image"])
+    with pytest.raises(ValueError, match=r"`proto_start`='warm' is not one of \('noise', 'class'\)"):
+        unlearn_(emb.model, emb.tokenizer, request, proto_start="warm", progress=False)
