@@ -11,8 +11,8 @@
 records ``peak_gpu_mb`` (``torch.cuda.max_memory_allocated`` of each edit) and the GPU's name;
 ``--precisions fp16 bf16`` creates the model in those precisions; ``--autocast`` and
 ``--max-images N`` set :func:`lightning_unlearn.prototypes.options` (bf16 autocast in the synthesis,
-images per synthesis batch on CUDA); ``--proto-start class`` edits with ``proto_start="class"`` (the warm
-start). ``--preset gpu`` runs these rows (arch, size, paradigm, method,
+images per synthesis batch on CUDA); ``--proto-start noise class`` runs every row with each prototype start
+(``proto_start="class"``: the warm start). ``--preset gpu`` runs these rows (arch, size, paradigm, method,
 precision): ViT-B-32 10x4 global text / global multimodal / whole domain multimodal; ViT-B-32 10x4
 global multimodal in fp16 and bf16; ViT-L-14 10x4 global multimodal; ViT-B-32 345x6 global text /
 domain-specific multimodal / whole domain multimodal. GPU targets (one H200-class GPU): ViT-B-32
@@ -179,15 +179,15 @@ def child(arch: str, method: str, paradigm: str, classes: int, domains: int, ima
     return runs
 
 
-def spawn(args, arch, method, paradigm, classes, domains, precision="fp32") -> list[dict]:
+def spawn(args, arch, method, paradigm, classes, domains, precision="fp32", start="noise") -> list[dict]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", arch, method, paradigm, str(classes),
            str(domains), "--device", args.device, "--precisions", precision] + \
         (["--image-size", str(args.image_size)] if args.image_size else []) + (["--autocast"] if args.autocast else []) + \
         (["--max-images", str(args.max_images)] if args.max_images else []) + \
-        ["--proto-start", args.proto_start]
+        ["--proto-start", start]
     env = dict(os.environ, PYTHONPATH=str(args.root or ROOT))
     head = {"arch": arch, "method": method, "paradigm": paradigm, "classes": classes, "domains": domains,
-            "cells": classes * domains, "device": args.device, "precision": precision}
+            "cells": classes * domains, "device": args.device, "precision": precision, "proto_start": start}
     start = time.perf_counter()
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
@@ -219,12 +219,18 @@ def verdicts(run: dict) -> dict:
     return out | ({} if limit is None else {"time_ok": run["edit_seconds"] <= limit, "target_s": limit})
 
 
+def method_label(run: dict) -> str:
+    """The run's method, with its prototype start when not the default."""
+    return run["method"] + (" (class start)" if run.get("proto_start") == "class" else "")
+
+
 def growth(runs: list[dict]) -> list[dict]:
     """Least-squares fit of ``log seconds = log a + b log cells`` per (method, paradigm, warm)."""
     groups: dict = {}
     for r in runs:
         if "error" not in r:
-            groups.setdefault((r["arch"], r["method"], r["paradigm"], r["warm"]), {})[r["cells"]] = r["edit_seconds"]
+            key = (r["arch"], method_label(r), r["paradigm"], r["warm"])
+            groups.setdefault(key, {})[r["cells"]] = r["edit_seconds"]
     laws = []
     for (arch, method, paradigm, warm), pts in groups.items():
         if len(pts) < 3:
@@ -244,8 +250,7 @@ def table(runs: list[dict]) -> str:
     for r in runs:
         arch = r["arch"] + ("" if r.get("precision", "fp32") == "fp32" else f" {r['precision']}") + \
             (f" ({r['device']}, peak {r['peak_gpu_mb']:.0f} MB)" if r.get("peak_gpu_mb") is not None else "")
-        method = r["method"] + (" (class start)" if r.get("proto_start") == "class" else "")
-        head = f"| {arch} | {r['classes']}x{r['domains']} | {r['paradigm']} | {method} | "
+        head = f"| {arch} | {r['classes']}x{r['domains']} | {r['paradigm']} | {method_label(r)} | "
         if "error" in r:
             lines.append(head + f"error: {r['error']} |||||||||")
             continue
@@ -285,8 +290,9 @@ def main(argv=None):
                     help="model precisions (open_clip.create_model precision=)")
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast in the prototype synthesis (opt-in)")
     ap.add_argument("--max-images", type=int, default=None, help="cap on images per synthesis batch on CUDA")
-    ap.add_argument("--proto-start", choices=["noise", "class"], default="noise",
-                    help="where prototypes start: noise (the default) or class (warm start, proto_start='class')")
+    ap.add_argument("--proto-start", nargs="+", choices=["noise", "class"], default=["noise"],
+                    help="where prototypes start: noise (the default) and / or class (the warm start, "
+                         "proto_start='class'), each row run with each")
     ap.add_argument("--preset", choices=["gpu"], default=None,
                     help="gpu: the rows of the GPU table (see above) instead of --archs / --sizes / ...")
     ap.add_argument("--child", nargs=5, metavar=("ARCH", "METHOD", "PARADIGM", "C", "D"), help=argparse.SUPPRESS)
@@ -294,7 +300,7 @@ def main(argv=None):
     if args.child:
         arch, method, paradigm, c, d = args.child
         print(json.dumps(child(arch, method, paradigm, int(c), int(d), args.image_size, args.device,
-                               args.precisions[0], args.autocast, args.max_images, args.proto_start)))
+                               args.precisions[0], args.autocast, args.max_images, args.proto_start[0])))
         return
     if args.device.startswith("cuda"):  # refused here, before any subprocess, where there is no GPU
         import torch
@@ -310,15 +316,15 @@ def main(argv=None):
     env = {"loadavg_start": os.getloadavg(), "cpu_count": os.cpu_count(),
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "root": str(args.root or ROOT),
            "device": args.device, "autocast": args.autocast, "max_images": args.max_images,
-           "proto_start": args.proto_start}
+           "proto_starts": args.proto_start}
     rows = GPU_PRESET if args.preset == "gpu" else \
         [(arch, c, d, paradigm, method, precision) for arch in args.archs for c, d in sizes
          for paradigm in args.paradigms for method in args.methods for precision in args.precisions]
     runs = []
-    for arch, c, d, paradigm, method, precision in rows:
-        print(f"running {arch} / {c}x{d} / {paradigm} / {method} / {precision} on {args.device} ...", file=sys.stderr,
-              flush=True)
-        for run in spawn(args, arch, method, paradigm, c, d, precision):
+    for (arch, c, d, paradigm, method, precision), start in [(r, s) for r in rows for s in args.proto_start]:
+        print(f"running {arch} / {c}x{d} / {paradigm} / {method} / {precision} / {start} start on {args.device} ...",
+              file=sys.stderr, flush=True)
+        for run in spawn(args, arch, method, paradigm, c, d, precision, start):
             run["verdicts"] = verdicts(run)
             runs.append(run)
         result = write(args.json, runs, env)  # after every run: a stopped sweep keeps what it measured

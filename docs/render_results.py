@@ -866,6 +866,8 @@ RENDERERS = {
     "robustness-sweep": lambda: _sweep_table("robustness.json", "robustness_table"),
     "failing-cells": render_failing_cells,
     "ds-mechanisms": lambda: _sweep_table("ds_cell_mechanisms.json", "robustness_table"),
+    "fewer-steps": lambda: _sweep_table("fewer_steps.json", "robustness_table"),
+    "fewer-steps-rejected": lambda: _sweep_table("fewer_steps_rejected.json", "robustness_table"),
     "ddp-scaling": render_ddp_scaling,
     "cell-sweep": lambda: _sweep_table("cell_sweep.json", "table"),
     "cell-sweep-test": lambda: _sweep_table("cell_sweep.json", "table_test"),
