@@ -179,15 +179,15 @@ def child(arch: str, method: str, paradigm: str, classes: int, domains: int, ima
     return runs
 
 
-def spawn(args, arch, method, paradigm, classes, domains, precision="fp32", start="noise") -> list[dict]:
+def spawn(args, arch, method, paradigm, classes, domains, precision="fp32", proto_start="noise") -> list[dict]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", arch, method, paradigm, str(classes),
            str(domains), "--device", args.device, "--precisions", precision] + \
         (["--image-size", str(args.image_size)] if args.image_size else []) + (["--autocast"] if args.autocast else []) + \
         (["--max-images", str(args.max_images)] if args.max_images else []) + \
-        ["--proto-start", start]
+        ["--proto-start", proto_start]
     env = dict(os.environ, PYTHONPATH=str(args.root or ROOT))
     head = {"arch": arch, "method": method, "paradigm": paradigm, "classes": classes, "domains": domains,
-            "cells": classes * domains, "device": args.device, "precision": precision, "proto_start": start}
+            "cells": classes * domains, "device": args.device, "precision": precision, "proto_start": proto_start}
     start = time.perf_counter()
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
@@ -321,10 +321,10 @@ def main(argv=None):
         [(arch, c, d, paradigm, method, precision) for arch in args.archs for c, d in sizes
          for paradigm in args.paradigms for method in args.methods for precision in args.precisions]
     runs = []
-    for (arch, c, d, paradigm, method, precision), start in [(r, s) for r in rows for s in args.proto_start]:
-        print(f"running {arch} / {c}x{d} / {paradigm} / {method} / {precision} / {start} start on {args.device} ...",
+    for (arch, c, d, paradigm, method, precision), begin in [(r, s) for r in rows for s in args.proto_start]:
+        print(f"running {arch} / {c}x{d} / {paradigm} / {method} / {precision} / {begin} start on {args.device} ...",
               file=sys.stderr, flush=True)
-        for run in spawn(args, arch, method, paradigm, c, d, precision, start):
+        for run in spawn(args, arch, method, paradigm, c, d, precision, begin):
             run["verdicts"] = verdicts(run)
             runs.append(run)
         result = write(args.json, runs, env)  # after every run: a stopped sweep keeps what it measured

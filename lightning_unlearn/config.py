@@ -150,7 +150,7 @@ class UnlearnConfig:
         if getattr(solver_config, "rounds", 0) and not self.corrects():
             raise ValueError(_refusal("rounds", solver_config.rounds, self))
         multimodal, deep = self.method == "multimodal", self.depth == "deep"
-        skip = () if multimodal else ("n_prototypes",)
+        skip = () if multimodal else ("n_prototypes", "proto_start")  # the deep eraser's prototypes start from noise
         protos = PrototypeSettings(**take(PrototypeSettings, *skip)) if multimodal or deep else None
         object.__setattr__(self, "prototypes", protos)
         object.__setattr__(self, "deep", Deep(**take(Deep)) if deep else None)

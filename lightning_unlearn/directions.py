@@ -114,33 +114,33 @@ class Start:
     of: list  # per target, its row of T
 
     @classmethod
-    def of_cells(cls, model, tokenizer, cells, classnames, templates) -> "Start":
-        """The warm start of ``cells`` ((class, domain) pairs) from the texts of ``classnames``."""
-        return cls(class_texts(model, tokenizer, classnames, templates),
-                   ["|".join(fill_template(t, c=c) for t in templates) for c in classnames],
-                   [list(classnames).index(c) for c, _ in cells])
+    def of_cells(cls, model, tokenizer, cells, classnames, templates, T: torch.Tensor | None = None) -> "Start":
+        """The warm start of ``cells`` ((class, domain) pairs) from the texts ``T`` of ``classnames``
+        (computed when None)."""
+        T = class_texts(model, tokenizer, classnames, templates) if T is None else T
+        return cls(T, class_keys(classnames, templates), [list(classnames).index(c) for c, _ in cells])
 
     def steps(self, total: int) -> tuple[int, int]:
-        """(class stage, cell stage) steps of ``total``: each at least one."""
+        """(class stage, cell stage) steps of ``total``: each at least one (so one step becomes two). The
+        cell stage keeps the early stop: images whose class stage already classifies them may stop at
+        its first check."""
         first = max(1, round(total * CLASS_STAGE))
         return first, max(1, total - first)
 
 
 def class_stage(model, start: Start, classes: list, *, n_prototypes: int, steps: int, lr: float, seed: int,
-                shard, progress: bool) -> tuple[dict, float]:
+                shard, progress: bool, autocast: bool) -> tuple[dict, float]:
     """The class stage of a warm start for the rows ``classes`` of ``start.T``: ``{row: (images
     n_prototypes x 3 x H x W, the steps each ran)}`` and the seconds taken. Under a ``shard`` the
     class images are dealt to the ranks like the cells' and gathered."""
     p = protos.synthesize(model, start.T[classes], n_per_text=n_prototypes, steps=steps, lr=lr, seed=seed,
                           classes=start.T, keys=[start.keys[c] for c in classes], groups=list(range(len(classes))),
                           progress=progress, share=None if shard is None else (shard.rank, shard.world),
-                          agree=None if shard is None else shard.every)
+                          agree=None if shard is None else shard.every, autocast=autocast)
     images, ran = p.images.cpu(), p.steps.float()
     if shard is not None:  # this rank's class images -> every rank's
         size = protos.model_io(model)[0]
-        mine = torch.zeros(len(classes) * n_prototypes, 3 * size * size + 1)
-        mine[shard.rank::shard.world] = torch.cat([images.flatten(1), ran[:, None]], 1)
-        every = shard.rows(mine)
+        every = shard.own_rows(torch.cat([images.flatten(1), ran[:, None]], 1), len(classes) * n_prototypes)
         images = every[:, :-1].view(len(classes), n_prototypes, 3, size, size)
         ran = every[:, -1].view(len(classes), n_prototypes)
     return {c: (images[j], ran[j]) for j, c in enumerate(classes)}, p.seconds
@@ -164,7 +164,9 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
 
     ``start``: a warm start (:class:`Start`; None: from noise); each class stage runs once per call,
     with the first batch that needs it. ``prototype_image_steps`` counts every forward-backward
-    image-step, a class stage's shared out over the targets synthesised from it."""
+    image-step, a class stage's shared out over the targets synthesised from it in that call (a bank
+    entry keeps the share of the call that made it); ``prototype_steps`` is the most image-steps
+    accounted to one prototype (its own, plus that share)."""
     store = cache.current()
     bank = None if store is None else store.bank(cache.weights_key(model))
     opts = protos.current_options()
@@ -201,7 +203,8 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
             batches[-1].append(idx)
         else:
             batches.append([idx])
-    for gs in batches:
+    last = {} if start is None else {start.of[i]: b for b, gs in enumerate(batches) for g in gs for i in g}
+    for b, gs in enumerate(batches):
         idx = [i for g in gs for i in g]
         label = [b for b, g in enumerate(gs) for _ in g]
         init, extra, steps = None, torch.zeros(len(idx) * n_prototypes), proto_steps
@@ -210,10 +213,11 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
             new = sorted({start.of[i] for i in idx} - set(stage))
             if new:
                 got, t = class_stage(model, start, new, n_prototypes=n_prototypes, steps=first, lr=proto_lr,
-                                     seed=seed, shard=shard, progress=progress)
+                                     seed=seed, shard=shard, progress=progress, autocast=opts.autocast)
                 stage, seconds = stage | got, seconds + t
             init = torch.stack([stage[start.of[i]][0] for i in idx])
             extra = torch.cat([stage[start.of[i]][1] / sharing[start.of[i]] for i in idx])
+            stage = {c: v for c, v in stage.items() if last[c] > b}  # no later batch starts from these
         p = protos.synthesize(model, targets[idx], n_per_text=n_prototypes, steps=steps, lr=proto_lr,
                               seed=seed, classes=classes, keys=[keys[i] for i in idx], progress=progress,
                               groups=None if len(gs) == 1 else label, autocast=opts.autocast,
@@ -244,15 +248,21 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
     return rows[:, :-2].T.contiguous(), stats
 
 
-def _start(model, tokenizer, proto_start: str, cells, request: ForgetRequest, class_templates) -> Start | None:
-    """The warm start ``proto_start`` names for ``cells``: None for "noise"."""
+def _start(model, tokenizer, proto_start: str, cells, request: ForgetRequest, class_templates,
+           T: torch.Tensor | None = None) -> Start | None:
+    """The warm start ``proto_start`` names for ``cells`` (class texts ``T`` of the request's classes,
+    computed when None): None for "noise"."""
     if proto_start == "noise":
         return None
-    return Start.of_cells(model, tokenizer, cells, request.classnames, class_templates)
+    return Start.of_cells(model, tokenizer, cells, request.classnames, class_templates, T)
 
 
 def cell_keys(cells, templates) -> list[str]:
     return ["|".join(cell_prompts(c, d, templates)) for c, d in cells]
+
+
+def class_keys(classes, templates) -> list[str]:
+    return ["|".join(fill_template(t, c=c) for t in templates) for c in classes]
 
 
 def build(model, tokenizer, request: ForgetRequest, site: Site, where: str, *, multimodal: bool,
@@ -377,7 +387,7 @@ def build_constraints(model, tokenizer, request: ForgetRequest, site: Site, wher
                                  cache.settings_key(classes=classes, templates=class_templates),
                                  n_prototypes=n_prototypes, proto_steps=proto_steps, proto_lr=proto_lr, seed=seed,
                                  progress=progress, start=_start(model, tokenizer, proto_start, cells, request,
-                                                                 class_templates))
+                                                                 class_templates, T))
         V = V if pre is None else F.normalize(pre.float() @ V, dim=0)
         Vt = V.clone()
         k = len(forget_cells) * n_prototypes

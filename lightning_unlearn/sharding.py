@@ -69,6 +69,17 @@ class Shard:
         i = torch.arange(mine.shape[0])
         return every[i % self.world, i]
 
+    def own_rows(self, own: torch.Tensor, total: int) -> torch.Tensor:
+        """Every rank's share put together from this rank's rows only (``own``: rows ``rank::world`` of
+        ``total``): each rank sends about ``total / world`` rows, not ``total``."""
+        self._check()
+        per = -(-total // self.world)
+        mine = torch.zeros(per, *own.shape[1:], dtype=own.dtype)
+        mine[:len(own)] = own
+        every = self.gather(mine.contiguous())  # world x per x ...
+        i = torch.arange(total)
+        return every[i % self.world, i // self.world]
+
     @classmethod
     def from_strategy(cls, strategy: Any) -> "Shard":
         """The shard of a Lightning strategy (``global_rank``, ``world_size``, ``reduce_boolean_decision``,

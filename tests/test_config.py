@@ -56,6 +56,7 @@ CLASSES, DOMAINS = ("cat", "dog", "car"), ("photo", "sketch")
     (dict(method="text", n_prototypes=2), r"`n_prototypes`=2 has no effect: method='text' builds no visual "
                                           r"prototypes; pass method='multimodal'"),
     (dict(method="text", depth="deep", n_prototypes=2), r"`n_prototypes`=2 has no effect: method='text'"),
+    (dict(method="text", depth="deep", proto_start="class"), r"`proto_start`='class' has no effect: method='text'"),
     (dict(deep_prototypes=2), r"`deep_prototypes`=2 has no effect: depth='shallow' builds no eraser"),
     (dict(solver="projector", rounds=1), r"`rounds`=1 has no effect: correction rounds need method='multimodal'"),
     (dict(method="text", rounds=1), r"`rounds`=1 has no effect"),

@@ -733,7 +733,7 @@ def _prose_fewer_steps(r):
     """The prose under "Fewer image-steps" (results page), from fewer_steps*.json and edit_cost_vitb_warm.json."""
     def by(name):
         return {(x["kind"], x["condition"].rsplit("-t", 1)[0]): x for x in r.load(name)["robustness"]}
-    a, b = by("fewer_steps.json"), by("fewer_steps_rejected.json")
+    a, b, c = by("fewer_steps.json"), by("fewer_steps_rejected.json"), by("fewer_steps_held_out.json")
     ok = lambda t, kind, v: f"{t[kind, v]['runs_meeting_targets']}/{t[kind, v]['runs']}"  # noqa: E731
     steps = lambda t, kind, v: t[kind, v]["image_steps_mean"]  # noqa: E731
     cut = lambda t, v, ref="default": f"{100 * (1 - steps(t, 'global', v) / steps(t, 'global', ref)):.0f}"  # noqa: E731
@@ -763,6 +763,8 @@ def _prose_fewer_steps(r):
          ok(b, ds, "lr2x"), ok(b, ds, "default")),
         ("half the steps at that rate lost most whole-domain runs ({}, pairs {})", ok(b, dom, "lr2x-half"),
          ok(b, pairs, "lr2x-half")),
+        ("(domain-specific {} against {}, global {} as before;", ok(c, ds, "lr2x"), ok(c, ds, "default"),
+         ok(c, "global", "lr2x")),
         ("the warm start takes the 10 x 4 class request from {} s to {} s cold ({:,} against {:,} image-steps)",
          f"{vit['noise']['edit_seconds']:.0f}", f"{vit['class']['edit_seconds']:.0f}",
          image_steps(vit["class"]), image_steps(vit["noise"])),

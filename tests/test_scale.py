@@ -106,6 +106,8 @@ def test_shard_puts_the_ranks_rows_together_and_stops_on_a_failed_peer():
     mine = torch.tensor([[0.0], [-1.0], [2.0], [-1.0], [4.0]])  # rank 0 holds rows 0, 2, 4
     assert shard.rows(mine).flatten().tolist() == [0.0, 11.0, 2.0, 13.0, 4.0]
     assert shard.least(7) == 7 and shard.every(torch.tensor([True, False])).tolist() == [True, False]
+    own = Shard(0, 2, vote=shard.vote, gather=lambda t: torch.stack([t, torch.tensor([[11.0], [13.0], [0.0]])]))
+    assert own.own_rows(torch.tensor([[0.0], [2.0], [4.0]]), 5).flatten().tolist() == [0.0, 11.0, 2.0, 13.0, 4.0]
     failed.append(1)
     with pytest.raises(PeerFailedError, match="another rank failed while rank 0"):
         shard.rows(mine)
@@ -191,7 +193,7 @@ def test_warm_start_does_not_depend_on_the_synthesis_batch(emb, monkeypatch):
     site = find_site(emb.model, "image")
     monkeypatch.setattr(directions, "CHUNK_MAX", 32)  # stop groups of 2 cells (16 prototypes): 3 groups
     args = (emb.model, site, "joint", T, cell_keys(cells, emb.cell_templates), C, "labels")
-    kw = dict(n_prototypes=16, proto_steps=10, proto_lr=0.05, seed=0, progress=False, start=warm_start(emb, cells))
+    kw = dict(n_prototypes=16, proto_steps=40, proto_lr=0.05, seed=0, progress=False, start=warm_start(emb, cells))
     results = []
     for limit in (32, 10_000):  # one group per batch, or every group in one batch
         monkeypatch.setattr(protos, "batch_images", lambda model, group, opts=None, _n=limit: _n)
@@ -213,3 +215,15 @@ def test_warm_start_is_a_setting_of_the_edit(emb):
     assert info_edit_id(warm.infos["image"]) != info_edit_id(cold.infos["image"])
     with pytest.raises(ValueError, match=r"`proto_start`='warm' is not one of \('noise', 'class'\)"):
         unlearn_(emb.model, emb.tokenizer, request, proto_start="warm", progress=False)
+
+
+def test_the_class_stage_follows_the_autocast_option(emb, monkeypatch):
+    cells, T, _ = cells_and_texts(emb)
+    C = class_texts(emb.model, emb.tokenizer, list(emb.classnames), emb.templates)
+    flags, synthesize = [], protos.synthesize
+    monkeypatch.setattr(protos, "synthesize", lambda *a, **k: flags.append(k.get("autocast")) or synthesize(*a, **k))
+    with cache.use(None), protos.options(autocast=True):
+        directions.prototype_columns(emb.model, find_site(emb.model, "image"), "joint", T,
+                                     cell_keys(cells, emb.cell_templates), C, "labels", n_prototypes=2, proto_steps=2,
+                                     proto_lr=0.05, seed=0, progress=False, start=warm_start(emb, cells))
+    assert flags == [True, True]  # the class stage and the cell stage
