@@ -206,7 +206,7 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
     last = {} if start is None else {start.of[i]: b for b, gs in enumerate(batches) for g in gs for i in g}
     for b, gs in enumerate(batches):
         idx = [i for g in gs for i in g]
-        label = [b for b, g in enumerate(gs) for _ in g]
+        label = [j for j, g in enumerate(gs) for _ in g]
         init, extra, steps = None, torch.zeros(len(idx) * n_prototypes), proto_steps
         if start is not None:
             first, steps = start.steps(proto_steps)
