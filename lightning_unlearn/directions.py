@@ -140,7 +140,7 @@ def class_stage(model, start: Start, classes: list, *, n_prototypes: int, steps:
     images, ran = p.images.cpu(), p.steps.float()
     if shard is not None:  # this rank's class images -> every rank's
         size = protos.model_io(model)[0]
-        every = shard.own_rows(torch.cat([images.flatten(1), ran[:, None]], 1), len(classes) * n_prototypes)
+        every = shard.rows(torch.cat([images.flatten(1), ran[:, None]], 1), len(classes) * n_prototypes)
         images = every[:, :-1].view(len(classes), n_prototypes, 3, size, size)
         ran = every[:, -1].view(len(classes), n_prototypes)
     return {c: (images[j], ran[j]) for j, c in enumerate(classes)}, p.seconds
@@ -230,10 +230,9 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
                 len(idx), n_prototypes, -1)
             rows = torch.cat([cols, p.cos[..., None], ran.view(len(idx), n_prototypes, 1)], 2)
         else:  # this rank's images -> its rows; the others' from the gather
-            mine = torch.zeros(len(idx) * n_prototypes, n + 2)
             cols = to_site(model, site, where, images=p.images, normalise=normalise).T
-            mine[shard.rank::shard.world] = torch.cat([cols, p.cos[:, None], ran[:, None]], 1)
-            rows = shard.rows(mine).view(len(idx), n_prototypes, n + 2)
+            mine = torch.cat([cols, p.cos[:, None], ran[:, None]], 1)
+            rows = shard.rows(mine, len(idx) * n_prototypes).view(len(idx), n_prototypes, n + 2)
         for r, i in enumerate(idx):
             found[i] = rows[r].clone()
             if bank is not None:

@@ -61,17 +61,10 @@ class Shard:
         self._check()
         return int(self.gather(torch.tensor([int(value)], dtype=torch.int64)).min())
 
-    def rows(self, mine: torch.Tensor) -> torch.Tensor:
-        """Every rank's share put together: ``mine`` holds this rank's rows (rows ``rank::world``,
-        the others anything), the result row ``i`` comes from rank ``i % world``."""
-        self._check()
-        every = self.gather(mine.contiguous())
-        i = torch.arange(mine.shape[0])
-        return every[i % self.world, i]
-
-    def own_rows(self, own: torch.Tensor, total: int) -> torch.Tensor:
-        """Every rank's share put together from this rank's rows only (``own``: rows ``rank::world`` of
-        ``total``): each rank sends about ``total / world`` rows, not ``total``."""
+    def rows(self, own: torch.Tensor, total: int) -> torch.Tensor:
+        """Every rank's share put together: ``own`` holds this rank's rows (rows ``rank::world`` of
+        ``total``), result row ``i`` comes from rank ``i % world``; each rank sends about
+        ``total / world`` rows."""
         self._check()
         per = -(-total // self.world)
         mine = torch.zeros(per, *own.shape[1:], dtype=own.dtype)
