@@ -91,21 +91,20 @@ def perturbed(kind: str | None, own: cache.Cache | None = None):
         p.images = p.images.float()
         return p
 
-    steps, chunk, batch_images = dict(AUTO_PROTO_STEPS), directions.CHUNK_224, protos.batch_images
+    steps, group_images, batch_images = dict(AUTO_PROTO_STEPS), directions.group_images, protos.batch_images
     if kind == "fp64":
         protos.synthesize = fp64
     elif kind == "lr2x-half":
         AUTO_PROTO_STEPS.update({k: v // 2 for k, v in steps.items()})
     elif kind == "cellstop":  # stop groups of one cell, batches of the size one stop group had
-        def one_group_per_cell(model, group_images, opts=None):
-            per = min(chunk * 224 ** 2 // protos.model_io(model)[0] ** 2, directions.CHUNK_MAX)
-            return max(group_images, per // group_images * group_images)
-        directions.CHUNK_224, protos.batch_images = 0, one_group_per_cell
+        def one_group_per_cell(model, cell_images, opts=None):
+            return max(cell_images, group_images(model) // cell_images * cell_images)
+        directions.group_images, protos.batch_images = (lambda model: 1), one_group_per_cell
     try:  # bf16: the library's own autocast option of the synthesis
         with cache.use(cache.Cache() if own is None else own), protos.options(autocast=kind == "bf16"):
             yield
     finally:
-        protos.synthesize, protos.batch_images, directions.CHUNK_224 = original, batch_images, chunk
+        protos.synthesize, protos.batch_images, directions.group_images = original, batch_images, group_images
         AUTO_PROTO_STEPS.update(steps)
 FAIL_POINTS, FAIL_FORGET = 5.0, 0.05
 
@@ -368,8 +367,8 @@ def robustness(result: dict) -> tuple[str, list[dict]]:
             f"{label(rc['forget'])}, s{rc['seed']}) | "
             + ("-" if scw is None else f"{scw['same_class_drop']:.2f} (s{scw['seed']})")
             + f" | {', '.join(fails) or 'none'} | "
-            + " | ".join("-" if s[k] is None else f"{s[k]:,.{d}f}" for k, d in (("image_steps_mean", 0),
-                                                                                ("edit_seconds_mean", 2))) + " |")
+            + " | ".join("-" if s[key] is None else f"{s[key]:,.{digits}f}"
+                         for key, digits in (("image_steps_mean", 0), ("edit_seconds_mean", 2))) + " |")
     return "\n".join(lines), out
 
 

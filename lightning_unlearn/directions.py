@@ -99,6 +99,12 @@ def to_site(model, site: Site, where: str, text: torch.Tensor | None = None,
 CHUNK_224, CHUNK_MAX = 32, 256
 
 
+def group_images(model) -> int:
+    """Images per stop group at ``model``'s input size: ``CHUNK_224`` at 224 px, scaled with the image
+    area, at most ``CHUNK_MAX``."""
+    return min(CHUNK_224 * 224 ** 2 // protos.model_io(model)[0] ** 2, CHUNK_MAX)
+
+
 #: Share of a warm start's steps spent on the class stage (the rest refines each cell).
 CLASS_STAGE = 0.5
 
@@ -174,10 +180,9 @@ def prototype_columns(model, site: Site, where: str, targets: torch.Tensor, keys
                     site=site.weight, dims=site.dims) | ({} if normalise else {"raw": True}) | \
         ({"autocast": "bf16"} if opts.autocast else {}) | \
         ({} if start is None else {"start": cache.settings_key(classes=start.keys), "class_stage": CLASS_STAGE})
-    size = protos.model_io(model)[0]
     n = site.map_size(where)
     shape = (n_prototypes, n + 2)  # a bank entry: a cell's rows
-    per = max(1, min(CHUNK_224 * 224 ** 2 // size ** 2, CHUNK_MAX) // n_prototypes)  # cells per stop group
+    per = max(1, group_images(model) // n_prototypes)  # cells per stop group
     order = sorted(range(len(keys)), key=lambda i: keys[i])  # groups of the same cells, whatever the request's order
     groups = [order[j:j + per] for j in range(0, len(keys), per)]
     names, hits = {}, {}
